@@ -1,0 +1,3 @@
+"""jfwatch: a security log monitor and alerting daemon for Jellyfin servers."""
+
+__version__ = "0.1.0"

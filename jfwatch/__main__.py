@@ -1,0 +1,5 @@
+"""Allow ``python -m jfwatch``."""
+
+from jfwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Values that flow through the pipeline: one typed Event for every source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+IPAddress = IPv4Address | IPv6Address
+
+
+class EventKind(StrEnum):
+    """What happened, normalised across sources; rules match on these values."""
+
+    AUTH_FAILURE = "auth_failure"
+    AUTH_SUCCESS = "auth_success"
+    AUTH_BLOCKED = "auth_blocked"  # disabled account, remote access off, parental schedule, IP filter
+    ACCOUNT_LOCKED = "account_locked"
+    MFA_FAILURE = "mfa_failure"
+    MFA_SUCCESS = "mfa_success"
+    MFA_CHALLENGE = "mfa_challenge"
+    TOKEN_FAILURE = "token_failure"
+    INJECTION_SUSPECTED = "injection_suspected"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """
+    One security-relevant log line, normalised.
+
+    ``time`` is timezone-aware and comes from the log line, never the wall clock.
+    ``origin`` is ``"<parser>.<pattern>"``. ``ip`` is set only when it was taken from
+    the position the application writes it and parsed as an address. ``excerpt`` is the
+    raw line with secrets redacted and control characters escaped.
+    """
+
+    time: datetime
+    source: str
+    kind: EventKind
+    origin: str
+    service: str
+    ip: IPAddress | None = None
+    user: str | None = None
+    method: str | None = None
+    path: str | None = None
+    status: int | None = None
+    detail: str | None = None
+    excerpt: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON-ready form used by ``jfwatch parse``."""
+        return {
+            "time": self.time.isoformat(),
+            "source": self.source,
+            "kind": str(self.kind),
+            "ip": None if self.ip is None else str(self.ip),
+            "user": self.user,
+            "origin": self.origin,
+            "service": self.service,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "detail": self.detail,
+            "excerpt": self.excerpt,
+        }

@@ -1,0 +1,88 @@
+"""Turn raw bytes into text lines, rejecting what no log writer produces."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, tzinfo
+from pathlib import Path
+from typing import BinaryIO
+
+from jfwatch.parsers._common import StreamContext
+
+DEFAULT_MAX_LINE = 64 * 1024
+_DATED_NAME = re.compile(r"(\d{4})(\d{2})(\d{2})")
+
+
+@dataclass(slots=True)
+class LineStats:
+    """Counts shown by ``jfwatch parse`` / ``replay`` and exported as metrics."""
+
+    read: int = 0
+    matched: int = 0
+    unmatched: int = 0
+    rejected: int = 0
+    truncated: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+
+
+def decode(raw: bytes, max_line: int = DEFAULT_MAX_LINE) -> str | None:
+    """
+    Decode one line (without its newline) or return None to reject it.
+
+    Invalid UTF-8, NUL bytes and lines over ``max_line`` bytes are rejected: a log
+    writer does not produce them, so they are noise or an attack, never an event.
+    """
+    if len(raw) > max_line or b"\x00" in raw:
+        return None
+    try:
+        return raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        return None
+
+
+def iter_raw_lines(stream: BinaryIO, max_line: int = DEFAULT_MAX_LINE) -> Iterator[bytes | None]:
+    """Yield raw lines from a binary stream; an over-long line is yielded as None, read in chunks."""
+    buf = bytearray()
+    too_long = False
+    while chunk := stream.read(1 << 16):
+        start = 0
+        while (nl := chunk.find(b"\n", start)) != -1:
+            if too_long or len(buf) + nl - start > max_line:
+                yield None
+            else:
+                buf += chunk[start:nl]
+                yield bytes(buf)
+            buf.clear()
+            too_long = False
+            start = nl + 1
+        rest = chunk[start:]
+        if too_long or len(buf) + len(rest) > max_line:
+            too_long = True
+            buf.clear()
+        else:
+            buf += rest
+    if too_long:
+        yield None
+    elif buf:
+        yield bytes(buf)
+
+
+def date_from_name(path: str | Path) -> date | None:
+    """The day in Jellyfin's ``log_YYYYMMDD.log`` names (for console-format lines)."""
+    m = _DATED_NAME.search(Path(path).name)
+    if m is None:
+        return None
+    try:
+        return date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        return None
+
+
+def context_for(path: str | Path | None, tz: tzinfo, *, quoting: str = "auto",
+                proxy_token_failures: bool = False) -> StreamContext:
+    """The parser context for a file (or stdin when ``path`` is None)."""
+    return StreamContext(timezone=tz, file_date=date_from_name(path) if path else None,
+                         proxy_token_failures=proxy_token_failures,
+                         extra={"quoting": quoting})

@@ -1,0 +1,81 @@
+"""
+The parser registry: one module per log format, listed explicitly.
+
+Each format provides ``sniff(line)`` for ``--format auto``, ``create(ctx)`` returning a
+stream parser, and ``PATTERNS``, the names that appear in event origins (the golden
+tests check that every pattern has a sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from jfwatch.events import Event
+from jfwatch.parsers import authelia, authentik, caddy, jellyfin, nginx, traefik
+from jfwatch.parsers._common import StreamContext, StreamParser
+
+
+@dataclass(frozen=True, slots=True)
+class ParserSpec:
+    name: str
+    sniff: Callable[[str], bool]
+    create: Callable[[StreamContext], StreamParser]
+    patterns: tuple[str, ...]
+
+
+def _spec(module: ModuleType) -> ParserSpec:
+    return ParserSpec(module.NAME, module.sniff, module.create, tuple(module.PATTERNS))
+
+
+# Order matters for auto-detection: Traefik CLF is nginx combined plus a tail.
+PARSERS: dict[str, ParserSpec] = {
+    spec.name: spec
+    for spec in map(_spec, (jellyfin, authelia, authentik, caddy, traefik, nginx))
+}
+FORMATS = ("auto", *PARSERS)
+
+
+class AutoParser:
+    """Picks a format per line by sniffing, keeping one parser instance per format."""
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+        self._parsers: dict[str, StreamParser] = {}
+        self._current: ParserSpec | None = None
+
+    def _pick(self, line: str) -> StreamParser | None:
+        if self._current is not None and self._current.sniff(line):
+            return self._parsers[self._current.name]
+        for spec in PARSERS.values():
+            if spec.sniff(line):
+                self._current = spec
+                if spec.name not in self._parsers:
+                    self._parsers[spec.name] = spec.create(self.ctx)
+                return self._parsers[spec.name]
+        return None
+
+    def feed(self, line: str) -> list[Event]:
+        parser = self._pick(line)
+        if parser is None:
+            # Not a header of any format: a continuation line of the current stream.
+            return self._parsers[self._current.name].feed(line) if self._current else []
+        return parser.feed(line)
+
+    def flush(self, *, force: bool) -> list[Event]:
+        return [e for p in self._parsers.values() for e in p.flush(force=force)]
+
+    @property
+    def holding(self) -> bool:
+        return any(p.holding for p in self._parsers.values())
+
+
+def create_parser(fmt: str, ctx: StreamContext) -> StreamParser:
+    """A stream parser for a format name or ``auto``."""
+    if fmt == "auto":
+        return AutoParser(ctx)
+    return PARSERS[fmt].create(ctx)
+
+
+__all__ = ["FORMATS", "PARSERS", "AutoParser", "ParserSpec", "StreamContext", "create_parser"]

@@ -1,0 +1,111 @@
+"""Helpers shared by the parsers: addresses, timestamps and the stream interface."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, tzinfo
+from typing import Protocol
+
+from jfwatch.events import Event, IPAddress
+
+_IP_CHARS = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
+
+
+def parse_ip(text: str | None) -> IPAddress | None:
+    """
+    Parse an address taken from an application-written position, or return None.
+
+    IPv4-mapped IPv6 is turned into IPv4 (as Jellyfin itself does), so one client
+    is one group whatever the socket family.  Anything that is not an address
+    (a hostname, a redacted ``MYIP.MYIP``, an injected string) yields None.
+    """
+    if not text or not _IP_CHARS.match(text):
+        return None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def parse_host_port(text: str | None) -> IPAddress | None:
+    """Parse ``1.2.3.4:5``, ``[2001:db8::1]:5`` or a bare address."""
+    if not text:
+        return None
+    if text.startswith("["):
+        host, _, _ = text[1:].partition("]")
+        return parse_ip(host)
+    if text.count(":") == 1:
+        return parse_ip(text.partition(":")[0])
+    return parse_ip(text)
+
+
+def parse_iso(text: str, default_tz: tzinfo) -> datetime | None:
+    """Parse ISO 8601 / RFC 3339 (``Z`` and nanoseconds allowed); naive times get ``default_tz``."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # Python accepts at most microseconds: cut nanoseconds (Traefik, docker).
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=default_tz)
+
+
+def from_epoch(seconds: float) -> datetime:
+    """Epoch seconds (Caddy's ``ts``) as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+@dataclass(slots=True)
+class StreamContext:
+    """
+    What a parser may know about the stream it reads.
+
+    ``timezone`` completes timestamps that carry none (Jellyfin's console sink,
+    authentik); ``file_date`` is the date in a ``log_YYYYMMDD.log`` name, used when
+    a line has a time but no date.
+    """
+
+    timezone: tzinfo = UTC
+    file_date: date | None = None
+    proxy_token_failures: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class StreamParser(Protocol):
+    """A parser instance for one stream (one file or stdin); it may keep state."""
+
+    def feed(self, line: str) -> list[Event]:
+        """Parse one physical line (without its newline) and return 0..n events."""
+
+    def flush(self, *, force: bool) -> list[Event]:
+        """Release held events; ``force`` releases all (end of input)."""
+
+    @property
+    def holding(self) -> bool:
+        """True while events are held back waiting for a following line."""
+
+
+class StatelessParser:
+    """Base for parsers whose result depends on one line only."""
+
+    def feed(self, line: str) -> list[Event]:
+        event = self.parse(line)
+        return [] if event is None else [event]
+
+    def parse(self, line: str) -> Event | None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def flush(self, *, force: bool) -> list[Event]:
+        return []
+
+    @property
+    def holding(self) -> bool:
+        return False

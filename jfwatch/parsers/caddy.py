@@ -1,0 +1,49 @@
+"""Parse Caddy's JSON access log (``http.log.access*`` loggers)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from jfwatch.events import Event
+from jfwatch.parsers._common import StatelessParser, StreamContext, from_epoch, parse_ip
+from jfwatch.parsers._http import PATTERNS as HTTP_PATTERNS
+from jfwatch.parsers._http import Request, to_event
+
+NAME: Final = "caddy"
+PATTERNS: Final = HTTP_PATTERNS
+
+
+def sniff(line: str) -> bool:
+    return line.startswith("{") and '"http.log.access' in line
+
+
+class CaddyParser(StatelessParser):
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+
+    def parse(self, line: str) -> Event | None:
+        try:
+            doc: Any = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict) or not str(doc.get("logger", "")).startswith("http.log.access"):
+            return None
+        request = doc.get("request")
+        status, ts = doc.get("status"), doc.get("ts")
+        if not (isinstance(request, dict) and isinstance(status, int)
+                and isinstance(ts, int | float)):
+            return None
+        method, uri = request.get("method"), request.get("uri")
+        if not (isinstance(method, str) and isinstance(uri, str)):
+            return None
+        # client_ip is the real client when Caddy's trusted_proxies is set, else it
+        # equals remote_ip; both are written by Caddy, never taken from a header as-is.
+        raw_ip = request.get("client_ip") or request.get("remote_ip")
+        ip = parse_ip(raw_ip) if isinstance(raw_ip, str) else None
+        req = Request(from_epoch(float(ts)), ip, method, uri, status)
+        return to_event(NAME, req, line, token_failures=self.ctx.proxy_token_failures)
+
+
+def create(ctx: StreamContext) -> CaddyParser:
+    return CaddyParser(ctx)

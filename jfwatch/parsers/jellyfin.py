@@ -1,0 +1,424 @@
+"""
+Parse Jellyfin's Serilog output: the file sink and the console sink (journald,
+syslog, ``docker logs``), including the 2FA plugins that write into the same log.
+
+Templates: ``Jellyfin.Server.Implementations/Users/UserManager.cs`` (AuthenticateUser),
+``IPBasedAccessValidationMiddleware``, ``CustomAuthenticationHandler``; plugins
+ZL154/JellyfinSecurity (``[2FA]`` lines) and le-firehawk/jellyfin-totp-plugin.
+See ``shared/research/logformats.md`` section 1 for sources.
+
+Security model.  ``{UserName}`` is raw attacker input that comes *before* the IP.
+The file sink renders strings as ``"value"`` and escapes ``"`` as ``\\"`` but not
+newlines; the console sink writes strings raw.  Therefore:
+
+* the IP is only ever taken from the end of the line, where Jellyfin writes it;
+* in a quoted stream the suffix ``(IP: "x").`` cannot be typed by an attacker (their
+  quote would be escaped), so it is trusted even when the username is mangled;
+* a stream learns its header style and quoting from its first lines; a line in the
+  other style is a forgery (a newline in a username) and becomes
+  ``injection_suspected`` without an address;
+* an "Authentication request for" line that does not end as a template ends is held
+  as an injection opener; in a quoted stream a continuation line that ends with the
+  trusted suffix closes it with the real address.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Final
+
+from jfwatch.events import Event, EventKind, IPAddress
+from jfwatch.parsers._common import StreamContext, parse_ip, parse_iso
+from jfwatch.redact import clean_user, excerpt
+
+NAME: Final = "jellyfin"
+
+# Wrappers put around the console sink by the log collector.
+_RFC3339_WRAPPER = re.compile(
+    r"^(?P<wts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)"
+    r" (?:\S+ [\w./-]+(?:\[\d+\])?: )?(?P<rest>\[.*)$"
+)
+_BSD_WRAPPER = re.compile(
+    r"^(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(?P<day>\d{1,2}) "
+    r"\d{2}:\d{2}:\d{2} \S+ [\w./-]+(?:\[\d+\])?: (?P<rest>\[.*)$"
+)
+_COMPOSE_WRAPPER = re.compile(r"^[\w.-]+\s*\| (?P<rest>.*)$")
+_MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+# logging.json: "[{Timestamp:yyyy-MM-dd HH:mm:ss.fff zzz}] [{Level:u3}] [{ThreadId}] {SourceContext}: "
+# and the console's "[{Timestamp:HH:mm:ss(.fff)}]".  ThreadId and SourceContext are
+# optional (older default templates, see 20250420060000_CreateUserLoggingConfigFile.cs).
+_FILE_HEADER = re.compile(
+    r"^\[(?P<date>\d{4}-\d{2}-\d{2}) (?P<time>\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?) "
+    r"(?P<zone>[+-]\d{2}:\d{2})\] \[(?P<level>[A-Z]{3})\] "
+)
+_CONSOLE_HEADER = re.compile(
+    r"^\[(?P<time>\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?)\] \[(?P<level>[A-Z]{3})\] "
+)
+_PREAMBLE = re.compile(r"^(?:\[?(?P<thread>\d+)\]? )?(?:(?P<ctx>[A-Za-z_][\w.]*\w): ?)?")
+
+_IP = r"(?P<ip>[^\s\"()]+)"
+_Q_VALUE = r'"(?P<user>(?:[^"\\]|\\.)*)"'
+_R_VALUE = r"(?P<user>.*)"
+
+# (pattern, kind, message tail after the username, tail of the trusted suffix)
+_AUTH_TEMPLATES: Final = (
+    ("denied", EventKind.AUTH_FAILURE, r" has been denied \(IP: {ip}\)\.$"),
+    ("disabled", EventKind.AUTH_BLOCKED,
+     r" has been denied because this account is currently disabled \(IP: {ip}\)\.$"),
+    ("remote_forbidden", EventKind.AUTH_BLOCKED,
+     r" forbidden: remote access disabled and user not in local network \(IP: {ip}\)\.$"),
+    ("parental", EventKind.AUTH_BLOCKED,
+     r" is not allowed at this time due parental restrictions \(IP: {ip}\)\.$"),
+)
+_AUTH_PREFIX: Final = "Authentication request for "
+
+
+def _compile(quoted: bool) -> list[tuple[str, EventKind, re.Pattern[str], re.Pattern[str]]]:
+    ip = f'"{_IP}"' if quoted else _IP
+    value = _Q_VALUE if quoted else _R_VALUE
+    out = []
+    for name, kind, tail in _AUTH_TEMPLATES:
+        full = re.compile("^" + re.escape(_AUTH_PREFIX) + value + tail.format(ip=ip))
+        suffix = re.compile(tail.format(ip=ip))
+        out.append((name, kind, full, suffix))
+    return out
+
+
+_TEMPLATES = {True: _compile(True), False: _compile(False)}
+_SUCCEEDED = {
+    True: re.compile("^" + re.escape(_AUTH_PREFIX) + _Q_VALUE + r" has succeeded\.$"),
+    False: re.compile("^" + re.escape(_AUTH_PREFIX) + _R_VALUE + r" has succeeded\.$"),
+}
+def _ip_patterns(q: str) -> dict[str, re.Pattern[str]]:
+    """Templates that carry an address; ``q`` is the quote the stream's sink writes.
+
+    In a quoted (file sink) stream every address is inside quotes that an attacker
+    cannot type, so a line forged through a newline in a username never yields one.
+    """
+    ip = f"{q}{_IP}{q}"
+    return {
+        "no_username": re.compile(
+            rf"^Authentication request without username has been denied \(IP: {ip}\)\.$"),
+        "ip_filter": re.compile(rf'^Blocking request to "?(?P<path>[^"\s]*)"? by {ip} '
+                                r"due to IP filtering rule, reason: (?P<why>\w+)$"),
+        # ZL154/JellyfinSecurity: "[2FA] Issuing challenge for {Name} from {Ip}",
+        # "[2FA] Banned IP {Ip} for {Hours}h ({Note})", "[2FA] App-password attempt
+        # rate-limited for IP {Ip}".
+        "twofa_challenge": re.compile(rf'^\[2FA\] Issuing challenge for "?(?P<user>.*?)"? from {ip}$'),
+        "twofa_banned": re.compile(rf"^\[2FA\] Banned IP {ip} for (?P<hours>\d+)h \(.*\)$"),
+        "twofa_rate_limited": re.compile(rf"^\[2FA\] App-password attempt rate-limited for IP {ip}$"),
+    }
+
+
+_IP_TEMPLATES = {True: _ip_patterns('"'), False: _ip_patterns(""), None: _ip_patterns('"?')}
+_LOCKOUT = re.compile(r'^Disabling user "?(?P<user>.*?)"? due to (?P<n>\d+) unsuccessful login attempts\.$')
+_TOKEN = re.compile(r'^"?CustomAuthentication"? was not authenticated\. Failure message: "?(?P<why>.*?)"?$')
+_LEGACY_INVALID = re.compile(r'^Error processing request: "?Invalid username or password entered"?\. URL:')
+_2FA_ACCEPTED = re.compile(r'^\[2FA\] "?(?P<user>.*?)"? 2FA code accepted \("?(?P<method>\w+)"?\)$')
+_2FA_REPLAY = re.compile(r"^Replay attempt detected for user '(?P<uid>[0-9a-fA-F-]{32,36})'")
+# le-firehawk/jellyfin-totp-plugin rejects *after* core logged "has succeeded".
+_TOTP_REJECT = re.compile(
+    r"^Rejecting authentication for user (?P<uid>[0-9a-fA-F-]{32,36}): TOTP (?P<why>.*)$"
+)
+
+# Fragments of Jellyfin's own templates inside a username mean someone is trying to
+# forge a line.
+_FORGERY_HINT = re.compile(r"\(IP:|has been denied|has succeeded|unsuccessful login|[\x00-\x1f]")
+
+PATTERNS: Final = (
+    "denied", "disabled", "remote_forbidden", "parental", "succeeded", "no_username",
+    "lockout", "token_invalid", "ip_filter", "legacy_invalid", "twofa_challenge",
+    "twofa_accepted", "twofa_banned", "twofa_rate_limited", "twofa_replay",
+    "totp_rejected", "injection",
+)
+
+# A success is held this long (monotonic seconds, live) / this many lines, waiting
+# for the TOTP plugin's rejection of the same login.
+_HOLD_SECONDS = 2.0
+_HOLD_LINES = 64
+_TOTP_MATCH_WINDOW = timedelta(seconds=5)
+
+
+def sniff(line: str) -> bool:
+    """Whether a line looks like Jellyfin's Serilog output (for ``--format auto``)."""
+    return _split(line) is not None
+
+
+@dataclass(slots=True)
+class _Header:
+    when: datetime
+    style: str  # "file" or "console"
+    thread: str | None
+    message: str
+
+
+@dataclass(slots=True)
+class _Held:
+    event: Event
+    lines_left: int
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Opener:
+    event: Event
+    raw_lines: list[str] = field(default_factory=list)
+
+
+def _split(line: str) -> tuple[str, str | None] | None:
+    """Strip a collector wrapper; return (serilog line, wrapper timestamp or month/day)."""
+    if line.startswith("["):
+        return line, None
+    if m := _RFC3339_WRAPPER.match(line):
+        return m["rest"], m["wts"]
+    if m := _BSD_WRAPPER.match(line):
+        return m["rest"], f"{m['mon']} {m['day']}"
+    if (m := _COMPOSE_WRAPPER.match(line)) and m["rest"].startswith("["):
+        return m["rest"], None
+    return None
+
+
+class JellyfinParser:
+    """Stateful parser for one Jellyfin log stream."""
+
+    def __init__(self, ctx: StreamContext | None = None, quoting: str = "auto") -> None:
+        self.ctx = ctx or StreamContext()
+        self._style: str | None = None
+        self._quoted: bool | None = {"quoted": True, "raw": False}.get(quoting)
+        self._date: date | None = self.ctx.file_date
+        self._last_console: datetime | None = None
+        self._held: deque[_Held] = deque()
+        self._opener: _Opener | None = None
+
+    # -- stream interface -------------------------------------------------------
+    @property
+    def holding(self) -> bool:
+        return bool(self._held) or self._opener is not None
+
+    def flush(self, *, force: bool) -> list[Event]:
+        out: list[Event] = []
+        if force and self._opener is not None:
+            out.append(self._opener.event)
+            self._opener = None
+        now = time.monotonic()
+        while self._held and (force or self._held[0].deadline <= now):
+            out.append(self._held.popleft().event)
+        return out
+
+    def feed(self, line: str) -> list[Event]:
+        line = line.rstrip()
+        split = _split(line)
+        if split is None:
+            return self._continuation(line)
+        out = self._close_opener()
+        header = self._header(*split)
+        if header is None:
+            return out + self._continuation(line)
+        out += self._age_held()
+        out += self._message(header, line)
+        return out
+
+    # -- header and time --------------------------------------------------------
+    def _header(self, text: str, wrapper: str | None) -> _Header | None:
+        if m := _FILE_HEADER.match(text):
+            when = parse_iso(f"{m['date']}T{m['time'][:15]}{m['zone']}", self.ctx.timezone)
+            style = "file"
+            if when is not None:
+                self._date = when.date()
+        elif m := _CONSOLE_HEADER.match(text):
+            when = self._console_time(m["time"], wrapper)
+            style = "console"
+        else:
+            return None
+        if when is None:
+            return None
+        rest = text[m.end():]
+        pre = _PREAMBLE.match(rest)
+        thread = pre["thread"] if pre else None
+        message = rest[pre.end():] if pre else rest
+        return _Header(when, style, thread, message)
+
+    def _console_time(self, clock: str, wrapper: str | None) -> datetime | None:
+        tz = self.ctx.timezone
+        if wrapper and "T" in wrapper:
+            wrapped = parse_iso(wrapper, tz)
+            if wrapped is not None:
+                self._date = wrapped.astimezone(tz).date()
+        elif wrapper:
+            mon, day = wrapper.split()
+            today = datetime.now(tz).date()
+            guess = date(today.year, _MONTHS[mon], int(day))
+            self._date = guess if guess <= today else guess.replace(year=today.year - 1)
+        if self._date is None:
+            self._date = datetime.now(tz).date()
+        hms = clock[:15]
+        when = parse_iso(f"{self._date.isoformat()}T{hms}", tz)
+        if when is None:
+            return None
+        # Console lines carry no date: a clock that jumps back by hours is midnight.
+        if wrapper is None and self._last_console is not None and \
+                self._last_console - when > timedelta(hours=12):
+            self._date += timedelta(days=1)
+            when += timedelta(days=1)
+        self._last_console = when
+        return when
+
+    # -- messages -----------------------------------------------------------------
+    def _event(self, header: _Header, line: str, pattern: str, kind: EventKind, *,
+               ip: IPAddress | None = None, user: str | None = None,
+               detail: str | None = None, path: str | None = None) -> Event:
+        return Event(time=header.when, source=NAME, kind=kind, origin=f"{NAME}.{pattern}",
+                     service="jellyfin", ip=ip, user=clean_user(user), detail=detail,
+                     path=path, excerpt=excerpt(line))
+
+    def _message(self, header: _Header, line: str) -> list[Event]:
+        msg = header.message
+        if self._style is None:
+            self._style = header.style
+        forged_style = header.style != self._style
+
+        if msg.startswith(_AUTH_PREFIX):
+            if self._quoted is None:
+                self._quoted = msg[len(_AUTH_PREFIX):].startswith('"')
+            if forged_style:
+                return [self._event(header, line, "injection", EventKind.INJECTION_SUSPECTED,
+                                    detail="line in another sink's format inside this log")]
+            return self._auth(header, line, msg)
+        if forged_style:
+            return []
+        ips = _IP_TEMPLATES[self._quoted]
+        if m := ips["no_username"].match(msg):
+            return [self._event(header, line, "no_username", EventKind.AUTH_FAILURE,
+                                ip=parse_ip(m["ip"]))]
+        if m := _LOCKOUT.match(msg):
+            return [self._event(header, line, "lockout", EventKind.ACCOUNT_LOCKED,
+                                user=_unescape(m["user"]), detail=f"after {m['n']} failures")]
+        if m := _TOKEN.match(msg):
+            return [self._event(header, line, "token_invalid", EventKind.TOKEN_FAILURE,
+                                detail=m["why"])]
+        if m := ips["ip_filter"].match(msg):
+            return [self._event(header, line, "ip_filter", EventKind.AUTH_BLOCKED,
+                                ip=parse_ip(m["ip"]), detail=m["why"], path=m["path"])]
+        if _LEGACY_INVALID.match(msg):
+            return [self._event(header, line, "legacy_invalid", EventKind.AUTH_FAILURE)]
+        if msg.startswith("[2FA]"):
+            return self._twofa(header, line, msg, ips)
+        if m := _2FA_REPLAY.match(msg):
+            return [self._event(header, line, "twofa_replay", EventKind.MFA_FAILURE,
+                                detail=f"TOTP replay for user id {m['uid']}")]
+        if m := _TOTP_REJECT.match(msg):
+            return self._totp_rejected(header, line, m["uid"], m["why"])
+        return []
+
+    def _auth(self, header: _Header, line: str, msg: str) -> list[Event]:
+        quoted = bool(self._quoted)
+        if m := _SUCCEEDED[quoted].match(msg):
+            user = _unescape(m["user"]) if quoted else m["user"]
+            event = self._event(header, line, "succeeded", EventKind.AUTH_SUCCESS, user=user)
+            extra = self._injection_hint(header, line, user, None)
+            # Held: the TOTP plugin may reject this very login on the next lines.
+            self._held.append(_Held(event, _HOLD_LINES, time.monotonic() + _HOLD_SECONDS))
+            return extra
+        for name, kind, full, suffix in _TEMPLATES[quoted]:
+            if m := full.match(msg):
+                user = _unescape(m["user"]) if quoted else m["user"]
+                ip = parse_ip(m["ip"])
+                event = self._event(header, line, name, kind, ip=ip, user=user)
+                return [event, *self._injection_hint(header, line, user, ip)]
+        if quoted:
+            # The username was mangled (stray backslash, escaped quotes) but the suffix
+            # with unescaped quotes is Jellyfin's own: count the failure, flag the line.
+            for name, kind, _full, suffix in _TEMPLATES[True]:
+                if m := suffix.search(msg):
+                    ip = parse_ip(m["ip"])
+                    return [self._event(header, line, name, kind, ip=ip),
+                            self._event(header, line, "injection", EventKind.INJECTION_SUSPECTED,
+                                        ip=ip, detail="username breaks the log template")]
+        self._opener = _Opener(self._event(
+            header, line, "injection", EventKind.INJECTION_SUSPECTED,
+            detail="authentication line does not end as Jellyfin writes it"))
+        return []
+
+    def _injection_hint(self, header: _Header, line: str, user: str,
+                        ip: IPAddress | None) -> list[Event]:
+        if not _FORGERY_HINT.search(user):
+            return []
+        return [self._event(header, line, "injection", EventKind.INJECTION_SUSPECTED, ip=ip,
+                            user=user, detail="username contains log template text")]
+
+    def _continuation(self, line: str) -> list[Event]:
+        """Exception traces and the tail of a username that contained a newline."""
+        if self._opener is None:
+            return []
+        self._opener.raw_lines.append(line)
+        if self._quoted:
+            for name, kind, _full, suffix in _TEMPLATES[True]:
+                if m := suffix.search(line):
+                    ip = parse_ip(m["ip"])
+                    opener = self._opener.event
+                    self._opener = None
+                    counted = replace(opener, kind=kind, origin=f"{NAME}.{name}", ip=ip,
+                                      detail=None)
+                    return [counted, replace(opener, ip=ip,
+                                             detail="username contains a line break")]
+        if len(self._opener.raw_lines) > 64:
+            return self._close_opener()
+        return []
+
+    def _close_opener(self) -> list[Event]:
+        if self._opener is None:
+            return []
+        event = self._opener.event
+        self._opener = None
+        return [event]
+
+    def _twofa(self, header: _Header, line: str, msg: str,
+               ips: dict[str, re.Pattern[str]]) -> list[Event]:
+        if m := ips["twofa_challenge"].match(msg):
+            return [self._event(header, line, "twofa_challenge", EventKind.MFA_CHALLENGE,
+                                ip=parse_ip(m["ip"]), user=_unescape(m["user"]))]
+        if m := _2FA_ACCEPTED.match(msg):
+            return [self._event(header, line, "twofa_accepted", EventKind.MFA_SUCCESS,
+                                user=_unescape(m["user"]), detail=m["method"])]
+        if m := ips["twofa_banned"].match(msg):
+            return [self._event(header, line, "twofa_banned", EventKind.AUTH_BLOCKED,
+                                ip=parse_ip(m["ip"]), detail=f"2FA plugin banned for {m['hours']}h")]
+        if m := ips["twofa_rate_limited"].match(msg):
+            return [self._event(header, line, "twofa_rate_limited", EventKind.MFA_FAILURE,
+                                ip=parse_ip(m["ip"]), detail="app-password attempts rate-limited")]
+        return []
+
+    def _totp_rejected(self, header: _Header, line: str, uid: str, why: str) -> list[Event]:
+        # Take back the most recent held success: the plugin turned it into a 401.
+        for i in range(len(self._held) - 1, -1, -1):
+            held = self._held[i].event
+            if abs(header.when - held.time) <= _TOTP_MATCH_WINDOW:
+                del self._held[i]
+                return [replace(held, kind=EventKind.MFA_FAILURE, origin=f"{NAME}.totp_rejected",
+                                detail=f"TOTP {why}", excerpt=excerpt(line))]
+        return [self._event(header, line, "totp_rejected", EventKind.MFA_FAILURE,
+                            detail=f"user id {uid}: TOTP {why}")]
+
+    def _age_held(self) -> list[Event]:
+        out: list[Event] = []
+        for held in self._held:
+            held.lines_left -= 1
+        while self._held and self._held[0].lines_left <= 0:
+            out.append(self._held.popleft().event)
+        return out
+
+
+def _unescape(value: str) -> str:
+    """Undo Serilog's ``\\"`` escaping of quoted string properties."""
+    return value.replace('\\"', '"')
+
+
+def create(ctx: StreamContext) -> JellyfinParser:
+    """Registry factory."""
+    return JellyfinParser(ctx, quoting=ctx.extra.get("quoting", "auto"))

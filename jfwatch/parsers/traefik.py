@@ -1,0 +1,71 @@
+"""Parse Traefik access logs: CLF (combined plus router fields) and JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final
+
+from jfwatch.events import Event
+from jfwatch.parsers._common import StatelessParser, StreamContext, parse_host_port, parse_ip, parse_iso
+from jfwatch.parsers._http import PATTERNS as HTTP_PATTERNS
+from jfwatch.parsers._http import Request, to_event
+from jfwatch.parsers.nginx import COMBINED, parse_clf_time
+
+NAME: Final = "traefik"
+PATTERNS: Final = HTTP_PATTERNS
+
+# combined + ' <RequestCount> "<RouterName>" "<ServiceURL>" <Duration>ms'
+_CLF_TAIL = re.compile(r' \d+ "[^"]*" "[^"]*" \d+ms$')
+
+
+def sniff(line: str) -> bool:
+    if line.startswith("{"):
+        return '"RequestPath"' in line and '"DownstreamStatus"' in line
+    return bool(_CLF_TAIL.search(line)) and bool(COMBINED.match(line))
+
+
+class TraefikParser(StatelessParser):
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+
+    def parse(self, line: str) -> Event | None:
+        req = self._json(line) if line.startswith("{") else self._clf(line)
+        if req is None:
+            return None
+        return to_event(NAME, req, line, token_failures=self.ctx.proxy_token_failures)
+
+    def _clf(self, line: str) -> Request | None:
+        m = COMBINED.match(line)
+        if m is None or not _CLF_TAIL.search(line):
+            return None
+        when = parse_clf_time(m["ts"])
+        if when is None:
+            return None
+        return Request(when, parse_ip(m["ip"]), m["method"], m["path"], int(m["status"]))
+
+    def _json(self, line: str) -> Request | None:
+        try:
+            doc: Any = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        status = doc.get("DownstreamStatus", doc.get("OriginStatus"))
+        method, path = doc.get("RequestMethod"), doc.get("RequestPath")
+        stamp = doc.get("StartUTC") or doc.get("time")
+        if not (isinstance(status, int) and isinstance(method, str) and isinstance(path, str)
+                and isinstance(stamp, str)):
+            return None
+        when = parse_iso(stamp, self.ctx.timezone)
+        if when is None:
+            return None
+        host = doc.get("ClientHost")
+        ip = parse_ip(host) if isinstance(host, str) else None
+        if ip is None and isinstance(doc.get("ClientAddr"), str):
+            ip = parse_host_port(doc["ClientAddr"])
+        return Request(when, ip, method, path, status)
+
+
+def create(ctx: StreamContext) -> TraefikParser:
+    return TraefikParser(ctx)

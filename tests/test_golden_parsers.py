@@ -1,0 +1,57 @@
+"""
+Every sample line in tests/golden/parsers/<format>/*.log is parsed (one parser per file,
+as one stream) and the events it yields are compared with the ``# expect:`` line above
+it.  Like fail2ban's "Regex has no samples", a parser pattern without a sample fails.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from golden_format import attribute, read_samples
+from jfwatch.lines import context_for
+from jfwatch.parsers import PARSERS, create_parser
+
+GOLDEN = Path(__file__).parent / "golden" / "parsers"
+FILES = sorted(GOLDEN.glob("*/*.log"))
+
+
+def _run(path: Path) -> list[tuple[int, list[dict[str, Any]], list[dict[str, Any]]]]:
+    samples = read_samples(path)
+    parser = create_parser(path.parent.name,
+                           context_for(path, UTC, proxy_token_failures="token" in path.name))
+    actual = attribute(parser, samples)
+    return [(s.lineno, s.expect, a) for s, a in zip(samples, actual, strict=True)]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_golden_file(path: Path) -> None:
+    """Each line yields exactly the expected events, with the expected fields."""
+    for lineno, expect, actual in _run(path):
+        got = [{k: e.get(k) for k in want} for want, e in zip(expect, actual, strict=False)]
+        assert len(expect) == len(actual), f"{path.name}:{lineno}: expected {expect}, got {actual}"
+        assert expect == got, f"{path.name}:{lineno}"
+
+
+@pytest.mark.parametrize("fmt", sorted(PARSERS))
+def test_every_pattern_has_a_sample(fmt: str) -> None:
+    """Every pattern a parser declares is exercised by at least one golden sample."""
+    seen = set()
+    for path in (GOLDEN / fmt).glob("*.log"):
+        for sample in read_samples(path):
+            seen.update(e["origin"] for e in sample.expect if "origin" in e)
+    missing = {f"{fmt}.{p}" for p in PARSERS[fmt].patterns} - seen
+    assert not missing, f"patterns without a golden sample: {sorted(missing)}"
+
+
+def test_expectations_name_declared_patterns() -> None:
+    """An expectation never names an origin that no parser declares (catches typos)."""
+    declared = {f"{name}.{p}" for name, spec in PARSERS.items() for p in spec.patterns}
+    for path in FILES:
+        for sample in read_samples(path):
+            for e in sample.expect:
+                assert e.get("origin", next(iter(declared))) in declared, f"{path}:{sample.lineno}"
