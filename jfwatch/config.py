@@ -1,0 +1,156 @@
+"""The daemon's configuration file (YAML, validated by pydantic) and its built-in defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from jfwatch.durations import Duration
+from jfwatch.errors import ConfigError
+from jfwatch.parsers import FORMATS
+from jfwatch.yamlerrors import describe, load_yaml
+
+DEFAULT_CONFIG = Path("/etc/jfwatch/jfwatch.yml")
+PRIVATE_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                  "169.254.0.0/16", "fc00::/7", "fe80::/10"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Strict):
+    """One log to follow: a path or a glob inside one directory."""
+
+    path: str
+    format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
+    timezone: str | None = None
+    start: Literal["end", "beginning"] = "end"
+    watch_mode: Literal["auto", "inotify", "poll"] = "auto"
+    quoting: Literal["auto", "quoted", "raw"] = "auto"
+    proxy_token_failures: bool = False
+
+
+def _cidr(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)
+    return value
+
+
+CIDR = Annotated[str, Field(min_length=2)]
+
+
+class BanFeedConfig(Strict):
+    enabled: bool = True
+    path: Path = Path("/var/log/jfwatch/bans.log")
+    list_path: Path | None = Path("/var/log/jfwatch/banned.txt")
+
+
+class BanPolicy(Strict):
+    """Escalation for repeat offenders, like Fail2Ban's bantime.increment."""
+
+    increment: bool = True
+    factor: float = Field(2.0, ge=1.0)
+    max: Duration = Duration.parse("4w")
+
+
+class NotifyConfig(Strict):
+    urls: list[SecretStr] = []
+    config_file: Path | None = None
+    rdns: bool = False
+    max_per_rule_per_hour: int = Field(10, ge=1)
+    quiet_hours: str | None = Field(None, pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")
+    retry_max: Duration = Duration.parse("1h")
+    give_up_after: Duration = Duration.parse("2d")
+
+
+class MetricsConfig(Strict):
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: int = Field(9725, ge=0, le=65535)
+    stale_after: Duration = Duration.parse("10m")
+
+
+class Config(Strict):
+    """Everything ``jfwatch run`` needs; every field has a safe default."""
+
+    server_name: str = "jellyfin"
+    timezone: str = "UTC"
+    state_dir: Path = Path("/var/lib/jfwatch")
+    rules_dirs: list[Path] = [Path("/etc/jfwatch/rules.d")]
+    sources: list[SourceConfig] = [SourceConfig(path="/var/log/jellyfin/log_*.log")]
+    allow: list[CIDR] = PRIVATE_RANGES
+    trusted_proxies: list[CIDR] = []
+    ipv6_prefix: int = Field(64, ge=8, le=128)
+    max_groups: int = Field(50_000, ge=100)
+    max_line: int = Field(64 * 1024, ge=1024)
+    ban_feed: BanFeedConfig = BanFeedConfig()
+    ban: BanPolicy = BanPolicy()
+    notify: NotifyConfig = NotifyConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("allow", "trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        bad = []
+        for value in values:
+            try:
+                _cidr(value)
+            except ValueError:
+                bad.append(value)
+        if bad:
+            raise ValueError(f"not an address or network: {', '.join(bad)}")
+        return values
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+
+def load_config(path: Path | None) -> tuple[Config, Path | None]:
+    """Load and validate a config file; None means the built-in defaults."""
+    if path is None:
+        env = os.environ.get("JFWATCH_CONFIG")
+        path = Path(env) if env else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if path is None:
+        return Config(), None
+    try:
+        data, lines = load_yaml(path)
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1: the config must be a mapping of options"])
+    # Relative paths in a config file are relative to the file, not the cwd.
+    base = path.parent
+    for key in ("state_dir",):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str(base / data[key])
+    for key in ("rules_dirs",):
+        if isinstance(data.get(key), list):
+            data[key] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p
+                         for p in data[key]]
+    for src in data.get("sources") or []:
+        if isinstance(src, dict) and isinstance(src.get("path"), str) and \
+                not Path(src["path"]).is_absolute():
+            src["path"] = str(base / src["path"])
+    feed = data.get("ban_feed")
+    if isinstance(feed, dict):
+        for key in ("path", "list_path"):
+            if isinstance(feed.get(key), str) and not Path(feed[key]).is_absolute():
+                feed[key] = str(base / feed[key])
+    try:
+        return Config.model_validate(data), path
+    except ValidationError as exc:
+        raise ConfigError(describe(path, lines, exc)) from exc

@@ -1,0 +1,84 @@
+"""What the detector decides: alerts, bans and unbans (plain values, JSON-ready)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jfwatch.durations import format_duration
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A rule fired.  Every field an alert message needs, nothing attacker-executable."""
+
+    rule: str
+    description: str
+    severity: str
+    time: datetime
+    key: dict[str, str]
+    ip: str | None
+    user: str | None
+    count: int
+    window_seconds: float
+    first_time: datetime
+    last_time: datetime
+    tags: tuple[str, ...] = ()
+    simulate: bool = False
+    ban_until: datetime | None = None
+    not_banned_reason: str | None = None
+    users: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    samples: tuple[str, ...] = field(default=(), compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "alert", "rule": self.rule, "severity": self.severity,
+            "time": self.time.isoformat(), "key": self.key, "ip": self.ip, "user": self.user,
+            "count": self.count, "window": format_duration_s(self.window_seconds),
+            "first": self.first_time.isoformat(), "last": self.last_time.isoformat(),
+            "description": self.description, "tags": list(self.tags), "simulate": self.simulate,
+            "ban_until": self.ban_until.isoformat() if self.ban_until else None,
+            "not_banned_reason": self.not_banned_reason, "users": list(self.users),
+            "kinds": list(self.kinds), "samples": list(self.samples),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    ip: str
+    rule: str
+    time: datetime
+    until: datetime
+    level: int
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.until - self.time).total_seconds()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "ban", "ip": self.ip, "rule": self.rule, "time": self.time.isoformat(),
+                "until": self.until.isoformat(),
+                "duration": format_duration_s(self.duration_seconds), "level": self.level}
+
+
+@dataclass(frozen=True, slots=True)
+class Unban:
+    ip: str
+    rule: str
+    time: datetime
+    reason: str = "expired"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "unban", "ip": self.ip, "rule": self.rule, "time": self.time.isoformat(),
+                "reason": self.reason}
+
+
+Decision = Alert | Ban | Unban
+
+
+def format_duration_s(seconds: float) -> str:
+    from datetime import timedelta
+
+    return format_duration(timedelta(seconds=seconds))

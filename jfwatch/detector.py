@@ -1,0 +1,353 @@
+"""
+The detector: events in, alerts and ban decisions out.
+
+Single-threaded and driven by event time only (never the wall clock), so ``jfwatch
+replay`` of a log gives exactly what a live run gave.  State that must survive a
+restart (bans, escalation history, first-seen values) goes through the StateStore;
+per-group counters are in memory, capped, oldest evicted first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from jfwatch.decisions import Alert, Ban, Decision, Unban
+from jfwatch.events import Event, IPAddress
+from jfwatch.rules import Match, Rule
+from jfwatch.state import StateStore
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_SAMPLES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSettings:
+    """The parts of the config the detector needs (kept apart from the config file)."""
+
+    allow: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    private: tuple[Network, ...] = ()
+    ipv6_prefix: int = 64
+    max_groups: int = 50_000
+    ban_increment: bool = True
+    ban_factor: float = 2.0
+    ban_max: timedelta = timedelta(weeks=4)
+
+
+def networks(values: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def _in(ip: IPAddress | None, nets: tuple[Network, ...]) -> bool:
+    return ip is not None and any(ip.version == n.version and ip in n for n in nets)
+
+
+def compile_match(match: Match, settings: DetectorSettings) -> Callable[[Event], bool]:
+    """Turn a declarative match into a predicate (sets and networks, no expressions)."""
+    kinds = set(match.kind) if match.kind else None
+    sources = set(match.source) if match.source else None
+    services = set(match.service) if match.service else None
+    origins = set(match.origin) if match.origin else None
+    users = {u.casefold() for u in match.user} if match.user else None
+
+    def nets(values: list[str] | None) -> tuple[Network, ...] | None:
+        if values is None:
+            return None
+        symbolic = {"@trusted_proxies": settings.trusted_proxies, "@private": settings.private,
+                    "@allow": settings.allow}
+        out: list[Network] = []
+        for v in values:
+            out += symbolic[v] if v in symbolic else (ipaddress.ip_network(v, strict=False),)
+        return tuple(out)
+
+    ips, not_ips = nets(match.ip), nets(match.not_ip)
+
+    def predicate(e: Event) -> bool:
+        return not (
+            (kinds is not None and e.kind not in kinds)
+            or (sources is not None and e.source not in sources)
+            or (services is not None and e.service not in services)
+            or (origins is not None and e.origin not in origins)
+            or (users is not None and (e.user is None or e.user.casefold() not in users))
+            or (ips is not None and not _in(e.ip, ips))
+            or (not_ips is not None and _in(e.ip, not_ips))
+            or (match.has_ip is not None and (e.ip is not None) != match.has_ip)
+            or (match.has_user is not None and (e.user is not None) != match.has_user)
+        )
+
+    return predicate
+
+
+@dataclass(slots=True)
+class _Group:
+    hits: deque[tuple[datetime, str | None]] = field(default_factory=deque)
+    firsts: deque[datetime] = field(default_factory=deque)
+    samples: deque[str] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    kinds: set[str] = field(default_factory=set)
+    last_alert: datetime | None = None
+
+
+@dataclass(slots=True)
+class _CompiledRule:
+    rule: Rule
+    match: Callable[[Event], bool]
+    reset: Callable[[Event], bool] | None
+    first: Callable[[Event], bool] | None
+    then: Callable[[Event], bool] | None
+
+
+class Detector:
+    """Feed events in time order; collect decisions."""
+
+    def __init__(self, rules: list[Rule], settings: DetectorSettings, store: StateStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.rules = [self._compile(r) for r in rules]
+        self._groups: OrderedDict[tuple[str, str], _Group] = OrderedDict()
+        self.evictions = 0
+        self.now: datetime | None = None
+
+    def _compile(self, rule: Rule) -> _CompiledRule:
+        s = self.settings
+        return _CompiledRule(
+            rule, compile_match(rule.match, s),
+            compile_match(rule.reset_on, s) if rule.reset_on else None,
+            compile_match(rule.first, s) if rule.first else None,
+            compile_match(rule.then, s) if rule.then else None)
+
+    @property
+    def tracked_groups(self) -> int:
+        return len(self._groups)
+
+    # -- public -----------------------------------------------------------------
+    def feed(self, event: Event) -> list[Decision]:
+        """Process one event; windows and expiry use ``event.time``."""
+        out: list[Decision] = list(self.expire(event.time))
+        for compiled in self.rules:
+            out += self._apply(compiled, event)
+        return out
+
+    def expire(self, now: datetime) -> list[Unban]:
+        """Lift bans whose time is over (in event time for replay, wall time when idle)."""
+        if self.now is None or now > self.now:
+            self.now = now
+        nxt = self.store.next_expiry()
+        if nxt is None or nxt > now:
+            return []
+        out = []
+        for row in self.store.expired_bans(now):
+            self.store.remove_ban(row.ip)
+            out.append(Unban(row.ip, row.rule, row.until))
+        return out
+
+    def protected_reason(self, ip: IPAddress) -> str | None:
+        """Why an address must never be banned, or None."""
+        if _in(ip, self.settings.trusted_proxies):
+            return "trusted proxy"
+        if _in(ip, self.settings.allow):
+            return "allow-listed"
+        return None
+
+    # -- rules ------------------------------------------------------------------
+    def _key(self, rule: Rule, event: Event) -> dict[str, str] | None:
+        key: dict[str, str] = {}
+        for name in rule.group_by:
+            if name == "ip":
+                if event.ip is None:
+                    return None
+                ip = event.ip
+                if ip.version == 6 and self.settings.ipv6_prefix < 128:
+                    key["ip"] = str(ipaddress.ip_network(f"{ip}/{self.settings.ipv6_prefix}",
+                                                         strict=False))
+                else:
+                    key["ip"] = str(ip)
+            else:
+                if event.user is None:
+                    return None
+                key["user"] = event.user.casefold()
+        return key
+
+    def _group(self, rule: str, key: str, create: bool) -> _Group | None:
+        slot = (rule, key)
+        group = self._groups.get(slot)
+        if group is not None:
+            self._groups.move_to_end(slot)
+            return group
+        if not create:
+            return None
+        group = self._groups[slot] = _Group()
+        if len(self._groups) > self.settings.max_groups:
+            self._groups.popitem(last=False)
+            self.evictions += 1
+        return group
+
+    def _apply(self, c: _CompiledRule, event: Event) -> list[Decision]:
+        rule = c.rule
+        relevant = c.match(event) or (c.reset is not None and c.reset(event)) or \
+            (c.first is not None and c.first(event)) or (c.then is not None and c.then(event))
+        if not relevant:
+            return []
+        key = self._key(rule, event)
+        if key is None:
+            return []
+        key_text = "|".join(f"{k}={v}" for k, v in sorted(key.items()))
+        if c.reset is not None and c.reset(event):
+            group = self._group(rule.name, key_text, create=False)
+            if group is not None:
+                group.hits.clear()
+                group.firsts.clear()
+            return []
+        handler = {"threshold": self._threshold, "sequence": self._sequence,
+                   "new_value": self._new_value, "trigger": self._trigger}[rule.type]
+        return handler(c, event, key, key_text)
+
+    def _trigger(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
+                 ) -> list[Decision]:
+        group = self._group(c.rule.name, key_text, create=True)
+        assert group is not None
+        group.samples.append(event.excerpt)
+        return self._fire(c.rule, event, key, group, 1, event.time, users=(), kinds=(event.kind,))
+
+    def _threshold(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
+                   ) -> list[Decision]:
+        if not c.match(event):
+            return []
+        rule = c.rule
+        group = self._group(rule.name, key_text, create=True)
+        assert group is not None
+        distinct_value = None
+        if rule.distinct == "user":
+            distinct_value = (event.user or "").casefold()
+        elif rule.distinct == "ip":
+            distinct_value = str(event.ip) if event.ip else ""
+        group.hits.append((event.time, distinct_value))
+        group.samples.append(event.excerpt)
+        group.kinds.add(event.kind)
+        horizon = event.time - rule.window
+        while group.hits and group.hits[0][0] < horizon:
+            group.hits.popleft()
+        if rule.distinct:
+            count = len({v for _, v in group.hits if v})
+        else:
+            count = len(group.hits)
+        if count < rule.threshold:
+            return []
+        first = group.hits[0][0]
+        users = tuple(sorted({v for _, v in group.hits if v}))[:10] if rule.distinct == "user" else ()
+        kinds = tuple(sorted(group.kinds))
+        group.hits.clear()
+        group.kinds.clear()
+        return self._fire(rule, event, key, group, count, first, users=users, kinds=kinds)
+
+    def _sequence(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
+                  ) -> list[Decision]:
+        rule = c.rule
+        assert c.first is not None and c.then is not None and rule.first is not None
+        horizon = event.time - rule.window
+        if c.then(event):
+            group = self._group(rule.name, key_text, create=False)
+            if group is None:
+                return []
+            while group.firsts and group.firsts[0] < horizon:
+                group.firsts.popleft()
+            if len(group.firsts) < rule.first.count:
+                return []
+            count, first = len(group.firsts), group.firsts[0]
+            group.firsts.clear()
+            group.samples.append(event.excerpt)
+            return self._fire(rule, event, key, group, count + 1, first, users=(),
+                              kinds=(event.kind,))
+        if c.first(event):
+            group = self._group(rule.name, key_text, create=True)
+            assert group is not None
+            group.firsts.append(event.time)
+            group.samples.append(event.excerpt)
+            while group.firsts and group.firsts[0] < horizon:
+                group.firsts.popleft()
+        return []
+
+    def _new_value(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
+                   ) -> list[Decision]:
+        if not c.match(event):
+            return []
+        rule = c.rule
+        if rule.field == "ip":
+            if event.ip is None:
+                return []
+            value = str(event.ip)
+        else:
+            if event.user is None:
+                return []
+            value = event.user.casefold()
+        known_before = self.store.has_values(rule.name, key_text)
+        is_new = self.store.remember(rule.name, key_text, value, event.time)
+        if not (is_new and known_before):
+            return []  # the very first value of a group is its baseline, not news
+        group = self._group(rule.name, key_text, create=True)
+        assert group is not None
+        group.samples.append(event.excerpt)
+        return self._fire(rule, event, key, group, 1, event.time, users=(), kinds=(event.kind,))
+
+    # -- firing -----------------------------------------------------------------
+    def _fire(self, rule: Rule, event: Event, key: dict[str, str], group: _Group, count: int,
+              first: datetime, *, users: tuple[str, ...], kinds: tuple[str, ...]
+              ) -> list[Decision]:
+        if group.last_alert is not None and rule.cooldown and \
+                event.time - group.last_alert < rule.cooldown:
+            return []
+        group.last_alert = event.time
+        out: list[Decision] = []
+        ban_until, reason = None, None
+        if rule.actions.ban is not None:
+            ban, reason = self._ban(rule, event)
+            if ban is not None:
+                out.append(ban)
+                ban_until = ban.until
+            elif reason is None and event.ip is not None:
+                active = self.store.active_ban(str(event.ip))
+                ban_until = active.until if active else None
+        alert = Alert(
+            rule=rule.name, description=rule.description, severity=rule.severity,
+            time=event.time, key=key, ip=None if event.ip is None else str(event.ip),
+            user=event.user, count=count, window_seconds=rule.window.total_seconds(),
+            first_time=first, last_time=event.time,
+            tags=tuple(rule.actions.notify.tags) if rule.actions.notify else (),
+            simulate=rule.simulate, ban_until=ban_until, not_banned_reason=reason,
+            users=users, kinds=kinds, samples=tuple(group.samples))
+        return [alert, *out]
+
+    def _ban(self, rule: Rule, event: Event) -> tuple[Ban | None, str | None]:
+        assert rule.actions.ban is not None
+        if rule.simulate:
+            return None, "simulate mode"
+        if event.ip is None:
+            return None, "no trustworthy address"
+        reason = self.protected_reason(event.ip)
+        if reason is not None:
+            return None, reason
+        ip = str(event.ip)
+        level = self.store.ban_count(ip) if self.settings.ban_increment else 0
+        duration = rule.actions.ban.duration * (self.settings.ban_factor ** level)
+        duration = min(duration, self.settings.ban_max)
+        until = event.time + duration
+        active = self.store.active_ban(ip)
+        if active is not None and active.until >= until:
+            return None, None  # already banned for longer: no second line in the feed
+        self.store.record_ban(ip, rule.name, event.time, until, level)
+        return Ban(ip, rule.name, event.time, until, level), None
+
+
+def settings_from_config(cfg: object) -> DetectorSettings:
+    """Build detector settings from a Config (kept here so config.py stays declarative)."""
+    from jfwatch.config import PRIVATE_RANGES, Config
+
+    assert isinstance(cfg, Config)
+    return DetectorSettings(
+        allow=networks(cfg.allow), trusted_proxies=networks(cfg.trusted_proxies),
+        private=networks(PRIVATE_RANGES), ipv6_prefix=cfg.ipv6_prefix,
+        max_groups=cfg.max_groups, ban_increment=cfg.ban.increment,
+        ban_factor=cfg.ban.factor, ban_max=cfg.ban.max)

@@ -1,0 +1,171 @@
+"""
+Rule files: one YAML rule per file, the shipped pack plus user directories.
+
+A user file whose ``name`` equals a shipped rule replaces it; ``enabled: false`` turns
+a rule off.  Unknown keys are errors, and every problem of every file is reported at
+once as ``file:line: field: message``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jfwatch.durations import Duration
+from jfwatch.errors import ConfigError
+from jfwatch.events import EventKind
+from jfwatch.yamlerrors import describe, load_yaml
+
+Severity = Literal["info", "low", "medium", "high", "critical"]
+GroupField = Literal["ip", "user"]
+# Symbolic address sets filled from the config, so rules need not repeat it.
+SYMBOLIC_NETS = ("@trusted_proxies", "@private", "@allow")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _as_list(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+class Match(Strict):
+    """Event fields to match; lists are alternatives, fields are ANDed.  No expressions."""
+
+    kind: list[EventKind] | None = None
+    source: list[str] | None = None
+    service: list[str] | None = None
+    origin: list[str] | None = None
+    user: list[str] | None = None
+    ip: list[str] | None = None
+    not_ip: list[str] | None = None
+    has_ip: bool | None = None
+    has_user: bool | None = None
+
+    @field_validator("kind", "source", "service", "origin", "user", "ip", "not_ip", mode="before")
+    @classmethod
+    def _listify(cls, value: object) -> object:
+        return _as_list(value)
+
+    @field_validator("ip", "not_ip")
+    @classmethod
+    def _networks(cls, values: list[str] | None) -> list[str] | None:
+        for value in values or []:
+            if value not in SYMBOLIC_NETS:
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{value!r} is not a network or one of {SYMBOLIC_NETS}") from exc
+        return values
+
+
+class Step(Match):
+    """A sequence step: a match plus how many such events it needs."""
+
+    count: int = Field(1, ge=1)
+
+
+class NotifyAction(Strict):
+    tags: list[str] = []
+
+
+class BanAction(Strict):
+    duration: Duration
+
+
+class Actions(Strict):
+    notify: NotifyAction | None = NotifyAction()
+    ban: BanAction | None = None
+
+
+class Rule(Strict):
+    """One detection rule; see README "Rule format" for the meaning of each field."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,63}$")
+    description: str = Field(min_length=3)
+    type: Literal["threshold", "sequence", "new_value", "trigger"]
+    enabled: bool = True
+    match: Match = Match()
+    group_by: list[GroupField] = ["ip"]
+    threshold: int = Field(1, ge=1)
+    window: Duration = Duration.parse("10m")
+    distinct: GroupField | None = None
+    first: Step | None = None
+    then: Match | None = None
+    field: GroupField | None = None
+    reset_on: Match | None = None
+    cooldown: Duration = Duration.parse("0s")
+    severity: Severity = "medium"
+    simulate: bool = False
+    actions: Actions = Actions()
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _listify(cls, value: object) -> object:
+        return _as_list(value)
+
+    @model_validator(mode="after")
+    def _type_fields(self) -> Rule:
+        if self.type == "sequence" and (self.first is None or self.then is None):
+            raise ValueError("a sequence rule needs both 'first' and 'then'")
+        if self.type != "sequence" and (self.first is not None or self.then is not None):
+            raise ValueError("'first' and 'then' belong to sequence rules only")
+        if self.type == "new_value" and self.field is None:
+            raise ValueError("a new_value rule needs 'field' (the value to remember per group)")
+        if self.distinct is not None and self.type != "threshold":
+            raise ValueError("'distinct' belongs to threshold rules only")
+        return self
+
+
+def shipped_rules_dir() -> Path:
+    """The rule pack: inside the installed package, else ``rules/`` of a source checkout."""
+    packaged = Path(str(resources.files("jfwatch"))) / "_data" / "rules"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "rules"
+
+
+def load_rule_file(path: Path) -> Rule:
+    """Load one rule file; raise ConfigError listing every problem in it."""
+    try:
+        data, lines = load_yaml(path)
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1: a rule file must be a mapping"])
+    try:
+        return Rule.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe(path, lines, exc)) from exc
+
+
+def load_rules(extra_dirs: list[Path], *, shipped: Path | None = None) -> list[Rule]:
+    """
+    Load the shipped pack, then each user directory in order (later files with the same
+    name replace earlier ones); drop disabled rules.  Missing user directories are fine.
+    """
+    problems: list[str] = []
+    by_name: dict[str, Rule] = {}
+    for directory in [shipped or shipped_rules_dir(), *extra_dirs]:
+        if not directory.is_dir():
+            continue
+        seen_here: dict[str, Path] = {}
+        for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+            try:
+                rule = load_rule_file(path)
+            except ConfigError as exc:
+                problems += exc.problems
+                continue
+            if rule.name in seen_here:
+                problems.append(f"{path}:1: name: {rule.name!r} is also defined in {seen_here[rule.name]}")
+                continue
+            seen_here[rule.name] = path
+            by_name[rule.name] = rule
+    if problems:
+        raise ConfigError(problems)
+    return [rule for rule in by_name.values() if rule.enabled]

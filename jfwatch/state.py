@@ -1,0 +1,137 @@
+"""
+The embedded SQLite state: read offsets, bans and their history, first-seen values and
+the alert outbox.  One connection per thread; WAL so the outbox worker and the pipeline
+do not block each other.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS offsets (
+    source TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, fingerprint BLOB, offset INTEGER,
+    path TEXT, updated TEXT);
+CREATE TABLE IF NOT EXISTS bans (
+    ip TEXT PRIMARY KEY, rule TEXT NOT NULL, since TEXT NOT NULL, until TEXT NOT NULL,
+    level INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ban_history (
+    ip TEXT PRIMARY KEY, count INTEGER NOT NULL, last TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS first_seen (
+    rule TEXT, key TEXT, value TEXT, time TEXT, PRIMARY KEY (rule, key, value));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created TEXT NOT NULL, dedup TEXT UNIQUE,
+    severity TEXT NOT NULL, tags TEXT NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0,
+    delivered TEXT, failed TEXT, last_error TEXT);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BanRow:
+    ip: str
+    rule: str
+    since: datetime
+    until: datetime
+    level: int
+
+
+class StateStore:
+    """Access to the state file; ``":memory:"`` gives a throw-away store (replay)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._memory: sqlite3.Connection | None = None
+        self.db.executescript(_SCHEMA)
+        self.db.commit()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self.path == ":memory:":
+            if self._memory is None:
+                self._memory = sqlite3.connect(":memory:", check_same_thread=False)
+            return self._memory
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self.db
+        try:
+            yield db
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- bans -------------------------------------------------------------------
+    def active_ban(self, ip: str) -> BanRow | None:
+        row = self.db.execute("SELECT ip, rule, since, until, level FROM bans WHERE ip=?",
+                              (ip,)).fetchone()
+        return None if row is None else _ban(row)
+
+    def bans(self) -> list[BanRow]:
+        rows = self.db.execute("SELECT ip, rule, since, until, level FROM bans ORDER BY until")
+        return [_ban(r) for r in rows]
+
+    def record_ban(self, ip: str, rule: str, since: datetime, until: datetime, level: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO bans VALUES (?,?,?,?,?)",
+                       (ip, rule, since.isoformat(), until.isoformat(), level))
+            db.execute("INSERT INTO ban_history VALUES (?,1,?) ON CONFLICT(ip) DO UPDATE SET "
+                       "count=count+1, last=excluded.last", (ip, since.isoformat()))
+
+    def remove_ban(self, ip: str) -> BanRow | None:
+        row = self.active_ban(ip)
+        if row is not None:
+            with self.transaction() as db:
+                db.execute("DELETE FROM bans WHERE ip=?", (ip,))
+        return row
+
+    def expired_bans(self, now: datetime) -> list[BanRow]:
+        return [b for b in self.bans() if b.until <= now]
+
+    def next_expiry(self) -> datetime | None:
+        row = self.db.execute("SELECT MIN(until) FROM bans").fetchone()
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    def ban_count(self, ip: str) -> int:
+        row = self.db.execute("SELECT count FROM ban_history WHERE ip=?", (ip,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- first seen ----------------------------------------------------------------
+    def has_values(self, rule: str, key: str) -> bool:
+        return self.db.execute("SELECT 1 FROM first_seen WHERE rule=? AND key=? LIMIT 1",
+                               (rule, key)).fetchone() is not None
+
+    def remember(self, rule: str, key: str, value: str, when: datetime) -> bool:
+        """Store a value; return True if it was new."""
+        with self.transaction() as db:
+            cur = db.execute("INSERT OR IGNORE INTO first_seen VALUES (?,?,?,?)",
+                             (rule, key, value, when.isoformat()))
+            return cur.rowcount == 1
+
+
+def _ban(row: tuple[str, str, str, str, int]) -> BanRow:
+    return BanRow(row[0], row[1], datetime.fromisoformat(row[2]), datetime.fromisoformat(row[3]),
+                  int(row[4]))
