@@ -24,18 +24,37 @@ def load_all(config_path: Path | None, rules_dir: list[Path] | None
     """Config and rules together, so every problem of both is reported in one go."""
     problems: list[str] = []
     cfg, used = Config(), None
+    rule_dirs: list[Path] | None = None
     try:
         cfg, used = load_config(config_path)
     except ConfigError as exc:
         problems += exc.problems
+        rule_dirs = _raw_rule_dirs(config_path)  # still check the rules the file names
     rules: list[Rule] = []
     try:
-        rules = load_rules([*cfg.rules_dirs, *(rules_dir or [])])
+        rules = load_rules([*(cfg.rules_dirs if rule_dirs is None else rule_dirs),
+                            *(rules_dir or [])])
     except ConfigError as exc:
         problems += exc.problems
     if problems:
         raise ConfigError(problems)
     return cfg, used, rules
+
+
+def _raw_rule_dirs(config_path: Path | None) -> list[Path]:
+    """``rules_dirs`` from a config file that failed validation, if it can be read."""
+    from jfwatch.yamlerrors import load_yaml
+
+    if config_path is None:
+        return []
+    try:
+        data, _ = load_yaml(config_path)
+    except ValueError:
+        return []
+    dirs = data.get("rules_dirs") if isinstance(data, dict) else None
+    if not isinstance(dirs, list):
+        return []
+    return [config_path.parent / d for d in dirs if isinstance(d, str)]
 
 
 def _report(exc: ConfigError) -> int:

@@ -1,0 +1,165 @@
+"""Detector behaviour on synthetic events: windows, cooldown, bans, allow-list, memory bound."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from jfwatch.decisions import Alert, Ban, Unban
+from jfwatch.detector import Detector, DetectorSettings, networks
+from jfwatch.events import Event, EventKind
+from jfwatch.rules import Rule
+from jfwatch.state import StateStore
+
+T0 = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
+
+
+def _rule(**kw: object) -> Rule:
+    base: dict[str, object] = {"name": "bf", "description": "test rule", "type": "threshold",
+                               "match": {"kind": ["auth_failure"]}, "group_by": ["ip"],
+                               "threshold": 3, "window": "10m",
+                               "actions": {"notify": {}, "ban": {"duration": "1h"}}}
+    base.update(kw)
+    return Rule.model_validate(base)
+
+
+def _fail(ip: str, at: float, user: str = "u") -> Event:
+    return Event(time=T0 + timedelta(seconds=at), source="jellyfin", kind=EventKind.AUTH_FAILURE,
+                 origin="jellyfin.denied", service="jellyfin", ip=ipaddress.ip_address(ip),
+                 user=user)
+
+
+def _detector(rule: Rule, store: StateStore | None = None, **settings: object) -> Detector:
+    return Detector([rule], DetectorSettings(**settings), store or StateStore(":memory:"))  # type: ignore[arg-type]
+
+
+def _run(det: Detector, events: list[Event]) -> list[object]:
+    out: list[object] = []
+    for e in events:
+        out += det.feed(e)
+    return out
+
+
+class TestThreshold:
+    def test_fires_at_threshold_within_window(self) -> None:
+        """Three failures inside ten minutes raise one alert and one ban."""
+        out = _run(_detector(_rule()), [_fail("203.0.113.1", s) for s in (0, 60, 120)])
+        assert ["alert", "ban"] == [type(d).__name__.lower() for d in out]
+
+    def test_window_edge(self) -> None:
+        """Failures further apart than the window never add up."""
+        out = _run(_detector(_rule()), [_fail("203.0.113.1", s) for s in (0, 400, 801)])
+        assert [] == out
+
+    def test_cooldown_suppresses_repeat_alerts(self) -> None:
+        """After an alert, the same group stays quiet for the cooldown period."""
+        det = _detector(_rule(cooldown="1h", actions={"notify": {}}))
+        out = _run(det, [_fail("203.0.113.1", s) for s in range(0, 60, 5)])
+        assert 1 == sum(isinstance(d, Alert) for d in out)
+        out = _run(det, [_fail("203.0.113.1", 3700 + s) for s in (0, 1, 2)])
+        assert 1 == sum(isinstance(d, Alert) for d in out)
+
+    def test_ipv6_grouped_by_prefix(self) -> None:
+        """Addresses in one /64 count as one attacker; the ban names the last address."""
+        out = _run(_detector(_rule()), [_fail(f"2001:db8:1:2::{i}", i) for i in range(1, 4)])
+        alert = next(d for d in out if isinstance(d, Alert))
+        assert {"ip": "2001:db8:1:2::/64"} == alert.key
+        assert "2001:db8:1:2::3" == next(d for d in out if isinstance(d, Ban)).ip
+
+    def test_distinct_counts_unique_values(self) -> None:
+        """``distinct: user`` counts different usernames, not attempts."""
+        det = _detector(_rule(distinct="user"))
+        assert [] == _run(det, [_fail("203.0.113.1", s, "same") for s in range(5)])
+        out = _run(det, [_fail("203.0.113.1", 10 + s, f"u{s}") for s in range(3)])
+        assert any(isinstance(d, Alert) for d in out)
+
+
+class TestBans:
+    def test_allow_listed_and_trusted_never_banned(self) -> None:
+        """Allow-listed and trusted-proxy addresses raise alerts but never bans."""
+        det = _detector(_rule(), allow=networks(["192.168.0.0/16"]),
+                        trusted_proxies=networks(["172.18.0.2/32"]))
+        out = _run(det, [_fail("192.168.1.5", s) for s in range(3)]
+                   + [_fail("172.18.0.2", 10 + s) for s in range(3)])
+        alerts = [d for d in out if isinstance(d, Alert)]
+        assert not any(isinstance(d, Ban) for d in out)
+        assert ["allow-listed", "trusted proxy"] == [a.not_banned_reason for a in alerts]
+
+    def test_escalation_doubles_up_to_max(self) -> None:
+        """Each repeat ban doubles, capped by ban_max (Fail2Ban's bantime.increment)."""
+        det = _detector(_rule(), ban_max=timedelta(hours=3))
+        durations = []
+        for round_ in range(4):
+            start = round_ * 20000
+            out = _run(det, [_fail("203.0.113.9", start + s) for s in range(3)])
+            ban = next(d for d in out if isinstance(d, Ban))
+            durations.append(ban.duration_seconds / 3600)
+        assert [1, 2, 3, 3] == durations
+
+    def test_expired_ban_is_lifted_in_event_time(self) -> None:
+        """A later event past the ban's end produces the unban."""
+        det = _detector(_rule())
+        _run(det, [_fail("203.0.113.9", s) for s in range(3)])
+        out = det.feed(_fail("198.51.100.1", 3 * 3600))
+        assert [("203.0.113.9", "bf")] == [(d.ip, d.rule) for d in out if isinstance(d, Unban)]
+
+    def test_restart_keeps_bans_and_escalation(self, tmp_path: Path) -> None:
+        """Bans and history live in SQLite: a new detector on the same file remembers them."""
+        state = tmp_path / "state.db"
+        _run(_detector(_rule(), StateStore(state)), [_fail("203.0.113.9", s) for s in range(3)])
+        det = _detector(_rule(), StateStore(state))
+        assert det.store.active_ban("203.0.113.9") is not None
+        out = _run(det, [_fail("203.0.113.9", 5000 + s) for s in range(3)])
+        assert 2 * 3600 == next(d for d in out if isinstance(d, Ban)).duration_seconds
+
+
+class TestSequenceAndNewValue:
+    def test_success_after_failures(self) -> None:
+        rule = _rule(type="sequence", first={"kind": ["auth_failure"], "count": 2},
+                     then={"kind": ["auth_success"]}, group_by=["user"], match={},
+                     actions={"notify": {}})
+        ok = Event(time=T0 + timedelta(seconds=30), source="jellyfin", kind=EventKind.AUTH_SUCCESS,
+                   origin="jellyfin.succeeded", service="jellyfin", user="u")
+        out = _run(_detector(rule), [_fail("203.0.113.1", 0), _fail("203.0.113.2", 10), ok])
+        assert [("bf", 3)] == [(a.rule, a.count) for a in out if isinstance(a, Alert)]
+
+    def test_first_seen_survives_restart(self, tmp_path: Path) -> None:
+        """A value seen before a restart is not news after it."""
+        rule = _rule(type="new_value", field="ip", group_by=["user"], threshold=1,
+                     match={"kind": ["auth_failure"]}, actions={"notify": {}})
+        state = tmp_path / "s.db"
+        _run(_detector(rule, StateStore(state)), [_fail("203.0.113.1", 0), _fail("203.0.113.2", 1)])
+        out = _run(_detector(rule, StateStore(state)), [_fail("203.0.113.2", 5),
+                                                        _fail("203.0.113.3", 6)])
+        assert ["203.0.113.3"] == [a.ip for a in out if isinstance(a, Alert)]
+
+
+def test_flood_of_a_million_addresses_is_bounded() -> None:
+    """1,000,000 distinct attackers: groups stay at the cap, evictions are counted, RSS < 250 MB."""
+    script = textwrap.dedent("""
+        import ipaddress, resource
+        from datetime import UTC, datetime, timedelta
+        from jfwatch.detector import Detector, DetectorSettings
+        from jfwatch.events import Event, EventKind
+        from jfwatch.rules import load_rules
+        from jfwatch.state import StateStore
+        det = Detector(load_rules([]), DetectorSettings(), StateStore(":memory:"))
+        t0 = datetime(2026, 1, 1, tzinfo=UTC)
+        base = int(ipaddress.ip_address("11.0.0.0"))
+        for i in range(1_000_000):
+            det.feed(Event(time=t0 + timedelta(microseconds=i), source="jellyfin",
+                           kind=EventKind.AUTH_FAILURE, origin="jellyfin.denied",
+                           service="jellyfin", ip=ipaddress.IPv4Address(base + i), user="admin"))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print(det.tracked_groups, det.evictions, rss)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=900).stdout.split()
+    groups, evictions, rss_mb = map(int, out)
+    assert groups == 50_000
+    assert evictions > 1_000_000
+    assert rss_mb < 250
