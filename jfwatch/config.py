@@ -87,6 +87,9 @@ class Config(Strict):
     ipv6_prefix: int = Field(64, ge=8, le=128)
     max_groups: int = Field(50_000, ge=100)
     max_line: int = Field(64 * 1024, ge=1024)
+    # Optional JSON-lines copy of every event (SIEM export, debugging); written
+    # exactly once per line even across crashes (its length is committed with offsets).
+    events_file: Path | None = None
     ban_feed: BanFeedConfig = BanFeedConfig()
     ban: BanPolicy = BanPolicy()
     notify: NotifyConfig = NotifyConfig()
@@ -134,7 +137,7 @@ def load_config(path: Path | None) -> tuple[Config, Path | None]:
         raise ConfigError([f"{path}:1: the config must be a mapping of options"])
     # Relative paths in a config file are relative to the file, not the cwd.
     base = path.parent
-    for key in ("state_dir",):
+    for key in ("state_dir", "events_file"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str(base / data[key])
     for key in ("rules_dirs",):

@@ -18,6 +18,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (
     source TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, fingerprint BLOB, offset INTEGER,
     path TEXT, updated TEXT);
+CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bans (
     ip TEXT PRIMARY KEY, rule TEXT NOT NULL, since TEXT NOT NULL, until TEXT NOT NULL,
     level INTEGER NOT NULL);
@@ -83,6 +84,28 @@ class StateStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    # -- offsets ----------------------------------------------------------------
+    def offsets(self) -> list[tuple[str, int, int, bytes, int]]:
+        rows = self.db.execute("SELECT path, dev, ino, fingerprint, offset FROM offsets")
+        return [(r[0], int(r[1]), int(r[2]), bytes(r[3]), int(r[4])) for r in rows]
+
+    def save_offset(self, path: str, dev: int, ino: int, fp: bytes, offset: int,
+                    sinks: dict[str, int]) -> None:
+        """Commit a read position together with the sizes of the files it produced."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO offsets VALUES (?,?,?,?,?,?,datetime('now'))",
+                       (path, dev, ino, fp, offset, path))
+            for name, size in sinks.items():
+                db.execute("INSERT OR REPLACE INTO sinks VALUES (?,?)", (name, size))
+
+    def forget_offset(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM offsets WHERE source=?", (path,))
+
+    def sink_size(self, name: str) -> int | None:
+        row = self.db.execute("SELECT size FROM sinks WHERE name=?", (name,)).fetchone()
+        return None if row is None else int(row[0])
 
     # -- bans -------------------------------------------------------------------
     def active_ban(self, ip: str) -> BanRow | None:

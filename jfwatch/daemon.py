@@ -1,0 +1,207 @@
+"""
+``jfwatch run``: sources feed one pipeline (parse, detect, act).  Only this module and
+the pipeline wiring know every stage.
+
+One worker (the main thread) owns tailing, parsing and detection, so none of them needs
+locks; watchdog threads only wake it; notifications go out from their own thread.
+Offsets are committed after the lines up to them went through the pipeline, together
+with the length of the event export, so a SIGKILL loses no line and repeats none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from zoneinfo import ZoneInfo
+
+from jfwatch import log
+from jfwatch.config import Config, SourceConfig
+from jfwatch.errors import ConfigError
+from jfwatch.lines import context_for, decode
+from jfwatch.parsers import create_parser
+from jfwatch.parsers._common import StreamParser
+from jfwatch.pipeline import Pipeline
+from jfwatch.rules import Rule
+from jfwatch.sources import Source, find_by_identity, sibling_paths
+from jfwatch.state import StateStore
+from jfwatch.tail import Follower, Identity
+
+RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
+IDLE_WAIT = {"auto": 0.25, "inotify": 0.25, "poll": 1.0}
+
+
+@dataclass
+class _Tracked:
+    source: Source
+    follower: Follower
+    parser: StreamParser
+    uncommitted_end: int | None = None
+
+
+@dataclass
+class Daemon:
+    config: Config
+    rules: list[Rule]
+    config_path: Path | None = None
+    reload: object = None  # callable returning (Config, rules), set by the CLI
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.log = log.get("jfwatch.daemon")
+        self.store = StateStore(self.config.state_dir / "state.db")
+        self.pipeline = Pipeline(self.config, self.rules, self.store)
+        self.sources = [Source(s, self.wake, self.config.max_line) for s in self.config.sources]
+        self.tracked: dict[str, _Tracked] = {}
+        self._hup = False
+        self._problems: dict[str, str | None] = {}
+
+    # -- lifecycle ----------------------------------------------------------------
+    def install_signals(self) -> None:
+        def stop(signum: int, _: FrameType | None) -> None:
+            self.log.info("stopping", signal=signal.Signals(signum).name)
+            self.stop_event.set()
+            self.wake.set()
+
+        def hup(_: int, __: FrameType | None) -> None:
+            self._hup = True
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    def run(self) -> int:
+        self.pipeline.start()
+        self._resume()
+        for src in self.sources:
+            self.log.info("watching", path=src.config.path, format=src.config.format,
+                          mode=src.config.watch_mode, start=src.config.start)
+        last_scan = 0.0
+        wait = min(IDLE_WAIT[s.config.watch_mode] for s in self.sources) if self.sources else 1.0
+        while not self.stop_event.is_set():
+            woke = self.wake.is_set()
+            self.wake.clear()
+            if woke or time.monotonic() - last_scan >= RESCAN_SECONDS:
+                self._scan()
+                last_scan = time.monotonic()
+            if self._hup:
+                self._hup = False
+                self._reload()
+            busy = self._read_all()
+            self.pipeline.idle(datetime.now(UTC))
+            if not busy:
+                self.wake.wait(wait)
+        self._read_all()
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        for tracked in self.tracked.values():
+            self._process(tracked, [], final=True)
+        for src in self.sources:
+            src.stop()
+        self.pipeline.stop()
+        self.log.info("stopped")
+
+    def _reload(self) -> None:
+        try:
+            assert callable(self.reload)
+            config, rules = self.reload()
+        except ConfigError as exc:
+            self.log.error("reload_failed_keeping_old_config", problems=exc.problems)
+            return
+        self.rules = rules
+        self.pipeline.reload(config, rules)
+        self.log.info("reloaded", rules=len(rules))
+
+    # -- files ----------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Reopen files at their committed offsets, even if they were renamed meanwhile."""
+        saved = self.store.offsets()
+        for src in self.sources:
+            src.watch()
+            src.started = any(os.path.dirname(p) == src.directory for p, *_ in saved)
+            for path, dev, ino, fp, offset in saved:
+                if os.path.dirname(path) != src.directory:
+                    continue
+                found = find_by_identity(sibling_paths(src), Identity(dev, ino, fp))
+                if found is None:
+                    self.store.forget_offset(path)
+                    continue
+                self._track(src, found, offset)
+                if found != path:
+                    self.store.forget_offset(path)
+
+    def _scan(self) -> None:
+        for src in self.sources:
+            src.watch()
+            paths = src.scan()
+            if src.problem != self._problems.get(src.config.path):
+                self._problems[src.config.path] = src.problem
+                if src.problem:
+                    self.log.warning("source_unavailable", path=src.config.path,
+                                     problem=src.problem, retry="automatic")
+                else:
+                    self.log.info("source_available", path=src.config.path)
+            self.pipeline.source_health(src.config.path, src.problem is None)
+            for path in paths:
+                if path in self.tracked:
+                    continue
+                # Files present the first time we ever look honour `start`; any file
+                # that appears later (tomorrow's log) is read from its beginning.
+                start_at_end = not src.started and src.config.start == "end"
+                offset = os.path.getsize(path) if start_at_end else 0
+                self._track(src, path, offset)
+            src.started = True
+
+    def _track(self, src: Source, path: str, offset: int) -> None:
+        cfg: SourceConfig = src.config
+        tz = ZoneInfo(cfg.timezone or self.config.timezone)
+        parser = create_parser(cfg.format, context_for(
+            path, tz, quoting=cfg.quoting, proxy_token_failures=cfg.proxy_token_failures))
+        follower = Follower(path, offset, self.config.max_line)
+        self.tracked[path] = _Tracked(src, follower, parser)
+        self.log.info("following", path=path, offset=follower.offset)
+
+    def _read_all(self) -> bool:
+        busy = False
+        for path, tracked in list(self.tracked.items()):
+            chunk = tracked.follower.read()
+            if chunk.lines:
+                busy = True
+            self._process(tracked, chunk.lines, final=False)
+            self.pipeline.tail_lag(path, tracked.follower.pending_bytes)
+            if not os.path.exists(path) and not chunk.lines and not tracked.parser.holding:
+                # Deleted and drained: a recreated file is picked up by the next scan.
+                tracked.follower.close()
+                del self.tracked[path]
+                self.store.forget_offset(path)
+        return busy
+
+    def _process(self, tracked: _Tracked, lines: list[tuple[bytes | None, int]], *,
+                 final: bool) -> None:
+        source = tracked.source.config.path
+        for raw, end in lines:
+            line = None if raw is None else decode(raw, self.config.max_line)
+            if line is None:
+                self.pipeline.line(source, "rejected")
+            else:
+                events = tracked.parser.feed(line)
+                self.pipeline.line(source, "matched" if events else "unmatched")
+                self.pipeline.events(source, events)
+            tracked.uncommitted_end = end
+        self.pipeline.events(source, tracked.parser.flush(force=final))
+        end_offset = tracked.uncommitted_end
+        if end_offset is not None and not tracked.parser.holding:
+            ident = tracked.follower.identity
+            if ident is not None:
+                self.store.save_offset(tracked.follower.path, ident.dev, ident.ino,
+                                       ident.fingerprint, end_offset, self.pipeline.sink_sizes())
+                tracked.uncommitted_end = None

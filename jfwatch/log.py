@@ -1,0 +1,36 @@
+"""Structured logging: readable on a terminal, JSON lines otherwise, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from jfwatch.redact import redact, strip_control
+
+
+def _scrub(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # Anything printed may contain attacker text or a URL with credentials.
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = strip_control(redact(value))
+    return event_dict
+
+
+def configure(level: str = "info") -> None:
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if sys.stderr.isatty()
+                     else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    _scrub, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False)
+
+
+def get(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,96 @@
+"""
+Prometheus metrics (own registry, ``jfwatch_`` prefix) and the HTTP endpoint with
+``/metrics`` and ``/health``.  No label ever carries an address or a username.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from jfwatch import __version__
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.lines = Counter("jfwatch_lines", "Log lines read", ["source", "outcome"], registry=r)
+        self.events = Counter("jfwatch_events", "Events parsed", ["source", "kind", "service"],
+                              registry=r)
+        self.alerts = Counter("jfwatch_alerts", "Alerts raised", ["rule", "severity"], registry=r)
+        self.bans = Counter("jfwatch_bans", "Bans issued", ["rule"], registry=r)
+        self.unbans = Counter("jfwatch_unbans", "Bans lifted", registry=r)
+        self.bans_active = Gauge("jfwatch_bans_active", "Addresses currently banned", registry=r)
+        self.notifications = Counter("jfwatch_notifications", "Notification outcomes",
+                                     ["outcome"], registry=r)
+        self.outbox_depth = Gauge("jfwatch_outbox_depth", "Alerts waiting to be sent", registry=r)
+        self.groups = Gauge("jfwatch_tracked_groups", "Detector groups in memory", registry=r)
+        self.evictions = Counter("jfwatch_group_evictions", "Groups evicted at the cap",
+                                 registry=r)
+        self.last_event = Gauge("jfwatch_last_event_timestamp_seconds",
+                                "Time of the newest event per source", ["source"], registry=r)
+        self.lag = Gauge("jfwatch_tail_lag_bytes", "Bytes written but not yet read",
+                         ["file"], registry=r)
+        self.source_up = Gauge("jfwatch_source_readable", "1 if the source can be read",
+                               ["source"], registry=r)
+        Info("jfwatch_build", "Build information", registry=r).info({"version": __version__})
+        self._unhealthy_since: dict[str, float] = {}
+        self.stale_after = 600.0
+        self._server: ThreadingHTTPServer | None = None
+        self._notify_seen: dict[str, int] = {}
+
+    def source_health(self, source: str, readable: bool) -> None:
+        self.source_up.labels(source).set(1 if readable else 0)
+        if readable:
+            self._unhealthy_since.pop(source, None)
+        else:
+            self._unhealthy_since.setdefault(source, time.monotonic())
+
+    def healthy(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        bad = [s for s, t in self._unhealthy_since.items() if now - t > self.stale_after]
+        return (not bad, "ok\n" if not bad else "unreadable: " + ", ".join(bad) + "\n")
+
+    def sync_notify(self, counts: dict[str, int]) -> None:
+        """Turn the outbox's running totals into counter increments."""
+        for outcome, total in counts.items():
+            delta = total - self._notify_seen.get(outcome, 0)
+            if delta > 0:
+                self.notifications.labels(outcome).inc(delta)
+            self._notify_seen[outcome] = total
+
+    def serve(self, host: str, port: int) -> int:
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.startswith("/metrics"):
+                    body, code, ctype = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
+                elif self.path.startswith("/health"):
+                    ok, text = metrics.healthy()
+                    body, code, ctype = text.encode(), 200 if ok else 503, "text/plain"
+                else:
+                    body, code, ctype = b"see /metrics and /health\n", 404, "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self._server.serve_forever, name="jfwatch-metrics",
+                         daemon=True).start()
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,191 @@
+"""
+Alerts to people through Apprise, via an outbox in the SQLite state: sending never
+blocks detection, a failed send is retried with backoff (also across restarts), an
+alert is delivered once, floods fold into a digest, quiet hours hold non-critical ones.
+Apprise URLs carry secrets: they are never logged or shown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import apprise
+
+from jfwatch import log
+from jfwatch.config import NotifyConfig
+from jfwatch.decisions import Alert
+from jfwatch.redact import redact
+from jfwatch.state import StateStore
+
+_TYPES = {"critical": "failure", "high": "failure", "medium": "warning", "low": "warning",
+          "info": "info"}
+
+
+def render(alert: Alert, server: str) -> tuple[str, str]:
+    """Title short enough for a lock screen, and a body a person can act on."""
+    who = alert.ip or (f"user {alert.user}" if alert.user else "unknown source")
+    title = f"[{server}] {alert.rule}: {who}"[:80]
+    lines = [alert.description, ""]
+    if alert.ip:
+        lines.append(f"Address: {alert.ip}")
+    if alert.user:
+        lines.append(f"User: {alert.user}")
+    if alert.users:
+        lines.append(f"Usernames tried: {', '.join(alert.users)}")
+    lines.append(f"Count: {alert.count} within {int(alert.window_seconds // 60)} min "
+                 f"({alert.first_time:%H:%M:%S}-{alert.last_time:%H:%M:%S} UTC{alert.time:%z})")
+    if alert.ban_until:
+        lines.append(f"Banned until {alert.ban_until.isoformat(timespec='minutes')}")
+    elif alert.not_banned_reason:
+        lines.append(f"Not banned: {alert.not_banned_reason}")
+    lines.append(f"Rule: {alert.rule} (severity {alert.severity}) on {server}")
+    return title, redact("\n".join(lines))
+
+
+class Outbox:
+    """Queue alerts in SQLite and deliver them from a background thread."""
+
+    def __init__(self, store: StateStore, cfg: NotifyConfig, server: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store, self.cfg, self.server, self.clock = store, cfg, server, clock
+        self.log = log.get("jfwatch.notify")
+        self.apprise = apprise.Apprise()
+        for url in cfg.urls:
+            self.apprise.add(url.get_secret_value())
+        if cfg.config_file is not None:
+            conf = apprise.AppriseConfig()
+            conf.add(str(cfg.config_file))
+            self.apprise.add(conf)
+        self.counts: dict[str, int] = {"sent": 0, "failed": 0, "retried": 0, "digest": 0,
+                                       "quiet": 0, "dropped": 0}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.apprise) > 0
+
+    # -- producer side (pipeline thread) -------------------------------------------
+    def enqueue(self, alert: Alert) -> None:
+        if not self.enabled:
+            return
+        title, body = render(alert, self.server)
+        tags = ",".join([*alert.tags, alert.severity])
+        dedup = f"{alert.rule}|{sorted(alert.key.items())}|{alert.time.isoformat()}"
+        hour = alert.time.replace(minute=0, second=0, microsecond=0)
+        with self.store.transaction() as db:
+            recent = db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE dedup LIKE ? AND created >= ?",
+                (f"{alert.rule}|%", hour.isoformat())).fetchone()[0]
+            if recent >= self.cfg.max_per_rule_per_hour and alert.severity != "critical":
+                # Fold the flood: one digest per rule and hour, appended to.
+                digest = f"digest|{alert.rule}|{hour.isoformat()}"
+                line = f"{alert.time:%H:%M:%S} {alert.ip or alert.user or '-'} x{alert.count}"
+                cur = db.execute("UPDATE outbox SET body = body || ? WHERE dedup=? AND "
+                                 "delivered IS NULL", ("\n" + line, digest))
+                if cur.rowcount == 0:
+                    db.execute("INSERT OR IGNORE INTO outbox (created, dedup, severity, tags, "
+                               "title, body) VALUES (?,?,?,?,?,?)",
+                               (alert.time.isoformat(), digest, alert.severity, tags,
+                                f"[{self.server}] {alert.rule}: more alerts (digest)",
+                                f"Further alerts of {alert.rule} this hour:\n{line}"))
+                self.counts["digest"] += 1
+                return
+            db.execute("INSERT OR IGNORE INTO outbox (created, dedup, severity, tags, title, body)"
+                       " VALUES (?,?,?,?,?,?)",
+                       (alert.time.isoformat(), dedup, alert.severity, tags, title, body))
+        self._wake.set()
+
+    def depth(self) -> int:
+        row = self.store.db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND failed IS NULL").fetchone()
+        return int(row[0])
+
+    # -- consumer side (own thread) ------------------------------------------------
+    def start(self) -> None:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="jfwatch-notify", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+            self._thread = None
+        self.store.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.deliver_due()
+            except Exception:  # noqa: BLE001 - the sender must survive anything Apprise does
+                self.log.exception("notify_loop_error")
+            self._wake.wait(1.0)
+            self._wake.clear()
+
+    def _quiet(self, now: datetime) -> bool:
+        if not self.cfg.quiet_hours:
+            return False
+        start, end = self.cfg.quiet_hours.split("-")
+        t = now.strftime("%H:%M")
+        return (start <= t < end) if start <= end else (t >= start or t < end)
+
+    def deliver_due(self) -> int:
+        """Send what is due now; return how many were delivered."""
+        now = self.clock()
+        rows = self.store.db.execute(
+            "SELECT id, created, severity, tags, title, body, attempts FROM outbox "
+            "WHERE delivered IS NULL AND failed IS NULL AND next_try <= ? ORDER BY id LIMIT 50",
+            (time.time(),)).fetchall()
+        sent = 0
+        for row_id, created, severity, tags, title, body, attempts in rows:
+            if severity != "critical" and self._quiet(now):
+                self.counts["quiet"] += 1
+                continue
+            ok = self._send(title, body, severity, tags.split(","))
+            with self.store.transaction() as db:
+                if ok:
+                    db.execute("UPDATE outbox SET delivered=? WHERE id=?", (now.isoformat(), row_id))
+                    self.counts["sent"] += 1
+                    sent += 1
+                elif now - datetime.fromisoformat(created) > self.cfg.give_up_after and attempts > 3:
+                    db.execute("UPDATE outbox SET failed=? WHERE id=?", (now.isoformat(), row_id))
+                    self.counts["dropped"] += 1
+                    self.log.error("notification_given_up", id=row_id, attempts=attempts + 1)
+                else:
+                    delay = min(self.cfg.retry_max.total_seconds(), 2.0 ** min(attempts, 20))
+                    db.execute("UPDATE outbox SET attempts=attempts+1, next_try=? WHERE id=?",
+                               (time.time() + delay, row_id))
+                    self.counts["failed"] += 1
+                    self.counts["retried"] += 1
+                    self.log.warning("notification_failed", id=row_id, retry_in=delay)
+        return sent
+
+    def _send(self, title: str, body: str, severity: str, tags: list[str]) -> bool:
+        kwargs: dict[str, Any] = {"body": body, "title": title,
+                                  "notify_type": _TYPES.get(severity, "info")}
+        if self.cfg.config_file is not None:
+            kwargs["tag"] = [*tags, "always"]
+        result = self.apprise.notify(**kwargs)
+        return bool(result)
+
+    def test(self) -> list[tuple[str, bool]]:
+        """Send a test message to each target separately (``jfwatch notify-test``)."""
+        results = []
+        for i, server in enumerate(self.apprise):
+            one = apprise.Apprise()
+            one.add(server)
+            ok = bool(one.notify(body="jfwatch test notification: delivery works.",
+                                 title=f"[{self.server}] jfwatch test"))
+            results.append((f"target {i + 1} ({server.service_name})", ok))
+        return results
+
+
+def since(hours: float) -> datetime:
+    return datetime.now(UTC) - timedelta(hours=hours)

@@ -1,0 +1,143 @@
+"""
+The pipeline wiring: events go to the detector, decisions go to the actions (ban feed,
+notification outbox, metrics, optional event export).  The one place that knows every
+stage; the stages know nothing of each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from jfwatch import log
+from jfwatch.banfeed import BanFeed
+from jfwatch.config import Config
+from jfwatch.decisions import Alert, Ban, Decision, Unban
+from jfwatch.detector import Detector, settings_from_config
+from jfwatch.events import Event
+from jfwatch.metrics import Metrics
+from jfwatch.notify import Outbox
+from jfwatch.rules import Rule
+from jfwatch.state import StateStore
+
+
+class Pipeline:
+    def __init__(self, config: Config, rules: list[Rule], store: StateStore) -> None:
+        self.config, self.store = config, store
+        self.log = log.get("jfwatch.pipeline")
+        self.detector = Detector(rules, settings_from_config(config), store)
+        self.metrics = Metrics()
+        self.metrics.stale_after = config.metrics.stale_after.total_seconds()
+        self.feed = BanFeed(config.ban_feed.path, config.ban_feed.list_path) \
+            if config.ban_feed.enabled else None
+        self.outbox = Outbox(store, config.notify, config.server_name)
+        self.metrics_port: int | None = None
+        self._events_path = config.events_file
+        self._restore_export()
+        self._evictions_seen = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        if self.config.metrics.enabled:
+            self.metrics_port = self.metrics.serve(self.config.metrics.listen,
+                                                   self.config.metrics.port)
+            self.log.info("metrics_listening", address=self.config.metrics.listen,
+                          port=self.metrics_port)
+        self.outbox.start()
+        self._refresh_bans()
+
+    def stop(self) -> None:
+        self.outbox.stop()
+        self.metrics.stop()
+
+    def reload(self, config: Config, rules: list[Rule]) -> None:
+        self.config = config
+        self.detector = Detector(rules, settings_from_config(config), self.store)
+
+    def _restore_export(self) -> None:
+        """Cut the event export back to what the committed offsets account for."""
+        if self._events_path is None:
+            return
+        committed = self.store.sink_size("events")
+        if committed is not None and self._events_path.exists() and \
+                self._events_path.stat().st_size > committed:
+            with open(self._events_path, "r+b") as fh:
+                fh.truncate(committed)
+
+    def sink_sizes(self) -> dict[str, int]:
+        if self._events_path is None:
+            return {}
+        return {"events": self._events_path.stat().st_size if self._events_path.exists() else 0}
+
+    # -- data --------------------------------------------------------------------
+    def line(self, source: str, outcome: str) -> None:
+        self.metrics.lines.labels(source, outcome).inc()
+
+    def source_health(self, source: str, readable: bool) -> None:
+        self.metrics.source_health(source, readable)
+
+    def tail_lag(self, path: str, lag: int) -> None:
+        self.metrics.lag.labels(path).set(lag)
+
+    def events(self, source: str, events: list[Event]) -> None:
+        if not events:
+            return
+        export = []
+        for event in events:
+            self.metrics.events.labels(event.source, str(event.kind), event.service).inc()
+            self.metrics.last_event.labels(source).set(event.time.timestamp())
+            export.append(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+            self.act(self.detector.feed(event))
+        if self._events_path is not None:
+            with open(self._events_path, "a", encoding="utf-8") as fh:
+                fh.writelines(export)
+                fh.flush()
+                os.fsync(fh.fileno())
+        self._detector_gauges()
+
+    def idle(self, now: datetime) -> None:
+        """Wall-clock housekeeping when no line is waiting: ban expiry, gauges."""
+        self.act(self.detector.expire(now))
+        self.metrics.outbox_depth.set(self.outbox.depth())
+        self.metrics.sync_notify(self.outbox.counts)
+
+    def act(self, decisions: list[Decision]) -> None:
+        changed = False
+        for d in decisions:
+            if isinstance(d, Alert):
+                self.metrics.alerts.labels(d.rule, d.severity).inc()
+                self.log.warning("alert", rule=d.rule, severity=d.severity, ip=d.ip,
+                                 user=d.user, count=d.count,
+                                 ban_until=d.ban_until.isoformat() if d.ban_until else None)
+                self.outbox.enqueue(d)
+            elif isinstance(d, Ban | Unban):
+                changed = True
+                if isinstance(d, Ban):
+                    self.metrics.bans.labels(d.rule).inc()
+                    self.log.warning("ban", ip=d.ip, rule=d.rule, until=d.until.isoformat())
+                else:
+                    self.metrics.unbans.inc()
+                    self.log.info("unban", ip=d.ip, rule=d.rule)
+                if self.feed is not None:
+                    self.feed.write(d)
+        if changed:
+            self._refresh_bans()
+
+    def _refresh_bans(self) -> None:
+        bans = self.store.bans()
+        self.metrics.bans_active.set(len(bans))
+        if self.feed is not None:
+            self.feed.write_list([b.ip for b in bans])
+
+    def _detector_gauges(self) -> None:
+        self.metrics.groups.set(self.detector.tracked_groups)
+        delta = self.detector.evictions - self._evictions_seen
+        if delta:
+            self.metrics.evictions.inc(delta)
+            self._evictions_seen = self.detector.evictions
+
+
+def default_paths(base: Path) -> dict[str, Path]:
+    return {"state": base / "state", "feed": base / "bans.log", "list": base / "banned.txt"}

@@ -1,0 +1,114 @@
+"""
+Log sources: a path or a glob inside one directory, watched with watchdog (inotify or
+polling) plus a slow rescan as a safety net, each matching file followed by a Follower.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from jfwatch.config import SourceConfig
+from jfwatch.tail import Follower, Identity
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, pattern: str, wake: threading.Event) -> None:
+        self.pattern, self.wake = pattern, wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = event.src_path if isinstance(event.src_path, str) else event.src_path.decode()
+        dest = getattr(event, "dest_path", "") or ""
+        dest = dest if isinstance(dest, str) else dest.decode()
+        if fnmatch.fnmatch(path, self.pattern) or fnmatch.fnmatch(dest, self.pattern):
+            self.wake.set()
+
+
+@dataclass
+class FileState:
+    follower: Follower
+    first_sight: bool
+
+
+@dataclass
+class Source:
+    """One configured source and the files it currently follows."""
+
+    config: SourceConfig
+    wake: threading.Event
+    max_line: int
+    files: dict[str, FileState] = field(default_factory=dict)
+    observer: Any = None
+    problem: str | None = None
+    started: bool = False
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(self.config.path) or "."
+
+    def watch(self) -> None:
+        """Start a watchdog observer on the directory, once it exists."""
+        if self.observer is not None or not os.path.isdir(self.directory):
+            return
+        poll = self.config.watch_mode == "poll"
+        observer = PollingObserver(timeout=1.0) if poll else Observer()
+        try:
+            observer.schedule(_Wake(self.config.path, self.wake), self.directory, recursive=False)
+            observer.start()
+        except OSError:
+            return  # unreadable: the rescan reports it and retries
+        self.observer = observer
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=2)
+            self.observer = None
+        for state in self.files.values():
+            state.follower.close()
+
+    def scan(self) -> list[str]:
+        """Current matching files, oldest name first; sets ``problem`` when unreadable."""
+        directory = self.directory
+        if not os.path.isdir(directory):
+            self.problem = f"directory {directory} does not exist (yet)"
+            return []
+        if not os.access(directory, os.R_OK | os.X_OK):
+            self.problem = f"directory {directory} is not readable by this user"
+            return []
+        paths = sorted(glob.glob(self.config.path)) if glob.has_magic(self.config.path) \
+            else ([self.config.path] if os.path.exists(self.config.path) else [])
+        unreadable = [p for p in paths if not os.access(p, os.R_OK)]
+        self.problem = f"cannot read {', '.join(unreadable)}" if unreadable else None
+        return [p for p in paths if p not in unreadable and os.path.isfile(p)]
+
+
+def find_by_identity(paths: list[str], saved: Identity) -> str | None:
+    """The file among ``paths`` that is the one we were reading (it may have been renamed)."""
+    from jfwatch.tail import identity_of
+
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                if identity_of(fh).same_file(saved):
+                    return path
+        except OSError:
+            continue
+    return None
+
+
+def sibling_paths(source: Source) -> list[str]:
+    """Every file in the source's directory (rotated names like log.1 included)."""
+    try:
+        return [str(p) for p in Path(source.directory).iterdir() if p.is_file()]
+    except OSError:
+        return []
