@@ -30,15 +30,22 @@ def feed_address(ip: str) -> str:
     return str(addr)
 
 
-def format_line(decision: Ban | Unban, pid: int) -> str:
-    """The feed line; every field has a restricted character set."""
+def format_line(decision: Ban | Unban, pid: int, written: datetime) -> str:
+    """
+    The feed line; every field has a restricted character set.
+
+    The stamp is when the line is written (not when the attack was logged), so that a
+    backfilled decision is not dropped by Fail2Ban as older than its findtime; the
+    duration is what is left of the ban.
+    """
     if not _RULE.match(decision.rule):
         raise ValueError(f"rule name not safe for the feed: {decision.rule!r}")
-    stamp = decision.time.isoformat(timespec="seconds")
+    stamp = written.isoformat(timespec="seconds")
     addr = feed_address(decision.ip)
     if isinstance(decision, Ban):
+        left = max(1, int((decision.until - written).total_seconds()))
         return (f"{stamp} jfwatch[{pid}]: BAN {addr} rule={decision.rule} "
-                f"duration={int(decision.duration_seconds)}s level={decision.level}\n")
+                f"duration={left}s level={decision.level}\n")
     return f"{stamp} jfwatch[{pid}]: UNBAN {addr} rule={decision.rule}\n"
 
 
@@ -50,8 +57,8 @@ class BanFeed:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.pid = os.getpid()
 
-    def write(self, decision: Ban | Unban) -> None:
-        line = format_line(decision, self.pid)
+    def write(self, decision: Ban | Unban, written: datetime) -> None:
+        line = format_line(decision, self.pid, written)
         # O_APPEND: one write per line, so fail2ban never sees half a line.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
@@ -73,7 +80,3 @@ class BanFeed:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def active_addresses(bans: list[tuple[str, datetime]], now: datetime) -> list[str]:
-    return [ip for ip, until in bans if until > now]

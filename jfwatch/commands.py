@@ -128,3 +128,114 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sp.add_argument("--config", type=Path)
     sp.add_argument("--rules", type=Path, action="append", help="extra rule directory")
     sp.set_defaults(func=cmd_check_config)
+    register_daemon(sub)
+
+
+def _load_or_report(args: argparse.Namespace) -> tuple[Config, Path | None, list[Rule]] | int:
+    try:
+        return load_all(args.config, getattr(args, "rules", None))
+    except ConfigError as exc:
+        return _report(exc)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jfwatch import log
+    from jfwatch.daemon import Daemon
+
+    log.configure(args.log_level)
+    loaded = _load_or_report(args)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, used, rules = loaded
+    logger = log.get("jfwatch")
+    logger.info("starting", config=str(used) if used else "built-in defaults",
+                rules=len(rules), sources=len(cfg.sources))
+
+    def reload() -> tuple[Config, list[Rule]]:
+        new_cfg, _, new_rules = load_all(args.config, getattr(args, "rules", None))
+        return new_cfg, new_rules
+
+    try:
+        daemon = Daemon(cfg, rules, used, reload)
+    except OSError as exc:
+        logger.error("cannot_start", problem=str(exc))
+        return 1
+    daemon.install_signals()
+    return daemon.run()
+
+
+def cmd_bans(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, _, _ = loaded
+    store = StateStore(cfg.state_dir / "state.db")
+    if args.action == "unban":
+        from datetime import UTC, datetime
+
+        from jfwatch.banfeed import BanFeed
+
+        row = store.remove_ban(args.ip)
+        if row is None:
+            print(f"{args.ip} is not banned", file=sys.stderr)
+            return 1
+        if cfg.ban_feed.enabled:
+            feed = BanFeed(cfg.ban_feed.path, cfg.ban_feed.list_path)
+            now = datetime.now(UTC)
+            feed.write(Unban(row.ip, row.rule, now, "manual"), now)
+            feed.write_list([b.ip for b in store.bans()])
+        print(f"unbanned {row.ip} (was banned by {row.rule} until {row.until.isoformat()})")
+        return 0
+    for row in store.bans():
+        print(f"{row.ip}\t{row.rule}\tuntil {row.until.isoformat()}\tlevel {row.level}")
+    return 0
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from jfwatch.notify import Outbox
+
+    loaded = _load_or_report(args)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, _, _ = loaded
+    outbox = Outbox(StateStore(":memory:"), cfg.notify, cfg.server_name)
+    if not outbox.enabled:
+        print("no notification targets configured (notify.urls or notify.config_file)")
+        return 1
+    results = outbox.test()
+    for name, ok in results:
+        print(f"{name}: {'delivered' if ok else 'FAILED'}")
+    return 0 if all(ok for _, ok in results) else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jfwatch.demo import run_demo
+
+    return run_demo(keep=args.keep, port=args.port, pace=args.pace)
+
+
+def register_daemon(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sp = sub.add_parser("run", help="run the daemon")
+    sp.add_argument("--config", type=Path)
+    sp.add_argument("--rules", type=Path, action="append", help="extra rule directory")
+    sp.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("bans", help="list or lift bans kept in the state")
+    sp.add_argument("--config", type=Path)
+    bsub = sp.add_subparsers(dest="action")
+    bsub.add_parser("list", help="show active bans")
+    unban = bsub.add_parser("unban", help="lift the ban of one address")
+    unban.add_argument("ip")
+    sp.set_defaults(func=cmd_bans, action="list")
+
+    sp = sub.add_parser("notify-test", help="send a test alert to every notification target")
+    sp.add_argument("--config", type=Path)
+    sp.set_defaults(func=cmd_notify_test)
+
+    sp = sub.add_parser("demo", help="run the real daemon over bundled attack logs")
+    sp.add_argument("--keep", type=Path, help="work in this directory instead of a temporary one")
+    sp.add_argument("--port", type=int, default=0, help="metrics port (default: any free port)")
+    sp.add_argument("--pace", type=float, default=0.02, help="seconds between demo log lines")
+    sp.set_defaults(func=cmd_demo)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from jfwatch import log
@@ -37,6 +37,9 @@ class Pipeline:
         self._events_path = config.events_file
         self._restore_export()
         self._evictions_seen = 0
+        # Bans that were over before they could be written (backfill of old logs): their
+        # BAN and UNBAN lines would only be noise for Fail2Ban.
+        self._skipped_bans: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -121,9 +124,21 @@ class Pipeline:
                     self.metrics.unbans.inc()
                     self.log.info("unban", ip=d.ip, rule=d.rule)
                 if self.feed is not None:
-                    self.feed.write(d)
+                    self._write_feed(d)
         if changed:
             self._refresh_bans()
+
+    def _write_feed(self, d: Ban | Unban) -> None:
+        assert self.feed is not None
+        now = datetime.now(UTC)
+        if isinstance(d, Ban) and d.until <= now:
+            self._skipped_bans.add(d.ip)
+            return
+        if isinstance(d, Unban) and d.ip in self._skipped_bans:
+            self._skipped_bans.discard(d.ip)
+            return
+        self._skipped_bans.discard(d.ip)
+        self.feed.write(d, now)
 
     def _refresh_bans(self) -> None:
         bans = self.store.bans()
