@@ -1,0 +1,87 @@
+"""Crash safety and signals of the real daemon process."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from daemon_helper import DaemonRun, append, denied
+
+
+def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """
+    N lines with unique markers are written while the daemon is SIGKILLed and restarted
+    several times; in the end each marker was processed exactly once.
+    """
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "log_20260501.log"
+    log.write_text("")
+    total, kills = 3000, 6
+    rng = random.Random(20261127)
+    run = DaemonRun(tmp_path)
+    run.start()
+    done = threading.Event()
+
+    def writer() -> None:
+        for i in range(total):
+            append(log, denied(f"m{i:05d}", ip=f"203.0.113.{i % 200}"))
+            if i % 50 == 0:
+                time.sleep(0.01)
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    for _ in range(kills):
+        time.sleep(rng.uniform(0.05, 0.6))
+        run.stop(signal.SIGKILL)
+        run.start()
+    thread.join(timeout=120)
+    assert done.is_set()
+    expected = Counter({f"m{i:05d}": 1 for i in range(total)})
+    run.wait_users(expected, timeout=60)
+    assert 0 == run.stop()
+
+
+def test_sigterm_exits_zero_quickly_and_saves_offsets(tmp_path: Path) -> None:
+    """SIGTERM: in-flight lines finished, offsets saved, exit 0 within 5 s; no re-read."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(tmp_path)
+    run.start()
+    append(log, denied("a") + denied("b"))
+    run.wait_users(Counter({"a": 1, "b": 1}))
+    began = time.monotonic()
+    assert 0 == run.stop(signal.SIGTERM)
+    assert time.monotonic() - began < 5
+    append(log, denied("while-down"))
+    run.start()
+    run.wait_users(Counter({"a": 1, "b": 1, "while-down": 1}))
+    assert 0 == run.stop(signal.SIGINT)
+
+
+def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmp_path: Path) -> None:
+    """SIGHUP reloads the config; a broken new config is reported and the old one kept."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(tmp_path)
+    run.start()
+    good = run.config.read_text()
+    run.config.write_text(good + "max_groups: -5\n")
+    assert run.proc is not None
+    run.proc.send_signal(signal.SIGHUP)
+    run.wait_for(lambda: "reload_failed_keeping_old_config" in run.log_text(), what="reload error")
+    append(log, denied("still-working"))
+    run.wait_users(Counter({"still-working": 1}))
+    run.config.write_text(good)
+    run.proc.send_signal(signal.SIGHUP)
+    run.wait_for(lambda: '"reloaded"' in run.log_text(), what="reload")
+    assert 0 == run.stop()
