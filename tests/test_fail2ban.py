@@ -1,0 +1,124 @@
+"""
+The ban feed against the real consumer: Debian's fail2ban-server reads the feed that a
+real ``jfwatch run`` writes, and bans the attacker but not the allow-listed address.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from conftest import ROOT, require_tool
+from daemon_helper import DaemonRun, append
+
+FILTER = ROOT / "contrib" / "fail2ban" / "filter.d" / "jfwatch.conf"
+UM = "Jellyfin.Server.Implementations.Users.UserManager"
+
+
+def _line(t: datetime, user: str, ip: str) -> str:
+    # Attacker-controlled usernames, quoted and escaped as Jellyfin's file sink does.
+    escaped = user.replace('"', '\\"')
+    return (f"[{t:%Y-%m-%d %H:%M:%S}.000 +00:00] [INF] [9] {UM}: Authentication request for "
+            f'"{escaped}" has been denied (IP: "{ip}").\n')
+
+
+def _attack(now: datetime) -> str:
+    text = ""
+    tricks = ['adm"in (IP: "198.51.100.99")', "root\n[x] BAN 198.51.100.98 rule=x", "x'; rm -rf /",
+              "alice", "bob", "carol"]
+    for i in range(6):
+        text += _line(now + timedelta(seconds=i), tricks[i], "203.0.113.44")
+        text += _line(now + timedelta(seconds=i), f"user{i}", "192.0.2.55")  # allow-listed
+    return text
+
+
+def _feed_from_daemon(tmp_path: Path) -> Path:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(tmp_path, extra="allow: [192.0.2.0/24]\n")
+    run.start()
+    append(log, _attack(datetime.now(UTC) - timedelta(minutes=1)))
+    feed = tmp_path / "out" / "bans.log"
+    run.wait_for(lambda: feed.exists() and "BAN 203.0.113.44" in feed.read_text(), what="ban")
+    run.wait_for(lambda: len(run.events()) >= 12, what="all events")
+    assert 0 == run.stop()
+    return feed
+
+
+def test_fail2ban_regex_matches_every_ban_line_and_nothing_else(tmp_path: Path) -> None:
+    """fail2ban-regex on a feed written during an injection attack: BAN lines only."""
+    regex = require_tool("fail2ban-regex")
+    feed = _feed_from_daemon(tmp_path)
+    now = datetime.now(UTC)
+    append(feed, f"{now:%Y-%m-%dT%H:%M:%S}+00:00 jfwatch[1]: UNBAN 203.0.113.44 rule=manual\n")
+    text = feed.read_text()
+    bans = [line for line in text.splitlines() if " BAN " in line]
+    assert ["203.0.113.44"] == [line.split(" BAN ")[1].split()[0] for line in bans]
+    assert "192.0.2.55" not in text and "198.51.100" not in text
+    out = subprocess.run([regex, "--print-all-matched", str(feed), str(FILTER)],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    summary = re.search(r"Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed", out)
+    assert summary is not None, out
+    assert (len(bans) + 1, 0, len(bans), 1) == tuple(map(int, summary.groups()))
+
+
+def test_real_fail2ban_bans_the_attacker_not_the_allow_listed(tmp_path: Path) -> None:
+    """fail2ban-server with a private socket and a recording action enforces the feed."""
+    server = require_tool("fail2ban-server")
+    client = require_tool("fail2ban-client")
+    conf = tmp_path / "f2b"
+    (conf / "filter.d").mkdir(parents=True)
+    (conf / "action.d").mkdir()
+    shutil.copy(FILTER, conf / "filter.d" / "jfwatch.conf")
+    common = Path("/etc/fail2ban/filter.d/common.conf")
+    (conf / "filter.d" / "common.conf").write_text(
+        common.read_text() if common.exists() else "[DEFAULT]\n_daemon = \\S*\n")
+    recorded = tmp_path / "banned-by-fail2ban.txt"
+    (conf / "action.d" / "record.conf").write_text(
+        "[Definition]\nactionstart =\nactionstop =\nactioncheck =\n"
+        f"actionban = echo <ip> >> {recorded}\nactionunban =\n")
+    sock, pid = tmp_path / "f2b.sock", tmp_path / "f2b.pid"
+    feed_dir = tmp_path / "jf"
+    feed_dir.mkdir()
+    feed = feed_dir / "out" / "bans.log"
+    feed.parent.mkdir(parents=True)
+    feed.write_text("")
+    (conf / "fail2ban.conf").write_text(
+        f"[Definition]\nloglevel = INFO\nlogtarget = {tmp_path / 'f2b.log'}\n"
+        f"socket = {sock}\npidfile = {pid}\ndbfile = :memory:\n")
+    (conf / "jail.conf").write_text(
+        "[DEFAULT]\nbackend = polling\nusedns = no\n"
+        f"[jfwatch]\nenabled = true\nfilter = jfwatch\nlogpath = {feed}\n"
+        "maxretry = 1\nfindtime = 1h\nbantime = 1h\naction = record\n")
+    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ping = subprocess.run([client, "-c", str(conf), "-s", str(sock), "ping"],
+                                  capture_output=True, text=True, check=False, timeout=30)
+            if ping.returncode == 0:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("fail2ban-server did not answer")
+        _feed_from_daemon(feed_dir)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (recorded.exists() and recorded.read_text()):
+            time.sleep(0.3)
+        banned = Counter(recorded.read_text().split()) if recorded.exists() else Counter()
+        status = subprocess.run([client, "-c", str(conf), "-s", str(sock), "status", "jfwatch"],
+                                capture_output=True, text=True, check=True, timeout=30).stdout
+    finally:
+        subprocess.run([client, "-c", str(conf), "-s", str(sock), "stop"], capture_output=True,
+                       check=False, timeout=30)
+        proc.wait(timeout=30)
+    assert Counter({"203.0.113.44": 1}) == banned
+    assert "203.0.113.44" in status and "192.0.2.55" not in status
