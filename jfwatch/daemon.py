@@ -188,6 +188,7 @@ class Daemon:
     def _process(self, tracked: _Tracked, lines: list[tuple[bytes | None, int]], *,
                  final: bool) -> None:
         source = tracked.source.config.path
+        batch = []
         for raw, end in lines:
             line = None if raw is None else decode(raw, self.config.max_line)
             if line is None:
@@ -195,9 +196,11 @@ class Daemon:
             else:
                 events = tracked.parser.feed(line)
                 self.pipeline.line(source, "matched" if events else "unmatched")
-                self.pipeline.events(source, events)
+                batch += events
             tracked.uncommitted_end = end
-        self.pipeline.events(source, tracked.parser.flush(force=final))
+        batch += tracked.parser.flush(force=final)
+        # One batch per read: one export write and fsync, then the offset commit.
+        self.pipeline.events(source, batch)
         end_offset = tracked.uncommitted_end
         if end_offset is not None and not tracked.parser.holding:
             ident = tracked.follower.identity

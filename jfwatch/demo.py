@@ -33,10 +33,10 @@ def demo_dir() -> Path:
 def shift_line(line: str, delta: timedelta) -> str:
     """Move a demo line's timestamp by ``delta`` (so the demo happens "now")."""
     if m := _JELLYFIN_TS.match(line):
-        t = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S") + delta
+        t = datetime.strptime(m[1] + "+0000", "%Y-%m-%d %H:%M:%S%z") + delta
         return f"[{t:%Y-%m-%d %H:%M:%S}.{m[2]} +00:00]" + line[m.end():]
     if m := _CLF_TS.search(line):
-        t = datetime.strptime(m[1], "%d/%b/%Y:%H:%M:%S") + delta
+        t = datetime.strptime(m[1] + "+0000", "%d/%b/%Y:%H:%M:%S%z") + delta
         return line[:m.start()] + f"[{t:%d/%b/%Y:%H:%M:%S} +0000]" + line[m.end():]
     return line
 
@@ -97,8 +97,8 @@ def run_demo(*, keep: Path | None, port: int, pace: float) -> int:
     try:
         time.sleep(1.5)
         sources = sorted(p for p in demo_dir().rglob("*.log") if p.is_file())
-        now = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=15)
-        first = datetime(2026, 1, 2, 21, 0, 0)
+        now = datetime.now(UTC) - timedelta(minutes=15)
+        first = datetime(2026, 1, 2, 21, 0, 0, tzinfo=UTC)
         for src in sources:
             target = work / "logs" / src.parent.name / src.name
             if src.parent.name == "jellyfin":
@@ -110,7 +110,7 @@ def run_demo(*, keep: Path | None, port: int, pace: float) -> int:
                     out.flush()
                     time.sleep(pace)
         time.sleep(5)  # let the daemon release held lines and finish
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()  # noqa: S310
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         alerts = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.decode().splitlines()
                      if line.startswith("jfwatch_alerts_total{"))
     finally:

@@ -110,6 +110,8 @@ class Detector:
         self._groups: OrderedDict[tuple[str, str], _Group] = OrderedDict()
         self.evictions = 0
         self.now: datetime | None = None
+        # The earliest ban end, cached: asking SQLite on every event costs a query each.
+        self._next_expiry: datetime | None = store.next_expiry()
 
     def _compile(self, rule: Rule) -> _CompiledRule:
         s = self.settings
@@ -135,13 +137,13 @@ class Detector:
         """Lift bans whose time is over (in event time for replay, wall time when idle)."""
         if self.now is None or now > self.now:
             self.now = now
-        nxt = self.store.next_expiry()
-        if nxt is None or nxt > now:
+        if self._next_expiry is None or self._next_expiry > now:
             return []
         out = []
         for row in self.store.expired_bans(now):
             self.store.remove_ban(row.ip)
             out.append(Unban(row.ip, row.rule, row.until))
+        self._next_expiry = self.store.next_expiry()
         return out
 
     def protected_reason(self, ip: IPAddress) -> str | None:
@@ -230,10 +232,7 @@ class Detector:
         horizon = event.time - rule.window
         while group.hits and group.hits[0][0] < horizon:
             group.hits.popleft()
-        if rule.distinct:
-            count = len({v for _, v in group.hits if v})
-        else:
-            count = len(group.hits)
+        count = len({v for _, v in group.hits if v}) if rule.distinct else len(group.hits)
         if count < rule.threshold:
             return []
         first = group.hits[0][0]
@@ -338,6 +337,8 @@ class Detector:
         if active is not None and active.until >= until:
             return None, None  # already banned for longer: no second line in the feed
         self.store.record_ban(ip, rule.name, event.time, until, level)
+        if self._next_expiry is None or until < self._next_expiry:
+            self._next_expiry = until
         return Ban(ip, rule.name, event.time, until, level), None
 
 

@@ -21,7 +21,7 @@ class EventKind(StrEnum):
     MFA_FAILURE = "mfa_failure"
     MFA_SUCCESS = "mfa_success"
     MFA_CHALLENGE = "mfa_challenge"
-    TOKEN_FAILURE = "token_failure"
+    TOKEN_FAILURE = "token_failure"  # noqa: S105 - an event name, not a secret
     INJECTION_SUSPECTED = "injection_suspected"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -11,7 +12,7 @@ import structlog
 from jfwatch.redact import redact, strip_control
 
 
-def _scrub(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _scrub(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # Anything printed may contain attacker text or a URL with credentials.
     for key, value in event_dict.items():
         if isinstance(value, str):
@@ -20,6 +21,11 @@ def _scrub(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure(level: str = "info") -> None:
+    # Apprise logs through stdlib logging, sometimes with target details; jfwatch reports
+    # delivery outcomes itself, without URLs, so Apprise's own records are not printed.
+    apprise_logger = logging.getLogger("apprise")
+    apprise_logger.addHandler(logging.NullHandler())
+    apprise_logger.propagate = False
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if sys.stderr.isatty()
                      else structlog.processors.JSONRenderer())
     structlog.configure(

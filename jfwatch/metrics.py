@@ -68,7 +68,7 @@ class Metrics:
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
                     body, code, ctype = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
                 elif self.path.startswith("/health"):

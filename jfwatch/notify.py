@@ -21,6 +21,7 @@ from jfwatch.decisions import Alert
 from jfwatch.redact import redact
 from jfwatch.state import StateStore
 
+_DIGEST_MAX_CHARS = 3000  # a digest lists the first alerts, then just counts
 _TYPES = {"critical": "failure", "high": "failure", "medium": "warning", "low": "warning",
           "info": "info"}
 
@@ -80,25 +81,34 @@ class Outbox:
         hour = alert.time.replace(minute=0, second=0, microsecond=0)
         with self.store.transaction() as db:
             recent = db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE dedup LIKE ? AND created >= ?",
-                (f"{alert.rule}|%", hour.isoformat())).fetchone()[0]
-            if recent >= self.cfg.max_per_rule_per_hour and alert.severity != "critical":
-                # Fold the flood: one digest per rule and hour, appended to.
-                digest = f"digest|{alert.rule}|{hour.isoformat()}"
+                "SELECT COUNT(*) FROM outbox WHERE rule=? AND created >= ? AND dedup NOT LIKE "
+                "'digest|%'", (alert.rule, hour.isoformat())).fetchone()[0]
+            if recent >= self.cfg.max_per_rule_per_hour:
+                # Fold the flood: one digest per rule and hour, appended to (critical ones
+                # too: 10,000 pushes in a minute help nobody).  Pushes per hour are thus
+                # bounded by rules x (max_per_rule_per_hour + 1).
+                sent_digests = db.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE rule=? AND created >= ? AND dedup LIKE "
+                    "'digest|%' AND delivered IS NOT NULL",
+                    (alert.rule, hour.isoformat())).fetchone()[0]
+                digest = f"digest|{alert.rule}|{hour.isoformat()}|{sent_digests}"
                 line = f"{alert.time:%H:%M:%S} {alert.ip or alert.user or '-'} x{alert.count}"
-                cur = db.execute("UPDATE outbox SET body = body || ? WHERE dedup=? AND "
-                                 "delivered IS NULL", ("\n" + line, digest))
+                cur = db.execute(
+                    "UPDATE outbox SET body = CASE WHEN length(body) < ? THEN body || ? "
+                    "ELSE body END WHERE dedup=? AND delivered IS NULL",
+                    (_DIGEST_MAX_CHARS, "\n" + line, digest))
                 if cur.rowcount == 0:
-                    db.execute("INSERT OR IGNORE INTO outbox (created, dedup, severity, tags, "
-                               "title, body) VALUES (?,?,?,?,?,?)",
-                               (alert.time.isoformat(), digest, alert.severity, tags,
+                    db.execute("INSERT OR IGNORE INTO outbox (created, dedup, rule, severity, "
+                               "tags, title, body) VALUES (?,?,?,?,?,?,?)",
+                               (alert.time.isoformat(), digest, alert.rule, alert.severity, tags,
                                 f"[{self.server}] {alert.rule}: more alerts (digest)",
                                 f"Further alerts of {alert.rule} this hour:\n{line}"))
                 self.counts["digest"] += 1
                 return
-            db.execute("INSERT OR IGNORE INTO outbox (created, dedup, severity, tags, title, body)"
-                       " VALUES (?,?,?,?,?,?)",
-                       (alert.time.isoformat(), dedup, alert.severity, tags, title, body))
+            db.execute("INSERT OR IGNORE INTO outbox (created, dedup, rule, severity, tags, title,"
+                       " body) VALUES (?,?,?,?,?,?,?)",
+                       (alert.time.isoformat(), dedup, alert.rule, alert.severity, tags, title,
+                        body))
         self._wake.set()
 
     def depth(self) -> int:
@@ -124,7 +134,7 @@ class Outbox:
         while not self._stop.is_set():
             try:
                 self.deliver_due()
-            except Exception:  # noqa: BLE001 - the sender must survive anything Apprise does
+            except Exception:
                 self.log.exception("notify_loop_error")
             self._wake.wait(1.0)
             self._wake.clear()

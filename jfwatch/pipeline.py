@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Pipeline:
         # Bans that were over before they could be written (backfill of old logs): their
         # BAN and UNBAN lines would only be noise for Fail2Ban.
         self._skipped_bans: set[str] = set()
+        self._bans_dirty = False
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -103,10 +105,14 @@ class Pipeline:
     def idle(self, now: datetime) -> None:
         """Wall-clock housekeeping when no line is waiting: ban expiry, gauges."""
         self.act(self.detector.expire(now))
+        if self._bans_dirty:
+            # The list file is rewritten whole: once per idle pass, not once per ban.
+            self._bans_dirty = False
+            self._refresh_bans()
         self.metrics.outbox_depth.set(self.outbox.depth())
         self.metrics.sync_notify(self.outbox.counts)
 
-    def act(self, decisions: list[Decision]) -> None:
+    def act(self, decisions: Sequence[Decision]) -> None:
         changed = False
         for d in decisions:
             if isinstance(d, Alert):
@@ -126,7 +132,7 @@ class Pipeline:
                 if self.feed is not None:
                     self._write_feed(d)
         if changed:
-            self._refresh_bans()
+            self._bans_dirty = True
 
     def _write_feed(self, d: Ban | Unban) -> None:
         assert self.feed is not None

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 _SCHEMA = """
@@ -22,15 +22,19 @@ CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bans (
     ip TEXT PRIMARY KEY, rule TEXT NOT NULL, since TEXT NOT NULL, until TEXT NOT NULL,
     level INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS bans_until ON bans (until);
 CREATE TABLE IF NOT EXISTS ban_history (
     ip TEXT PRIMARY KEY, count INTEGER NOT NULL, last TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS first_seen (
     rule TEXT, key TEXT, value TEXT, time TEXT, PRIMARY KEY (rule, key, value));
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, created TEXT NOT NULL, dedup TEXT UNIQUE,
+    rule TEXT NOT NULL DEFAULT '',
     severity TEXT NOT NULL, tags TEXT NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0,
     delivered TEXT, failed TEXT, last_error TEXT);
+CREATE INDEX IF NOT EXISTS outbox_rule ON outbox (rule, created);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, failed, next_try);
 """
 
 
@@ -120,7 +124,8 @@ class StateStore:
     def record_ban(self, ip: str, rule: str, since: datetime, until: datetime, level: int) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO bans VALUES (?,?,?,?,?)",
-                       (ip, rule, since.isoformat(), until.isoformat(), level))
+                       (ip, rule, since.astimezone(UTC).isoformat(),
+                        until.astimezone(UTC).isoformat(), level))
             db.execute("INSERT INTO ban_history VALUES (?,1,?) ON CONFLICT(ip) DO UPDATE SET "
                        "count=count+1, last=excluded.last", (ip, since.isoformat()))
 
@@ -132,7 +137,16 @@ class StateStore:
         return row
 
     def expired_bans(self, now: datetime) -> list[BanRow]:
-        return [b for b in self.bans() if b.until <= now]
+        # ISO 8601 strings in one zone sort like times; compare exactly in Python anyway.
+        rows = self.db.execute("SELECT ip, rule, since, until, level FROM bans ORDER BY until "
+                               "LIMIT 10000")
+        out = []
+        for row in rows:
+            ban = _ban(row)
+            if ban.until > now:
+                break
+            out.append(ban)
+        return out
 
     def next_expiry(self) -> datetime | None:
         row = self.db.execute("SELECT MIN(until) FROM bans").fetchone()

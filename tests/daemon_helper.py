@@ -40,17 +40,18 @@ class DaemonRun:
         self.log_path = work / "daemon.log"
 
     def start(self) -> None:
+        since = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         prefix: list[str] = []
         if self.drop_root_file_access:
             # Root ignores permission bits; without these capabilities it obeys them,
             # like the unprivileged service user would.
             prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "jfwatch", "run", "--config", str(self.config)],
             cwd=self.work, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"),  # noqa: SIM115
             env=env)
-        self.wait_for(lambda: "watching" in self.log_text(), what="daemon start")
+        self.wait_for(lambda: "watching" in self.log_text()[since:], what="daemon start")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -14,7 +14,7 @@ def _check(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_defaults_are_valid() -> None:
     result = _check()
-    assert 0 == result.returncode, result.stderr
+    assert result.returncode == 0, result.stderr
     assert "rule(s) enabled" in result.stdout
 
 
@@ -29,7 +29,7 @@ def test_all_errors_reported_with_file_and_line(tmp_path: Path) -> None:
     cfg.write_text(f"timezone: Mars/Olympus\nrules_dirs: [{rules}]\nallow: [not-a-net]\n"
                    "notify:\n  urls: ['tgram://123:SECRETTOKEN/456']\n  bogus: 1\n")
     result = _check("--config", str(cfg))
-    assert 2 == result.returncode
+    assert result.returncode == 2
     err = result.stderr
     assert f"{cfg}:1: timezone" in err
     assert f"{cfg}:3: allow" in err

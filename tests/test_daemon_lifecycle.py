@@ -44,7 +44,7 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> N
     assert done.is_set()
     expected = Counter({f"m{i:05d}": 1 for i in range(total)})
     run.wait_users(expected, timeout=60)
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 def test_sigterm_exits_zero_quickly_and_saves_offsets(tmp_path: Path) -> None:
@@ -58,12 +58,12 @@ def test_sigterm_exits_zero_quickly_and_saves_offsets(tmp_path: Path) -> None:
     append(log, denied("a") + denied("b"))
     run.wait_users(Counter({"a": 1, "b": 1}))
     began = time.monotonic()
-    assert 0 == run.stop(signal.SIGTERM)
+    assert run.stop(signal.SIGTERM) == 0
     assert time.monotonic() - began < 5
     append(log, denied("while-down"))
     run.start()
     run.wait_users(Counter({"a": 1, "b": 1, "while-down": 1}))
-    assert 0 == run.stop(signal.SIGINT)
+    assert run.stop(signal.SIGINT) == 0
 
 
 def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmp_path: Path) -> None:
@@ -84,4 +84,4 @@ def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmp_path: Path) -> 
     run.config.write_text(good)
     run.proc.send_signal(signal.SIGHUP)
     run.wait_for(lambda: '"reloaded"' in run.log_text(), what="reload")
-    assert 0 == run.stop()
+    assert run.stop() == 0

@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from daemon_helper import DaemonRun, append, denied
 
 MODES = ["inotify", "poll"]
@@ -38,7 +37,7 @@ def test_next_days_file_is_picked_up(tmp_path: Path, logs: Path, mode: str) -> N
     tomorrow = logs / "log_20260502.log"
     tomorrow.write_text(denied("tomorrow1") + denied("tomorrow2"))
     run.wait_users(Counter({"today": 1, "tomorrow1": 1, "tomorrow2": 1}))
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -57,7 +56,7 @@ def test_rename_and_create(tmp_path: Path, logs: Path, mode: str) -> None:
     run.wait_users(Counter({"a1": 1, "late-in-old": 1, "b1": 1}))
     append(log, denied("b2"))
     run.wait_users(Counter({"a1": 1, "late-in-old": 1, "b1": 1, "b2": 1}))
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -74,7 +73,7 @@ def test_copytruncate(tmp_path: Path, logs: Path, mode: str) -> None:
         fh.truncate(0)
     append(log, denied("after"))
     run.wait_users(Counter({"before1": 1, "before2": 1, "after": 1}))
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -89,7 +88,7 @@ def test_delete_and_recreate(tmp_path: Path, logs: Path, mode: str) -> None:
     log.unlink()
     log.write_text(denied("second") + denied("third"))
     run.wait_users(Counter({"first": 1, "second": 1, "third": 1}))
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 def test_replaced_by_another_file(tmp_path: Path, logs: Path) -> None:
@@ -104,7 +103,7 @@ def test_replaced_by_another_file(tmp_path: Path, logs: Path) -> None:
     other.write_text(denied("two"))
     os.replace(other, log)
     run.wait_users(Counter({"one": 1, "two": 1}))
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 def test_partial_line_waits_for_its_newline(tmp_path: Path, logs: Path) -> None:
@@ -118,7 +117,7 @@ def test_partial_line_waits_for_its_newline(tmp_path: Path, logs: Path) -> None:
     run.wait_for(lambda: "following" in run.log_text(), what="follow")
     append(log, line[40:])
     run.wait_users(Counter({"partial": 1}))
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 def test_bad_bytes_and_huge_line(tmp_path: Path, logs: Path) -> None:
@@ -130,7 +129,7 @@ def test_bad_bytes_and_huge_line(tmp_path: Path, logs: Path) -> None:
     append(log, b"\xff\xfe\xfd not utf8\n" + b"nul\x00\n" + b"B" * (8 * 1024 * 1024) + b"\n")
     append(log, denied("survivor"))
     run.wait_users(Counter({"survivor": 1}))
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 def test_directory_that_appears_later(tmp_path: Path) -> None:
@@ -142,7 +141,7 @@ def test_directory_that_appears_later(tmp_path: Path) -> None:
     logs.mkdir()
     (logs / "log_20260501.log").write_text(denied("late"))
     run.wait_users(Counter({"late": 1}), timeout=30)
-    assert 0 == run.stop()
+    assert run.stop() == 0
 
 
 def test_unreadable_directory_becomes_readable(tmp_path: Path) -> None:
@@ -159,4 +158,4 @@ def test_unreadable_directory_becomes_readable(tmp_path: Path) -> None:
     run.wait_for(lambda: "not readable" in run.log_text(), what="permission report")
     logs.chmod(0o755)
     run.wait_users(Counter({"waiting": 1}), timeout=30)
-    assert 0 == run.stop(signal.SIGINT)
+    assert run.stop(signal.SIGINT) == 0

@@ -48,32 +48,32 @@ class TestThreshold:
     def test_fires_at_threshold_within_window(self) -> None:
         """Three failures inside ten minutes raise one alert and one ban."""
         out = _run(_detector(_rule()), [_fail("203.0.113.1", s) for s in (0, 60, 120)])
-        assert ["alert", "ban"] == [type(d).__name__.lower() for d in out]
+        assert [type(d).__name__.lower() for d in out] == ["alert", "ban"]
 
     def test_window_edge(self) -> None:
         """Failures further apart than the window never add up."""
         out = _run(_detector(_rule()), [_fail("203.0.113.1", s) for s in (0, 400, 801)])
-        assert [] == out
+        assert out == []
 
     def test_cooldown_suppresses_repeat_alerts(self) -> None:
         """After an alert, the same group stays quiet for the cooldown period."""
         det = _detector(_rule(cooldown="1h", actions={"notify": {}}))
         out = _run(det, [_fail("203.0.113.1", s) for s in range(0, 60, 5)])
-        assert 1 == sum(isinstance(d, Alert) for d in out)
+        assert sum(isinstance(d, Alert) for d in out) == 1
         out = _run(det, [_fail("203.0.113.1", 3700 + s) for s in (0, 1, 2)])
-        assert 1 == sum(isinstance(d, Alert) for d in out)
+        assert sum(isinstance(d, Alert) for d in out) == 1
 
     def test_ipv6_grouped_by_prefix(self) -> None:
         """Addresses in one /64 count as one attacker; the ban names the last address."""
         out = _run(_detector(_rule()), [_fail(f"2001:db8:1:2::{i}", i) for i in range(1, 4)])
         alert = next(d for d in out if isinstance(d, Alert))
-        assert {"ip": "2001:db8:1:2::/64"} == alert.key
-        assert "2001:db8:1:2::3" == next(d for d in out if isinstance(d, Ban)).ip
+        assert alert.key == {"ip": "2001:db8:1:2::/64"}
+        assert next(d for d in out if isinstance(d, Ban)).ip == "2001:db8:1:2::3"
 
     def test_distinct_counts_unique_values(self) -> None:
         """``distinct: user`` counts different usernames, not attempts."""
         det = _detector(_rule(distinct="user"))
-        assert [] == _run(det, [_fail("203.0.113.1", s, "same") for s in range(5)])
+        assert _run(det, [_fail("203.0.113.1", s, "same") for s in range(5)]) == []
         out = _run(det, [_fail("203.0.113.1", 10 + s, f"u{s}") for s in range(3)])
         assert any(isinstance(d, Alert) for d in out)
 
@@ -87,7 +87,7 @@ class TestBans:
                    + [_fail("172.18.0.2", 10 + s) for s in range(3)])
         alerts = [d for d in out if isinstance(d, Alert)]
         assert not any(isinstance(d, Ban) for d in out)
-        assert ["allow-listed", "trusted proxy"] == [a.not_banned_reason for a in alerts]
+        assert [a.not_banned_reason for a in alerts] == ["allow-listed", "trusted proxy"]
 
     def test_escalation_doubles_up_to_max(self) -> None:
         """Each repeat ban doubles, capped by ban_max (Fail2Ban's bantime.increment)."""
@@ -98,14 +98,14 @@ class TestBans:
             out = _run(det, [_fail("203.0.113.9", start + s) for s in range(3)])
             ban = next(d for d in out if isinstance(d, Ban))
             durations.append(ban.duration_seconds / 3600)
-        assert [1, 2, 3, 3] == durations
+        assert durations == [1, 2, 3, 3]
 
     def test_expired_ban_is_lifted_in_event_time(self) -> None:
         """A later event past the ban's end produces the unban."""
         det = _detector(_rule())
         _run(det, [_fail("203.0.113.9", s) for s in range(3)])
         out = det.feed(_fail("198.51.100.1", 3 * 3600))
-        assert [("203.0.113.9", "bf")] == [(d.ip, d.rule) for d in out if isinstance(d, Unban)]
+        assert [(d.ip, d.rule) for d in out if isinstance(d, Unban)] == [("203.0.113.9", "bf")]
 
     def test_restart_keeps_bans_and_escalation(self, tmp_path: Path) -> None:
         """Bans and history live in SQLite: a new detector on the same file remembers them."""
@@ -114,7 +114,7 @@ class TestBans:
         det = _detector(_rule(), StateStore(state))
         assert det.store.active_ban("203.0.113.9") is not None
         out = _run(det, [_fail("203.0.113.9", 5000 + s) for s in range(3)])
-        assert 2 * 3600 == next(d for d in out if isinstance(d, Ban)).duration_seconds
+        assert next(d for d in out if isinstance(d, Ban)).duration_seconds == 2 * 3600
 
 
 class TestSequenceAndNewValue:
@@ -125,7 +125,7 @@ class TestSequenceAndNewValue:
         ok = Event(time=T0 + timedelta(seconds=30), source="jellyfin", kind=EventKind.AUTH_SUCCESS,
                    origin="jellyfin.succeeded", service="jellyfin", user="u")
         out = _run(_detector(rule), [_fail("203.0.113.1", 0), _fail("203.0.113.2", 10), ok])
-        assert [("bf", 3)] == [(a.rule, a.count) for a in out if isinstance(a, Alert)]
+        assert [(a.rule, a.count) for a in out if isinstance(a, Alert)] == [("bf", 3)]
 
     def test_first_seen_survives_restart(self, tmp_path: Path) -> None:
         """A value seen before a restart is not news after it."""
@@ -135,7 +135,7 @@ class TestSequenceAndNewValue:
         _run(_detector(rule, StateStore(state)), [_fail("203.0.113.1", 0), _fail("203.0.113.2", 1)])
         out = _run(_detector(rule, StateStore(state)), [_fail("203.0.113.2", 5),
                                                         _fail("203.0.113.3", 6)])
-        assert ["203.0.113.3"] == [a.ip for a in out if isinstance(a, Alert)]
+        assert [a.ip for a in out if isinstance(a, Alert)] == ["203.0.113.3"]
 
 
 def test_flood_of_a_million_addresses_is_bounded() -> None:

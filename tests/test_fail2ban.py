@@ -48,7 +48,7 @@ def _feed_from_daemon(tmp_path: Path) -> Path:
     feed = tmp_path / "out" / "bans.log"
     run.wait_for(lambda: feed.exists() and "BAN 203.0.113.44" in feed.read_text(), what="ban")
     run.wait_for(lambda: len(run.events()) >= 12, what="all events")
-    assert 0 == run.stop()
+    assert run.stop() == 0
     return feed
 
 
@@ -60,7 +60,7 @@ def test_fail2ban_regex_matches_every_ban_line_and_nothing_else(tmp_path: Path) 
     append(feed, f"{now:%Y-%m-%dT%H:%M:%S}+00:00 jfwatch[1]: UNBAN 203.0.113.44 rule=manual\n")
     text = feed.read_text()
     bans = [line for line in text.splitlines() if " BAN " in line]
-    assert ["203.0.113.44"] == [line.split(" BAN ")[1].split()[0] for line in bans]
+    assert [line.split(" BAN ")[1].split()[0] for line in bans] == ["203.0.113.44"]
     assert "192.0.2.55" not in text and "198.51.100" not in text
     out = subprocess.run([regex, "--print-all-matched", str(feed), str(FILTER)],
                          capture_output=True, text=True, check=True, timeout=120).stdout

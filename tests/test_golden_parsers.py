@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from golden_format import attribute, read_samples
+
 from jfwatch.lines import context_for
 from jfwatch.parsers import PARSERS, create_parser
 

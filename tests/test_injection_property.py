@@ -19,7 +19,8 @@ CONSOLE_HEAD = "[12:00:00] [INF] [9] Jellyfin.Server.Implementations.Users.UserM
 TEMPLATES = (
     "Authentication request for {u} has been denied (IP: {ip}).",
     "Authentication request for {u} has been denied because this account is currently disabled (IP: {ip}).",
-    "Authentication request for {u} forbidden: remote access disabled and user not in local network (IP: {ip}).",
+    "Authentication request for {u} forbidden: remote access disabled and user not in local network "
+    "(IP: {ip}).",
     "Authentication request for {u} is not allowed at this time due parental restrictions (IP: {ip}).",
     "Authentication request for {u} has succeeded.",
 )
@@ -82,5 +83,5 @@ def test_console_newline_opener_is_flagged() -> None:
     parser = create_parser("jellyfin", context_for("log_20260401.log", UTC))
     events = parser.feed(CONSOLE_HEAD + "Authentication request for x")
     events += parser.feed(CONSOLE_HEAD + "Rest of a line")
-    assert ["injection_suspected"] == [e.kind for e in events]
+    assert [e.kind for e in events] == ["injection_suspected"]
     assert events[0].ip is None

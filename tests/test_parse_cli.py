@@ -42,7 +42,7 @@ def test_bad_bytes_are_counted_and_skipped(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "jfwatch", "parse", str(log)],
                             capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0
-    assert 2 == len(result.stdout.splitlines())
+    assert len(result.stdout.splitlines()) == 2
     assert "5 read, 2 matched, 0 unmatched, 3 rejected" in result.stderr
 
 
@@ -51,7 +51,7 @@ def test_stdin_and_explicit_format() -> None:
     result = _parse("--format", "jellyfin", "-", stdin=DENIED.encode())
     assert result.returncode == 0
     event = json.loads(result.stdout.decode())
-    assert ("203.0.113.10", "bob", "jellyfin.denied") == (event["ip"], event["user"], event["origin"])
+    assert (event["ip"], event["user"], event["origin"]) == ("203.0.113.10", "bob", "jellyfin.denied")
 
 
 def test_secrets_never_reach_the_output(tmp_path: Path) -> None:

@@ -5,13 +5,12 @@ it must raise and those it must not.  A rule without a fixture fails the suite.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from jfwatch.commands import replay
 from jfwatch.config import Config
 from jfwatch.decisions import Alert

@@ -51,7 +51,8 @@ class AuthentikParser(StatelessParser):
             return None
         raw_ip = doc.get("client_ip")
         ip = parse_ip(raw_ip) if isinstance(raw_ip, str) else None
-        ctx = doc.get("context") if isinstance(doc.get("context"), dict) else {}
+        raw_ctx = doc.get("context")
+        ctx: dict[str, Any] = raw_ctx if isinstance(raw_ctx, dict) else {}
         method = _get(ctx, "http_request", "method")
         path = _get(ctx, "http_request", "path")
 

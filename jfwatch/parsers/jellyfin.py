@@ -325,7 +325,7 @@ class JellyfinParser:
             # Held: the TOTP plugin may reject this very login on the next lines.
             self._held.append(_Held(event, _HOLD_LINES, time.monotonic() + _HOLD_SECONDS))
             return extra
-        for name, kind, full, suffix in _TEMPLATES[quoted]:
+        for name, kind, full, _suffix in _TEMPLATES[quoted]:
             if m := full.match(msg):
                 user = _unescape(m["user"]) if quoted else m["user"]
                 ip = parse_ip(m["ip"])

@@ -7,7 +7,13 @@ import re
 from typing import Any, Final
 
 from jfwatch.events import Event
-from jfwatch.parsers._common import StatelessParser, StreamContext, parse_host_port, parse_ip, parse_iso
+from jfwatch.parsers._common import (
+    StatelessParser,
+    StreamContext,
+    parse_host_port,
+    parse_ip,
+    parse_iso,
+)
 from jfwatch.parsers._http import PATTERNS as HTTP_PATTERNS
 from jfwatch.parsers._http import Request, to_event
 from jfwatch.parsers.nginx import COMBINED, parse_clf_time

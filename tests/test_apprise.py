@@ -1,0 +1,146 @@
+"""
+Real Apprise delivering to a local HTTP receiver (``json://127.0.0.1:PORT``): payload,
+retries while the receiver is down, exactly-once delivery across a daemon restart, and
+a bounded number of pushes under a flood while every ban still reaches the feed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from daemon_helper import DaemonRun, append
+
+UM = "Jellyfin.Server.Implementations.Users.UserManager"
+
+
+class Receiver:
+    """A minimal HTTP endpoint that records what Apprise posts."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.messages: list[dict[str, Any]] = []
+        self.auth: list[str | None] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.messages.append(json.loads(body))
+                receiver.auth.append(self.headers.get("Authorization"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _denied(t: datetime, user: str, ip: str) -> str:
+    return (f"[{t:%Y-%m-%d %H:%M:%S}.000 +00:00] [INF] [9] {UM}: Authentication request for "
+            f'"{user}" has been denied (IP: "{ip}").\n')
+
+
+def _brute(ip: str, start: datetime, n: int = 5) -> str:
+    return "".join(_denied(start + timedelta(seconds=i), "victim", ip) for i in range(n))
+
+
+def _config(port: int) -> str:
+    return ("notify:\n  urls: ['json://jf:SECRETPASS@127.0.0.1:" + str(port) + "/hook']\n"
+            "  retry_max: 1s\n")
+
+
+def test_delivery_retry_and_exactly_once_across_restart(tmp_path: Path) -> None:
+    port = _free_port()
+    receiver = Receiver(port)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(tmp_path, extra=_config(port))
+    run.start()
+    now = datetime.now(UTC) - timedelta(minutes=2)
+    # Receiver down: two attackers' alerts wait in the outbox and are retried.
+    append(log, _brute("203.0.113.21", now) + _brute("203.0.113.22", now))
+    run.wait_for(lambda: "notification_failed" in run.log_text(), what="failed send")
+    assert run.stop() == 0  # restart while alerts are undelivered
+    run.start()
+    append(log, _brute("203.0.113.23", now + timedelta(seconds=30)))
+    receiver.start()
+    try:
+        run.wait_for(lambda: {m["title"] for m in receiver.messages} >= {
+            "[jellyfin] brute-force-ip: 203.0.113.21", "[jellyfin] brute-force-ip: 203.0.113.22",
+            "[jellyfin] brute-force-ip: 203.0.113.23"}, timeout=30, what="delivery")
+        assert run.stop() == 0
+        count = len(receiver.messages)
+        run.start()  # a restart must not re-send what was delivered
+        run.wait_for(lambda: "metrics_listening" in run.log_text() or True, what="restart")
+        run.wait_for(lambda: len(run.events()) == 15, what="events")
+        assert run.stop() == 0
+    finally:
+        receiver.stop()
+    titles = [m["title"] for m in receiver.messages]
+    assert count == len(titles)
+    assert len(titles) == len(set(titles)), f"duplicate deliveries: {titles}"
+    brute = next(m for m in receiver.messages if m["title"].endswith("203.0.113.21"))
+    assert "Address: 203.0.113.21" in brute["message"]
+    assert "Count: 5 within 10 min" in brute["message"]
+    assert "Banned until" in brute["message"]
+    assert brute["type"] == "failure"
+    assert all(a and a.startswith("Basic ") for a in receiver.auth)
+    assert "SECRETPASS" not in run.log_text()
+
+
+def test_flood_is_folded_and_every_ban_reaches_the_feed(tmp_path: Path) -> None:
+    """10,000 attacking addresses within a minute: pushes stay bounded, bans all land."""
+    port = _free_port()
+    receiver = Receiver(port)
+    receiver.start()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(tmp_path, extra=_config(port))
+    run.start()
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    attackers = [f"198.{18 + (i >> 16)}.{(i >> 8) % 256}.{i % 256}" for i in range(10_000)]
+    chunks = []
+    for n, ip in enumerate(attackers):
+        chunks.append(_brute(ip, start + timedelta(milliseconds=6 * n), n=5))
+    append(log, "".join(chunks))
+    feed = tmp_path / "out" / "bans.log"
+    try:
+        run.wait_for(lambda: feed.exists() and feed.read_text().count(" BAN ") >= 10_000,
+                     timeout=300, what="10,000 bans")
+        run.wait_for(lambda: any("digest" in m["title"] for m in receiver.messages),
+                     timeout=30, what="a digest push")
+        assert run.stop() == 0
+    finally:
+        receiver.stop()
+    banned = {line.split(" BAN ")[1].split()[0] for line in feed.read_text().splitlines()
+              if " BAN " in line}
+    assert set(attackers) == banned
+    # Bound: rules x (max_per_rule_per_hour + 1 digest) per hour; 13 rules, 10 per hour.
+    assert len(receiver.messages) <= 13 * 11
