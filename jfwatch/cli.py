@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import BinaryIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jfwatch import __version__
 from jfwatch.events import Event
-from jfwatch.lines import LineStats, context_for, decode, iter_raw_lines
+from jfwatch.lines import Block, LineStats, context_for, decode, iter_chunks
 from jfwatch.parsers import FORMATS, create_parser
 
 
@@ -21,22 +22,33 @@ def _tz(name: str | None) -> ZoneInfo:
         raise SystemExit(f"jfwatch: unknown timezone {name!r}") from exc
 
 
-def _parse_stream(stream: object, path: str | None, fmt: str, tz: ZoneInfo, stats: LineStats,
+def _parse_stream(stream: BinaryIO, path: str | None, fmt: str, tz: ZoneInfo, stats: LineStats,
                   proxy_token_failures: bool) -> list[Event]:
     parser = create_parser(fmt, context_for(path, tz, proxy_token_failures=proxy_token_failures))
+    bulk = getattr(parser, "feed_block", None)
     out: list[Event] = []
-    for raw in iter_raw_lines(stream):  # type: ignore[arg-type]
-        stats.read += 1
-        line = None if raw is None else decode(raw)
-        if line is None:
-            stats.rejected += 1
+    for chunk in iter_chunks(stream):
+        if isinstance(chunk, Block) and bulk is not None:
+            events, matched = bulk(chunk.text)
+            stats.read += chunk.lines
+            stats.matched += matched
+            stats.unmatched += chunk.lines - matched
+            out.extend(events)
             continue
-        events = parser.feed(line)
-        if events:
-            stats.matched += 1
-        else:
-            stats.unmatched += 1
-        out.extend(events)
+        raws: list[bytes | None] = (
+            [line.encode() for line in chunk.text.split("\n")] if isinstance(chunk, Block) else chunk)
+        for raw in raws:
+            stats.read += 1
+            line = None if raw is None else decode(raw)
+            if line is None:
+                stats.rejected += 1
+                continue
+            events = parser.feed(line)
+            if events:
+                stats.matched += 1
+            else:
+                stats.unmatched += 1
+            out.extend(events)
     out.extend(parser.flush(force=True))
     for event in out:
         stats.events[event.kind] = stats.events.get(event.kind, 0) + 1
@@ -70,8 +82,9 @@ def cmd_parse(args: argparse.Namespace) -> int:
     events = read_events(args.files, args.format, _tz(args.timezone), stats,
                          args.token_failures)
     out = sys.stdout
+    encode = json.JSONEncoder(ensure_ascii=False).encode
     for event in events:
-        out.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+        out.write(encode(event.to_json()) + "\n")
     print(_summary(stats), file=sys.stderr)
     return 0
 

@@ -182,6 +182,7 @@ class Daemon:
                 # Deleted and drained: a recreated file is picked up by the next scan.
                 tracked.follower.close()
                 del self.tracked[path]
+                self.pipeline.forget_file(path)
                 self.store.forget_offset(path)
         return busy
 

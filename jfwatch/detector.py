@@ -9,6 +9,7 @@ per-group counters are in memory, capped, oldest evicted first.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -42,8 +43,29 @@ def networks(values: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
-def _in(ip: IPAddress | None, nets: tuple[Network, ...]) -> bool:
-    return ip is not None and any(ip.version == n.version and ip in n for n in nets)
+class NetSet:
+    """A set of networks with a bounded membership cache (attackers repeat themselves)."""
+
+    _CACHE_MAX = 65536
+
+    def __init__(self, nets: Iterable[Network]) -> None:
+        self.nets = tuple(nets)
+        self._cache: dict[IPAddress, bool] = {}
+
+    def __contains__(self, ip: object) -> bool:
+        if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            return False
+        hit = self._cache.get(ip)
+        if hit is None:
+            hit = any(ip.version == n.version and ip in n for n in self.nets)
+            if len(self._cache) >= self._CACHE_MAX:
+                self._cache.clear()
+            self._cache[ip] = hit
+        return hit
+
+
+def _in(ip: IPAddress | None, nets: NetSet) -> bool:
+    return ip is not None and ip in nets
 
 
 def compile_match(match: Match, settings: DetectorSettings) -> Callable[[Event], bool]:
@@ -54,7 +76,7 @@ def compile_match(match: Match, settings: DetectorSettings) -> Callable[[Event],
     origins = set(match.origin) if match.origin else None
     users = {u.casefold() for u in match.user} if match.user else None
 
-    def nets(values: list[str] | None) -> tuple[Network, ...] | None:
+    def nets(values: list[str] | None) -> NetSet | None:
         if values is None:
             return None
         symbolic = {"@trusted_proxies": settings.trusted_proxies, "@private": settings.private,
@@ -62,7 +84,7 @@ def compile_match(match: Match, settings: DetectorSettings) -> Callable[[Event],
         out: list[Network] = []
         for v in values:
             out += symbolic[v] if v in symbolic else (ipaddress.ip_network(v, strict=False),)
-        return tuple(out)
+        return NetSet(out)
 
     ips, not_ips = nets(match.ip), nets(match.not_ip)
 
@@ -84,7 +106,10 @@ def compile_match(match: Match, settings: DetectorSettings) -> Callable[[Event],
 
 @dataclass(slots=True)
 class _Group:
-    hits: deque[tuple[datetime, str | None]] = field(default_factory=deque)
+    # threshold: the last `threshold` times (enough to decide), or for `distinct` the
+    # last time each value was seen, oldest first; both O(1) per event.
+    hits: deque[datetime] = field(default_factory=deque)
+    distinct: OrderedDict[str, datetime] = field(default_factory=OrderedDict)
     firsts: deque[datetime] = field(default_factory=deque)
     samples: deque[str] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     kinds: set[str] = field(default_factory=set)
@@ -98,6 +123,7 @@ class _CompiledRule:
     reset: Callable[[Event], bool] | None
     first: Callable[[Event], bool] | None
     then: Callable[[Event], bool] | None
+    kinds: frozenset[str] | None  # every kind any of its matches can accept; None: any
 
 
 class Detector:
@@ -106,7 +132,12 @@ class Detector:
     def __init__(self, rules: list[Rule], settings: DetectorSettings, store: StateStore) -> None:
         self.settings = settings
         self.store = store
+        self._trusted = NetSet(settings.trusted_proxies)
+        self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
+        self._rules_any: list[_CompiledRule] = []
+        self._rules_by_kind: dict[str, list[_CompiledRule]] = {}
+        self._index_rules()
         self._groups: OrderedDict[tuple[str, str], _Group] = OrderedDict()
         self.evictions = 0
         self.now: datetime | None = None
@@ -115,11 +146,17 @@ class Detector:
 
     def _compile(self, rule: Rule) -> _CompiledRule:
         s = self.settings
+        parts = [m for m in (rule.match if rule.type != "sequence" else None, rule.reset_on,
+                             rule.first, rule.then) if m is not None]
+        kinds: frozenset[str] | None = frozenset()
+        for part in parts:
+            kinds = None if part.kind is None or kinds is None else \
+                kinds | {str(k) for k in part.kind}
         return _CompiledRule(
             rule, compile_match(rule.match, s),
             compile_match(rule.reset_on, s) if rule.reset_on else None,
             compile_match(rule.first, s) if rule.first else None,
-            compile_match(rule.then, s) if rule.then else None)
+            compile_match(rule.then, s) if rule.then else None, kinds)
 
     @property
     def tracked_groups(self) -> int:
@@ -129,9 +166,30 @@ class Detector:
     def feed(self, event: Event) -> list[Decision]:
         """Process one event; windows and expiry use ``event.time``."""
         out: list[Decision] = list(self.expire(event.time))
-        for compiled in self.rules:
-            out += self._apply(compiled, event)
+        keys = self._event_keys(event)
+        for compiled in self._rules_by_kind.get(event.kind) or self._rules_any:
+            out += self._apply(compiled, event, keys)
         return out
+
+    def _index_rules(self) -> None:
+        """Which rules can care about each kind, so an event only visits those."""
+        from jfwatch.events import EventKind
+
+        self._rules_any = [c for c in self.rules if c.kinds is None]
+        self._rules_by_kind = {
+            str(kind): [c for c in self.rules if c.kinds is None or str(kind) in c.kinds]
+            for kind in EventKind}
+
+    def _event_keys(self, event: Event) -> dict[str, str | None]:
+        """The group-key values of one event, computed once for all rules."""
+        ip_key = None
+        if event.ip is not None:
+            ip = event.ip
+            if ip.version == 6 and self.settings.ipv6_prefix < 128:
+                ip_key = _v6_prefix(ip, self.settings.ipv6_prefix)
+            else:
+                ip_key = str(ip)
+        return {"ip": ip_key, "user": None if event.user is None else event.user.casefold()}
 
     def expire(self, now: datetime) -> list[Unban]:
         """Lift bans whose time is over (in event time for replay, wall time when idle)."""
@@ -148,29 +206,21 @@ class Detector:
 
     def protected_reason(self, ip: IPAddress) -> str | None:
         """Why an address must never be banned, or None."""
-        if _in(ip, self.settings.trusted_proxies):
+        if ip in self._trusted:
             return "trusted proxy"
-        if _in(ip, self.settings.allow):
+        if ip in self._allow:
             return "allow-listed"
         return None
 
     # -- rules ------------------------------------------------------------------
-    def _key(self, rule: Rule, event: Event) -> dict[str, str] | None:
+    @staticmethod
+    def _key(rule: Rule, keys: dict[str, str | None]) -> dict[str, str] | None:
         key: dict[str, str] = {}
         for name in rule.group_by:
-            if name == "ip":
-                if event.ip is None:
-                    return None
-                ip = event.ip
-                if ip.version == 6 and self.settings.ipv6_prefix < 128:
-                    key["ip"] = str(ipaddress.ip_network(f"{ip}/{self.settings.ipv6_prefix}",
-                                                         strict=False))
-                else:
-                    key["ip"] = str(ip)
-            else:
-                if event.user is None:
-                    return None
-                key["user"] = event.user.casefold()
+            value = keys[name]
+            if value is None:
+                return None
+            key[name] = value
         return key
 
     def _group(self, rule: str, key: str, create: bool) -> _Group | None:
@@ -187,13 +237,14 @@ class Detector:
             self.evictions += 1
         return group
 
-    def _apply(self, c: _CompiledRule, event: Event) -> list[Decision]:
+    def _apply(self, c: _CompiledRule, event: Event, keys: dict[str, str | None]
+               ) -> list[Decision]:
         rule = c.rule
         relevant = c.match(event) or (c.reset is not None and c.reset(event)) or \
             (c.first is not None and c.first(event)) or (c.then is not None and c.then(event))
         if not relevant:
             return []
-        key = self._key(rule, event)
+        key = self._key(rule, keys)
         if key is None:
             return []
         key_text = "|".join(f"{k}={v}" for k, v in sorted(key.items()))
@@ -201,6 +252,7 @@ class Detector:
             group = self._group(rule.name, key_text, create=False)
             if group is not None:
                 group.hits.clear()
+                group.distinct.clear()
                 group.firsts.clear()
             return []
         handler = {"threshold": self._threshold, "sequence": self._sequence,
@@ -221,24 +273,36 @@ class Detector:
         rule = c.rule
         group = self._group(rule.name, key_text, create=True)
         assert group is not None
-        distinct_value = None
-        if rule.distinct == "user":
-            distinct_value = (event.user or "").casefold()
-        elif rule.distinct == "ip":
-            distinct_value = str(event.ip) if event.ip else ""
-        group.hits.append((event.time, distinct_value))
         group.samples.append(event.excerpt)
         group.kinds.add(event.kind)
         horizon = event.time - rule.window
-        while group.hits and group.hits[0][0] < horizon:
-            group.hits.popleft()
-        count = len({v for _, v in group.hits if v}) if rule.distinct else len(group.hits)
-        if count < rule.threshold:
-            return []
-        first = group.hits[0][0]
-        users = tuple(sorted({v for _, v in group.hits if v}))[:10] if rule.distinct == "user" else ()
+        if rule.distinct is not None:
+            value = (event.user or "").casefold() if rule.distinct == "user" else \
+                (str(event.ip) if event.ip else "")
+            if not value:
+                return []
+            group.distinct[value] = event.time
+            group.distinct.move_to_end(value)
+            while group.distinct and next(iter(group.distinct.values())) < horizon:
+                group.distinct.popitem(last=False)
+            count = len(group.distinct)
+            if count < rule.threshold:
+                return []
+            first = min(group.distinct.values())
+            users = tuple(sorted(group.distinct))[:10] if rule.distinct == "user" else ()
+            group.distinct.clear()
+        else:
+            if group.hits.maxlen != rule.threshold:
+                group.hits = deque(group.hits, maxlen=rule.threshold)
+            group.hits.append(event.time)
+            while group.hits and group.hits[0] < horizon:
+                group.hits.popleft()
+            count = len(group.hits)
+            if count < rule.threshold:
+                return []
+            first, users = group.hits[0], ()
+            group.hits.clear()
         kinds = tuple(sorted(group.kinds))
-        group.hits.clear()
         group.kinds.clear()
         return self._fire(rule, event, key, group, count, first, users=users, kinds=kinds)
 
@@ -330,8 +394,10 @@ class Detector:
             return None, reason
         ip = str(event.ip)
         level = self.store.ban_count(ip) if self.settings.ban_increment else 0
-        duration = rule.actions.ban.duration * (self.settings.ban_factor ** level)
-        duration = min(duration, self.settings.ban_max)
+        # Computed in float seconds and capped before it becomes a timedelta: a repeat
+        # offender's factor**level overflows timedelta long before it overflows a float.
+        seconds = rule.actions.ban.duration.total_seconds() * self.settings.ban_factor ** min(level, 64)
+        duration = timedelta(seconds=min(seconds, self.settings.ban_max.total_seconds()))
         until = event.time + duration
         active = self.store.active_ban(ip)
         if active is not None and active.until >= until:
@@ -340,6 +406,12 @@ class Detector:
         if self._next_expiry is None or until < self._next_expiry:
             self._next_expiry = until
         return Ban(ip, rule.name, event.time, until, level), None
+
+
+@functools.lru_cache(maxsize=65536)
+def _v6_prefix(ip: IPAddress, prefix: int) -> str:
+    """The /prefix network of an IPv6 address as text (cached: formatting IPv6 is slow)."""
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 def settings_from_config(cfg: object) -> DetectorSettings:

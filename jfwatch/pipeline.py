@@ -86,6 +86,10 @@ class Pipeline:
     def tail_lag(self, path: str, lag: int) -> None:
         self.metrics.lag.labels(path).set(lag)
 
+    def forget_file(self, path: str) -> None:
+        """A file that is gone keeps no series (daily log names would pile up)."""
+        self.metrics.lag.remove(path)
+
     def events(self, source: str, events: list[Event]) -> None:
         if not events:
             return

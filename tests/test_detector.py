@@ -163,3 +163,14 @@ def test_flood_of_a_million_addresses_is_bounded() -> None:
     assert groups == 50_000
     assert evictions > 1_000_000
     assert rss_mb < 250
+
+
+def test_escalation_never_overflows() -> None:
+    """A hundred repeat bans of one address stay at ban_max instead of crashing."""
+    det = _detector(_rule(), ban_max=timedelta(weeks=4))
+    last = None
+    for round_ in range(100):
+        start = round_ * 40 * 86400
+        out = _run(det, [_fail("203.0.113.9", start + s) for s in range(3)])
+        last = next(d for d in out if isinstance(d, Ban))
+    assert last is not None and last.duration_seconds == 28 * 86400

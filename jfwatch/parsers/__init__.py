@@ -63,6 +63,27 @@ class AutoParser:
             return self._parsers[self._current.name].feed(line) if self._current else []
         return parser.feed(line)
 
+    def feed_block(self, block: str) -> tuple[list[Event], int]:
+        """Bulk-parse when the block's first lines all belong to one bulk-capable format."""
+        head = block[:20_000].split("\n")[:50]
+        specs = {spec.name for line in head for spec in PARSERS.values() if spec.sniff(line)}
+        if len(specs) == 1:
+            name = specs.pop()
+            if name not in self._parsers:
+                self._parsers[name] = PARSERS[name].create(self.ctx)
+            bulk = getattr(self._parsers[name], "feed_block", None)
+            if bulk is not None:
+                self._current = PARSERS[name]
+                result: tuple[list[Event], int] = bulk(block)
+                return result
+        events: list[Event] = []
+        matched = 0
+        for line in block.split("\n"):
+            found = self.feed(line)
+            matched += bool(found)
+            events += found
+        return events, matched
+
     def flush(self, *, force: bool) -> list[Event]:
         return [e for p in self._parsers.values() for e in p.flush(force=force)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -11,8 +12,10 @@ from typing import Protocol
 from jfwatch.events import Event, IPAddress
 
 _IP_CHARS = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
+_LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_ip(text: str | None) -> IPAddress | None:
     """
     Parse an address taken from an application-written position, or return None.
@@ -49,8 +52,9 @@ def parse_iso(text: str, default_tz: tzinfo) -> datetime | None:
     text = text.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
-    # Python accepts at most microseconds: cut nanoseconds (Traefik, docker).
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    if "." in text and _LONG_FRACTION.search(text):
+        # Python accepts at most microseconds: cut nanoseconds (Traefik, docker).
+        text = _LONG_FRACTION.sub(r"\1", text)
     try:
         value = datetime.fromisoformat(text)
     except ValueError:

@@ -77,6 +77,45 @@ _AUTH_TEMPLATES: Final = (
      r" is not allowed at this time due parental restrictions \(IP: {ip}\)\.$"),
 )
 _AUTH_PREFIX: Final = "Authentication request for "
+# Every message _message() looks at contains one of these.
+_MARKERS: Final = (
+    "Authentication request", "Disabling user", "CustomAuthentication", "Blocking request to",
+    "Invalid username or password entered", "[2FA]", "Replay attempt detected",
+    "Rejecting authentication for user",
+)
+_INTERESTING = re.compile("|".join(re.escape(m) for m in _MARKERS))
+_AUTH_MARKER: Final = _MARKERS[0]
+_RARE: Final = _MARKERS[1:]
+
+
+class _MarkerScanner:
+    """
+    Finds the next interesting line in a block with ``str.find`` (fast substring search)
+    for each marker, remembering every marker's next position: a marker that is rare or
+    absent is searched for once per occurrence, not once per hit of the common one.
+    """
+
+    def __init__(self, block: str) -> None:
+        self.block = block
+        self.next_auth = -2
+        self.rare = [-2] * len(_RARE)
+        self.next_rare = -2
+
+    def search(self, pos: int) -> tuple[int, int] | None:
+        find = self.block.find
+        if self.next_auth != -1 and self.next_auth < pos:
+            self.next_auth = find(_AUTH_MARKER, pos)
+        if self.next_rare != -1 and self.next_rare < pos:
+            for i, at in enumerate(self.rare):
+                if at != -1 and at < pos:
+                    self.rare[i] = find(_RARE[i], pos)
+            found = [at for at in self.rare if at != -1]
+            self.next_rare = min(found) if found else -1
+        candidates = [at for at in (self.next_auth, self.next_rare) if at != -1]
+        if not candidates:
+            return None
+        at = min(candidates)
+        return at, at + 1
 
 
 def _compile(quoted: bool) -> list[tuple[str, EventKind, re.Pattern[str], re.Pattern[str]]]:
@@ -161,7 +200,7 @@ class _Header:
 @dataclass(slots=True)
 class _Held:
     event: Event
-    lines_left: int
+    release_line: int
     deadline: float
 
 
@@ -195,6 +234,7 @@ class JellyfinParser:
         self._last_console: datetime | None = None
         self._held: deque[_Held] = deque()
         self._opener: _Opener | None = None
+        self._line_no = 0
 
     # -- stream interface -------------------------------------------------------
     @property
@@ -213,16 +253,61 @@ class JellyfinParser:
 
     def feed(self, line: str) -> list[Event]:
         line = line.rstrip()
+        self._line_no += 1
         split = _split(line)
         if split is None:
             return self._continuation(line)
-        out = self._close_opener()
+        out = self._close_opener() if self._opener is not None else []
+        if self._held and self._held[0].release_line <= self._line_no:
+            out += self._age_held()
+        # Fast path: most lines (playback, library scans) carry nothing of interest.  The
+        # full header parse still runs while the stream's style is unknown.
+        if self._style is not None and not _INTERESTING.search(split[0]):
+            return out
         header = self._header(*split)
         if header is None:
             return out + self._continuation(line)
-        out += self._age_held()
         out += self._message(header, line)
         return out
+
+    def feed_block(self, block: str) -> tuple[list[Event], int]:
+        """
+        Parse many complete lines at once; return the events and how many lines yielded one.
+
+        Equivalent to feeding each line, but only lines that contain one of the
+        interesting markers are looked at in Python; the rest is skipped by one regex
+        search over the block (this is what makes backfill and replay fast).
+        """
+        out: list[Event] = []
+        matched = 0
+        pos, size = 0, len(block)
+        scanner = _MarkerScanner(block)
+        while pos < size:
+            if self._style is None or self._opener is not None:
+                end = block.find("\n", pos)
+                end = size if end == -1 else end
+                events = self.feed(block[pos:end])
+                matched += bool(events)
+                out += events
+                pos = end + 1
+                continue
+            found = scanner.search(pos)
+            if found is None:
+                self._line_no += block.count("\n", pos)
+                out += self._age_held()
+                break
+            newline = block.rfind("\n", pos, found[0])
+            start = pos if newline == -1 else newline + 1
+            self._line_no += block.count("\n", pos, start)
+            if self._held and self._held[0].release_line <= self._line_no:
+                out += self._age_held()
+            end = block.find("\n", found[1])
+            end = size if end == -1 else end
+            events = self.feed(block[start:end])
+            matched += bool(events)
+            out += events
+            pos = end + 1
+        return out, matched
 
     # -- header and time --------------------------------------------------------
     def _header(self, text: str, wrapper: str | None) -> _Header | None:
@@ -323,7 +408,8 @@ class JellyfinParser:
             event = self._event(header, line, "succeeded", EventKind.AUTH_SUCCESS, user=user)
             extra = self._injection_hint(header, line, user, None)
             # Held: the TOTP plugin may reject this very login on the next lines.
-            self._held.append(_Held(event, _HOLD_LINES, time.monotonic() + _HOLD_SECONDS))
+            self._held.append(_Held(event, self._line_no + _HOLD_LINES,
+                                    time.monotonic() + _HOLD_SECONDS))
             return extra
         for name, kind, full, _suffix in _TEMPLATES[quoted]:
             if m := full.match(msg):
@@ -406,10 +492,9 @@ class JellyfinParser:
                             detail=f"user id {uid}: TOTP {why}")]
 
     def _age_held(self) -> list[Event]:
+        """Release held successes that no TOTP rejection followed within _HOLD_LINES lines."""
         out: list[Event] = []
-        for held in self._held:
-            held.lines_left -= 1
-        while self._held and self._held[0].lines_left <= 0:
+        while self._held and self._held[0].release_line <= self._line_no:
             out.append(self._held.popleft().event)
         return out
 

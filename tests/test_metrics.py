@@ -1,0 +1,151 @@
+"""
+Metrics of a real ``jfwatch run`` over real files, scraped over HTTP and read with
+prometheus-client's own text parser; promtool checks the scrape and the alert rules;
+the dashboard and alert queries only use metrics jfwatch exports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from conftest import ROOT, require_tool
+from daemon_helper import DaemonRun, append, denied
+from prometheus_client.parser import text_string_to_metric_families
+
+DASHBOARD = ROOT / "contrib" / "grafana" / "jfwatch-dashboard.json"
+ALERTS = ROOT / "contrib" / "prometheus" / "jfwatch-alerts.yml"
+
+
+def _port(run: DaemonRun) -> int:
+    run.wait_for(lambda: "metrics_listening" in run.log_text(), what="metrics port")
+    line = next(x for x in run.log_text().splitlines() if "metrics_listening" in x)
+    return int(json.loads(line)["port"])
+
+
+def _scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+           **labels: str) -> float:
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and set(labels.items()) <= set(lab))
+
+
+def test_scrape_matches_what_was_written(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(tmp_path, metrics_port=0)
+    run.start()
+    port = _port(run)
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    ts = f"{now:%Y-%m-%d %H:%M:%S}.000"
+    body = "".join(denied("victim", "203.0.113.77", ts) for _ in range(6))
+    append(log, body + "noise line that is not an event\n")
+    append(log, b"\xff\xfe invalid utf-8\n")
+    run.wait_users(Counter({"victim": 6}))
+    source = str(logs / "log_*.log")
+    run.wait_for(lambda: _value(_samples(_scrape(port)), "jfwatch_lines_total",
+                                outcome="rejected") == 1, what="rejected count")
+    text = _scrape(port)
+    samples = _samples(text)
+    assert _value(samples, "jfwatch_lines_total", outcome="matched", source=source) == 6
+    assert _value(samples, "jfwatch_lines_total", outcome="unmatched", source=source) >= 1
+    assert _value(samples, "jfwatch_lines_total", outcome="rejected", source=source) == 1
+    assert _value(samples, "jfwatch_events_total", kind="auth_failure", source="jellyfin") == 6
+    assert _value(samples, "jfwatch_alerts_total", rule="brute-force-ip", severity="high") == 1
+    assert _value(samples, "jfwatch_alerts_total", rule="user-enumeration") == 0
+    assert _value(samples, "jfwatch_bans_total", rule="brute-force-ip") == 1
+    run.wait_for(lambda: _value(_samples(_scrape(port)), "jfwatch_bans_active") == 1,
+                 what="bans_active gauge")
+    assert _value(samples, "jfwatch_build_info") == 1
+    assert _value(samples, "jfwatch_source_readable", source=source) == 1
+    # Cardinality: no label value is an address or a username.
+    assert "203.0.113.77" not in text and "victim" not in text
+    assert _scrape(port, "/health").strip().upper() == "OK"
+    assert run.stop() == 0
+
+
+def test_health_reports_an_unreadable_source(tmp_path: Path) -> None:
+    run = DaemonRun(tmp_path, metrics_port=0, pattern="missing-dir/log_*.log",
+                    extra="")
+    run.config.write_text(run.config.read_text().replace("metrics: {port: 0}",
+                                                         "metrics: {port: 0, stale_after: 1s}"))
+    run.start()
+    port = _port(run)
+
+    def unhealthy() -> bool:
+        try:
+            _scrape(port, "/health")
+        except urllib.error.HTTPError as exc:
+            return exc.code == 503
+        return False
+
+    run.wait_for(unhealthy, what="503 from /health")
+    assert run.stop() == 0
+
+
+def test_promtool_accepts_the_scrape_and_the_rules(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "log_20260501.log").write_text("")
+    run = DaemonRun(tmp_path, metrics_port=0)
+    run.start()
+    port = _port(run)
+    append(logs / "log_20260501.log", denied("x"))
+    run.wait_users(Counter({"x": 1}))
+    text = _scrape(port)
+    assert run.stop() == 0
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                           text=True, check=False, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    rules = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True,
+                           text=True, check=False, timeout=60)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def _exported_names() -> set[str]:
+    from jfwatch.metrics import Metrics
+
+    names = set()
+    for family in Metrics().registry.collect():
+        names.add(family.name)
+        names.update({f"{family.name}_total", f"{family.name}_info"})
+    return names
+
+
+def _referenced(expr: str) -> set[str]:
+    return set(re.findall(r"\bjfwatch_[a-z_]+", expr))
+
+
+def test_dashboard_and_alerts_only_use_exported_metrics() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dash["panels"])
+    exprs += re.findall(r"expr: (.+)", ALERTS.read_text())
+    used = set().union(*(_referenced(e) for e in exprs))
+    assert used, "no jfwatch metric referenced"
+    missing = used - _exported_names()
+    assert not missing, f"referenced but not exported: {sorted(missing)}"
