@@ -7,10 +7,12 @@ Apprise URLs carry secrets: they are never logged or shown.
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import apprise
@@ -18,7 +20,7 @@ import apprise
 from jfwatch import log
 from jfwatch.config import NotifyConfig
 from jfwatch.decisions import Alert
-from jfwatch.redact import redact
+from jfwatch.redact import redact, strip_control
 from jfwatch.state import StateStore
 
 _DIGEST_MAX_CHARS = 3000  # a digest lists the first alerts, then just counts
@@ -158,7 +160,7 @@ class Outbox:
             if severity != "critical" and self._quiet(now):
                 self.counts["quiet"] += 1
                 continue
-            ok = self._send(title, body, severity, tags.split(","))
+            ok = self._send(title, self._with_rdns(body), severity, tags.split(","))
             with self.store.transaction() as db:
                 if ok:
                     db.execute("UPDATE outbox SET delivered=? WHERE id=?", (now.isoformat(), row_id))
@@ -176,6 +178,19 @@ class Outbox:
                     self.counts["retried"] += 1
                     self.log.warning("notification_failed", id=row_id, retry_in=delay)
         return sent
+
+    def _with_rdns(self, body: str) -> str:
+        """Add the attacker's reverse DNS name, looked up here (sender thread) if enabled."""
+        if not self.cfg.rdns:
+            return body
+        m = re.search(r"^Address: (\S+)$", body, re.MULTILINE)
+        if m is None:
+            return body
+        try:
+            name = socket.gethostbyaddr(m[1])[0]
+        except (OSError, UnicodeError):
+            return body
+        return body.replace(m[0], f"{m[0]} ({strip_control(name)[:120]})", 1)
 
     def _send(self, title: str, body: str, severity: str, tags: list[str]) -> bool:
         kwargs: dict[str, Any] = {"body": body, "title": title,
@@ -195,7 +210,3 @@ class Outbox:
                                  title=f"[{self.server}] jfwatch test"))
             results.append((f"target {i + 1} ({server.service_name})", ok))
         return results
-
-
-def since(hours: float) -> datetime:
-    return datetime.now(UTC) - timedelta(hours=hours)
