@@ -13,6 +13,7 @@ import venv
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, require_tool
 
@@ -78,7 +79,14 @@ def test_dockerfile_paths_exist() -> None:
     mkdir = re.search(r"mkdir -p ([^&]+)", dockerfile)
     assert mkdir is not None
     created = mkdir[1].split()
-    used = re.findall(r"(?<![\w/])(/(?:var|etc|logs)[\w./*-]*)", config)
+    def strings(node: object) -> list[str]:
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        if isinstance(node, list):
+            return [s for v in node for s in strings(v)]
+        return [node] if isinstance(node, str) else []
+
+    used = [v for v in strings(yaml.safe_load(config)) if v.startswith("/")]
     assert used
     for path in used:
         assert any(path == d or path.startswith(d + "/") for d in created), path
