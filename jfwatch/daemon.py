@@ -33,6 +33,7 @@ from jfwatch.state import StateStore
 from jfwatch.tail import Follower, Identity
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
+COMMIT_EVERY = 30.0
 IDLE_WAIT = {"auto": 0.25, "inotify": 0.25, "poll": 1.0}
 
 
@@ -42,6 +43,7 @@ class _Tracked:
     follower: Follower
     parser: StreamParser
     uncommitted_end: int | None = None
+    last_commit: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -199,7 +201,10 @@ class Daemon:
                 self.pipeline.line(source, "matched" if events else "unmatched")
                 batch += events
             tracked.uncommitted_end = end
-        batch += tracked.parser.flush(force=final)
+        # A busy log may always have a success held for a TOTP verdict; rather than never
+        # committing, release held events after COMMIT_EVERY seconds and commit.
+        overdue = time.monotonic() - tracked.last_commit > COMMIT_EVERY
+        batch += tracked.parser.flush(force=final or overdue)
         # One batch per read: one export write and fsync, then the offset commit.
         self.pipeline.events(source, batch)
         end_offset = tracked.uncommitted_end
@@ -209,3 +214,4 @@ class Daemon:
                 self.store.save_offset(tracked.follower.path, ident.dev, ident.ino,
                                        ident.fingerprint, end_offset, self.pipeline.sink_sizes())
                 tracked.uncommitted_end = None
+                tracked.last_commit = time.monotonic()

@@ -65,6 +65,7 @@ class Outbox:
             self.apprise.add(conf)
         self.counts: dict[str, int] = {"sent": 0, "failed": 0, "retried": 0, "digest": 0,
                                        "quiet": 0, "dropped": 0}
+        self._held_quiet: set[int] = set()  # counted once, however long quiet hours last
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -158,7 +159,9 @@ class Outbox:
         sent = 0
         for row_id, created, severity, tags, title, body, attempts in rows:
             if severity != "critical" and self._quiet(now):
-                self.counts["quiet"] += 1
+                if row_id not in self._held_quiet:
+                    self._held_quiet.add(row_id)
+                    self.counts["quiet"] += 1
                 continue
             ok = self._send(title, self._with_rdns(body), severity, tags.split(","))
             with self.store.transaction() as db:

@@ -6,56 +6,13 @@ a bounded number of pushes under a flood while every ban still reaches the feed.
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from daemon_helper import DaemonRun, append
+from http_receiver import Receiver, free_port
 
 UM = "Jellyfin.Server.Implementations.Users.UserManager"
-
-
-class Receiver:
-    """A minimal HTTP endpoint that records what Apprise posts."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.messages: list[dict[str, Any]] = []
-        self.auth: list[str | None] = []
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.messages.append(json.loads(body))
-                receiver.auth.append(self.headers.get("Authorization"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _denied(t: datetime, user: str, ip: str) -> str:
@@ -73,7 +30,7 @@ def _config(port: int) -> str:
 
 
 def test_delivery_retry_and_exactly_once_across_restart(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     receiver = Receiver(port)
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -115,7 +72,7 @@ def test_delivery_retry_and_exactly_once_across_restart(tmp_path: Path) -> None:
 
 def test_flood_is_folded_and_every_ban_reaches_the_feed(tmp_path: Path) -> None:
     """10,000 attacking addresses within a minute: pushes stay bounded, bans all land."""
-    port = _free_port()
+    port = free_port()
     receiver = Receiver(port)
     receiver.start()
     logs = tmp_path / "logs"

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from daemon_helper import DaemonRun, append, denied
 
 MODES = ["inotify", "poll"]

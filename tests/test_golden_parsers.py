@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from golden_format import attribute, read_samples
 
 from jfwatch.lines import context_for
 from jfwatch.parsers import PARSERS, create_parser
+
+from golden_format import attribute, read_samples
 
 GOLDEN = Path(__file__).parent / "golden" / "parsers"
 FILES = sorted(GOLDEN.glob("*/*.log"))

@@ -15,9 +15,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from conftest import ROOT, require_tool
 from daemon_helper import DaemonRun, append, denied
-from prometheus_client.parser import text_string_to_metric_families
 
 DASHBOARD = ROOT / "contrib" / "grafana" / "jfwatch-dashboard.json"
 ALERTS = ROOT / "contrib" / "prometheus" / "jfwatch-alerts.yml"

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT
 
 from jfwatch.commands import replay
 from jfwatch.config import Config
@@ -17,6 +16,8 @@ from jfwatch.decisions import Alert
 from jfwatch.lines import LineStats
 from jfwatch.rules import load_rules, shipped_rules_dir
 from jfwatch.state import StateStore
+
+from conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "golden" / "rules"
 SHIPPED = sorted(p.stem for p in shipped_rules_dir().glob("*.yaml"))

@@ -1,0 +1,83 @@
+"""The outbox with real Apprise to a local receiver: folding, quiet hours, message text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from jfwatch.config import NotifyConfig
+from jfwatch.decisions import Alert
+from jfwatch.notify import Outbox, render
+from jfwatch.state import StateStore
+
+from http_receiver import Receiver, free_port
+
+T0 = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)
+
+
+def _alert(rule: str, ip: str, severity: str = "high", minute: int = 0) -> Alert:
+    t = T0 + timedelta(minutes=minute)
+    return Alert(rule=rule, description="Repeated failed logins", severity=severity, time=t,
+                 key={"ip": ip}, ip=ip, user="admin", count=5, window_seconds=600,
+                 first_time=t - timedelta(minutes=2), last_time=t, tags=("security",),
+                 ban_until=t + timedelta(hours=4))
+
+
+def _outbox(tmp_path: Path, port: int, **cfg: object) -> Outbox:
+    config = NotifyConfig(urls=[SecretStr(f"json://127.0.0.1:{port}/")], **cfg)  # type: ignore[arg-type]
+    return Outbox(StateStore(tmp_path / "s.db"), config, "media", clock=lambda: T0)
+
+
+def test_flood_folds_into_one_digest(tmp_path: Path) -> None:
+    """Past max_per_rule_per_hour, one rule's alerts become one digest message."""
+    port = free_port()
+    receiver = Receiver(port)
+    receiver.start()
+    try:
+        outbox = _outbox(tmp_path, port, max_per_rule_per_hour=3)
+        for i in range(20):
+            outbox.enqueue(_alert("brute-force-ip", f"203.0.113.{i}", minute=i % 20))
+        assert outbox.deliver_due() == 4
+    finally:
+        receiver.stop()
+    titles = [m["title"] for m in receiver.messages]
+    assert len(titles) == 4
+    digest = next(m for m in receiver.messages if "digest" in m["title"])
+    assert "203.0.113.3" in digest["message"] and "203.0.113.19" in digest["message"]
+
+
+def test_quiet_hours_hold_all_but_critical(tmp_path: Path) -> None:
+    port = free_port()
+    receiver = Receiver(port)
+    receiver.start()
+    try:
+        outbox = _outbox(tmp_path, port, quiet_hours="23:00-07:00")
+        outbox.enqueue(_alert("brute-force-ip", "203.0.113.1"))
+        outbox.enqueue(_alert("injection-attempt", "203.0.113.2", severity="critical"))
+        assert outbox.deliver_due() == 1
+        assert outbox.depth() == 1
+        outbox.clock = lambda: T0 + timedelta(hours=8)
+        assert outbox.deliver_due() == 1
+    finally:
+        receiver.stop()
+    assert [m["title"] for m in receiver.messages] == [
+        "[media] injection-attempt: 203.0.113.2", "[media] brute-force-ip: 203.0.113.1"]
+    assert outbox.counts["quiet"] == 1
+
+
+def test_message_is_short_titled_and_actionable() -> None:
+    title, body = render(_alert("brute-force-ip", "203.0.113.9"), "media")
+    assert len(title) <= 80
+    assert "Address: 203.0.113.9" in body and "User: admin" in body
+    assert "Count: 5 within 10 min" in body and "Banned until 2026-03-02T03:30" in body
+    assert "Rule: brute-force-ip (severity high) on media" in body
+
+
+def test_usernames_cannot_inject_into_messages() -> None:
+    """Control characters were escaped by the parser; secrets in text are redacted here."""
+    alert = _alert("brute-force-ip", "203.0.113.9")
+    object.__setattr__(alert, "user", "x?pw=hunter2")
+    _, body = render(alert, "media")
+    assert "hunter2" not in body
