@@ -42,33 +42,6 @@ def decode(raw: bytes, max_line: int = DEFAULT_MAX_LINE) -> str | None:
         return None
 
 
-def iter_raw_lines(stream: BinaryIO, max_line: int = DEFAULT_MAX_LINE) -> Iterator[bytes | None]:
-    """Yield raw lines from a binary stream; an over-long line is yielded as None, read in chunks."""
-    buf = bytearray()
-    too_long = False
-    while chunk := stream.read(1 << 16):
-        start = 0
-        while (nl := chunk.find(b"\n", start)) != -1:
-            if too_long or len(buf) + nl - start > max_line:
-                yield None
-            else:
-                buf += chunk[start:nl]
-                yield bytes(buf)
-            buf.clear()
-            too_long = False
-            start = nl + 1
-        rest = chunk[start:]
-        if too_long or len(buf) + len(rest) > max_line:
-            too_long = True
-            buf.clear()
-        else:
-            buf += rest
-    if too_long:
-        yield None
-    elif buf:
-        yield bytes(buf)
-
-
 def date_from_name(path: str | Path) -> date | None:
     """The day in Jellyfin's ``log_YYYYMMDD.log`` names (for console-format lines)."""
     m = _DATED_NAME.search(Path(path).name)
@@ -99,8 +72,8 @@ class Block:
 BLOCK_BYTES = 4 << 20
 
 
-def iter_chunks(stream: BinaryIO, max_line: int = DEFAULT_MAX_LINE
-                ) -> Iterator[Block | list[bytes | None]]:
+def iter_chunks(stream: BinaryIO, max_line: int = DEFAULT_MAX_LINE,
+                block_bytes: int = BLOCK_BYTES) -> Iterator[Block | list[bytes | None]]:
     """
     Read a stream in large blocks for bulk parsing.
 
@@ -110,7 +83,7 @@ def iter_chunks(stream: BinaryIO, max_line: int = DEFAULT_MAX_LINE
     """
     carry = b""
     while True:
-        data = stream.read(BLOCK_BYTES)
+        data = stream.read(block_bytes)
         if not data:
             break
         data = carry + data
@@ -120,7 +93,7 @@ def iter_chunks(stream: BinaryIO, max_line: int = DEFAULT_MAX_LINE
                 carry = b""
                 yield [None]
                 # Skip the rest of this monster line.
-                while (more := stream.read(BLOCK_BYTES)) and b"\n" not in more:
+                while (more := stream.read(block_bytes)) and b"\n" not in more:
                     pass
                 if more:
                     carry = more[more.index(b"\n") + 1:]
@@ -129,7 +102,10 @@ def iter_chunks(stream: BinaryIO, max_line: int = DEFAULT_MAX_LINE
             continue
         body, carry = data[:cut], data[cut + 1:]
         yield from _block_or_lines(body, max_line)
-    if carry:
+    if carry.endswith(b"\n"):
+        carry = carry[:-1]  # complete lines left over after skipping a monster line
+        yield from _block_or_lines(carry, max_line)
+    elif carry:
         yield from _block_or_lines(carry, max_line)
 
 

@@ -1,0 +1,39 @@
+"""The bulk reader yields exactly the lines a line-by-line reader would, bad ones as None."""
+
+from __future__ import annotations
+
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jfwatch.lines import Block, decode, iter_chunks
+
+MAX = 20
+PIECES = st.sampled_from([b"\n", b"ok line", b"\xff\xfe", b"\x00", b"A" * 25, b"A" * 90,
+                          "é".encode(), b"\r\n", b"x"])
+
+
+def _reference(data: bytes) -> list[str | None]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [decode(raw, MAX) for raw in lines]
+
+
+def _bulk(data: bytes, block: int) -> list[str | None]:
+    out: list[str | None] = []
+    for chunk in iter_chunks(io.BytesIO(data), MAX, block_bytes=block):
+        if isinstance(chunk, Block):
+            lines = chunk.text.split("\n")
+            assert len(lines) == chunk.lines
+            out += [line.rstrip("\r") for line in lines]
+        else:
+            out += [None if raw is None else decode(raw, MAX) for raw in chunk]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.lists(PIECES, max_size=40).map(b"".join), block=st.integers(1, 64))
+def test_bulk_reader_matches_line_reader(data: bytes, block: int) -> None:
+    assert _bulk(data, block) == _reference(data)
