@@ -13,7 +13,7 @@ import functools
 import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from jfwatch.decisions import Alert, Ban, Decision, Unban
@@ -46,7 +46,7 @@ def networks(values: Iterable[str]) -> tuple[Network, ...]:
 class NetSet:
     """A set of networks with a bounded membership cache (attackers repeat themselves)."""
 
-    _CACHE_MAX = 65536
+    _CACHE_MAX = 16384
 
     def __init__(self, nets: Iterable[Network]) -> None:
         self.nets = tuple(nets)
@@ -62,6 +62,12 @@ class NetSet:
                 self._cache.clear()
             self._cache[ip] = hit
         return hit
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_netset(nets: tuple[Network, ...]) -> NetSet:
+    """Rules that test the same networks share one set and one cache."""
+    return NetSet(nets)
 
 
 def _in(ip: IPAddress | None, nets: NetSet) -> bool:
@@ -84,7 +90,7 @@ def compile_match(match: Match, settings: DetectorSettings) -> Callable[[Event],
         out: list[Network] = []
         for v in values:
             out += symbolic[v] if v in symbolic else (ipaddress.ip_network(v, strict=False),)
-        return NetSet(out)
+        return _shared_netset(tuple(out))
 
     ips, not_ips = nets(match.ip), nets(match.not_ip)
 
@@ -106,14 +112,29 @@ def compile_match(match: Match, settings: DetectorSettings) -> Callable[[Event],
 
 @dataclass(slots=True)
 class _Group:
-    # threshold: the last `threshold` times (enough to decide), or for `distinct` the
-    # last time each value was seen, oldest first; both O(1) per event.
-    hits: deque[datetime] = field(default_factory=deque)
-    distinct: OrderedDict[str, datetime] = field(default_factory=OrderedDict)
-    firsts: deque[datetime] = field(default_factory=deque)
-    samples: deque[str] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
-    kinds: set[str] = field(default_factory=set)
+    """
+    Per-group state, kept small: a flood fills max_groups of these.
+
+    ``times``: a threshold rule's last ``threshold`` event times (enough to decide), or a
+    sequence rule's first-step times.  ``distinct``: for ``distinct`` rules, the last
+    time each value was seen, oldest first.  Both O(1) per event, created on first use.
+    """
+
+    times: deque[datetime] | None = None
+    distinct: OrderedDict[str, datetime] | None = None
+    samples: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
     last_alert: datetime | None = None
+
+    def sample(self, excerpt: str) -> None:
+        self.samples = (*self.samples[1 - _SAMPLES:], excerpt)
+
+    def clear(self) -> None:
+        if self.times is not None:
+            self.times.clear()
+        if self.distinct is not None:
+            self.distinct.clear()
+        self.kinds = ()
 
 
 @dataclass(slots=True)
@@ -251,9 +272,7 @@ class Detector:
         if c.reset is not None and c.reset(event):
             group = self._group(rule.name, key_text, create=False)
             if group is not None:
-                group.hits.clear()
-                group.distinct.clear()
-                group.firsts.clear()
+                group.clear()
             return []
         handler = {"threshold": self._threshold, "sequence": self._sequence,
                    "new_value": self._new_value, "trigger": self._trigger}[rule.type]
@@ -263,7 +282,7 @@ class Detector:
                  ) -> list[Decision]:
         group = self._group(c.rule.name, key_text, create=True)
         assert group is not None
-        group.samples.append(event.excerpt)
+        group.sample(event.excerpt)
         return self._fire(c.rule, event, key, group, 1, event.time, users=(), kinds=(event.kind,))
 
     def _threshold(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
@@ -273,37 +292,40 @@ class Detector:
         rule = c.rule
         group = self._group(rule.name, key_text, create=True)
         assert group is not None
-        group.samples.append(event.excerpt)
-        group.kinds.add(event.kind)
+        group.sample(event.excerpt)
+        if event.kind not in group.kinds:
+            group.kinds = (*group.kinds, event.kind)
         horizon = event.time - rule.window
         if rule.distinct is not None:
             value = (event.user or "").casefold() if rule.distinct == "user" else \
                 (str(event.ip) if event.ip else "")
             if not value:
                 return []
-            group.distinct[value] = event.time
-            group.distinct.move_to_end(value)
-            while group.distinct and next(iter(group.distinct.values())) < horizon:
-                group.distinct.popitem(last=False)
-            count = len(group.distinct)
+            seen = group.distinct
+            if seen is None:
+                seen = group.distinct = OrderedDict()
+            seen[value] = event.time
+            seen.move_to_end(value)
+            while seen and next(iter(seen.values())) < horizon:
+                seen.popitem(last=False)
+            count = len(seen)
             if count < rule.threshold:
                 return []
-            first = min(group.distinct.values())
-            users = tuple(sorted(group.distinct))[:10] if rule.distinct == "user" else ()
-            group.distinct.clear()
+            first = min(seen.values())
+            users = tuple(sorted(seen))[:10] if rule.distinct == "user" else ()
         else:
-            if group.hits.maxlen != rule.threshold:
-                group.hits = deque(group.hits, maxlen=rule.threshold)
-            group.hits.append(event.time)
-            while group.hits and group.hits[0] < horizon:
-                group.hits.popleft()
-            count = len(group.hits)
+            times = group.times
+            if times is None:
+                times = group.times = deque(maxlen=rule.threshold)
+            times.append(event.time)
+            while times and times[0] < horizon:
+                times.popleft()
+            count = len(times)
             if count < rule.threshold:
                 return []
-            first, users = group.hits[0], ()
-            group.hits.clear()
+            first, users = times[0], ()
         kinds = tuple(sorted(group.kinds))
-        group.kinds.clear()
+        group.clear()
         return self._fire(rule, event, key, group, count, first, users=users, kinds=kinds)
 
     def _sequence(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
@@ -315,22 +337,26 @@ class Detector:
             group = self._group(rule.name, key_text, create=False)
             if group is None:
                 return []
-            while group.firsts and group.firsts[0] < horizon:
-                group.firsts.popleft()
-            if len(group.firsts) < rule.first.count:
+            firsts = group.times
+            while firsts and firsts[0] < horizon:
+                firsts.popleft()
+            if firsts is None or len(firsts) < rule.first.count:
                 return []
-            count, first = len(group.firsts), group.firsts[0]
-            group.firsts.clear()
-            group.samples.append(event.excerpt)
+            count, first = len(firsts), firsts[0]
+            firsts.clear()
+            group.sample(event.excerpt)
             return self._fire(rule, event, key, group, count + 1, first, users=(),
                               kinds=(event.kind,))
         if c.first(event):
             group = self._group(rule.name, key_text, create=True)
             assert group is not None
-            group.firsts.append(event.time)
-            group.samples.append(event.excerpt)
-            while group.firsts and group.firsts[0] < horizon:
-                group.firsts.popleft()
+            if group.times is None:
+                # Only the last `count` first-step events can complete the sequence.
+                group.times = deque(maxlen=rule.first.count)
+            group.times.append(event.time)
+            group.sample(event.excerpt)
+            while group.times and group.times[0] < horizon:
+                group.times.popleft()
         return []
 
     def _new_value(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
@@ -352,7 +378,7 @@ class Detector:
             return []  # the very first value of a group is its baseline, not news
         group = self._group(rule.name, key_text, create=True)
         assert group is not None
-        group.samples.append(event.excerpt)
+        group.sample(event.excerpt)
         return self._fire(rule, event, key, group, 1, event.time, users=(), kinds=(event.kind,))
 
     # -- firing -----------------------------------------------------------------
@@ -380,7 +406,7 @@ class Detector:
             first_time=first, last_time=event.time,
             tags=tuple(rule.actions.notify.tags) if rule.actions.notify else (),
             simulate=rule.simulate, ban_until=ban_until, not_banned_reason=reason,
-            users=users, kinds=kinds, samples=tuple(group.samples))
+            users=users, kinds=kinds, samples=group.samples)
         return [alert, *out]
 
     def _ban(self, rule: Rule, event: Event) -> tuple[Ban | None, str | None]:
