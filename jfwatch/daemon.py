@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +52,7 @@ class Daemon:
     config: Config
     rules: list[Rule]
     config_path: Path | None = None
-    reload: object = None  # callable returning (Config, rules), set by the CLI
+    reload: Callable[[], tuple[Config, list[Rule]]] | None = None  # re-reads config and rules
     stop_event: threading.Event = field(default_factory=threading.Event)
     wake: threading.Event = field(default_factory=threading.Event)
 
@@ -59,7 +60,7 @@ class Daemon:
         self.log = log.get("jfwatch.daemon")
         self.store = StateStore(self.config.state_dir / "state.db")
         self.pipeline = Pipeline(self.config, self.rules, self.store)
-        self.sources = [Source(s, self.wake, self.config.max_line) for s in self.config.sources]
+        self.sources = [Source(s, self.wake) for s in self.config.sources]
         self.tracked: dict[str, _Tracked] = {}
         self._hup = False
         self._problems: dict[str, str | None] = {}
@@ -114,7 +115,8 @@ class Daemon:
 
     def _reload(self) -> None:
         try:
-            assert callable(self.reload)
+            if self.reload is None:
+                return
             config, rules = self.reload()
         except ConfigError as exc:
             self.log.error("reload_failed_keeping_old_config", problems=exc.problems)

@@ -10,7 +10,6 @@ import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 from jfwatch import log
 from jfwatch.banfeed import BanFeed
@@ -163,6 +162,3 @@ class Pipeline:
             self.metrics.evictions.inc(delta)
             self._evictions_seen = self.detector.evictions
 
-
-def default_paths(base: Path) -> dict[str, Path]:
-    return {"state": base / "state", "feed": base / "bans.log", "list": base / "banned.txt"}

@@ -9,7 +9,7 @@ import fnmatch
 import glob
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from jfwatch.config import SourceConfig
-from jfwatch.tail import Follower, Identity
+from jfwatch.tail import Identity
 
 
 class _Wake(FileSystemEventHandler):
@@ -34,19 +34,11 @@ class _Wake(FileSystemEventHandler):
 
 
 @dataclass
-class FileState:
-    follower: Follower
-    first_sight: bool
-
-
-@dataclass
 class Source:
     """One configured source and the files it currently follows."""
 
     config: SourceConfig
     wake: threading.Event
-    max_line: int
-    files: dict[str, FileState] = field(default_factory=dict)
     observer: Any = None
     problem: str | None = None
     started: bool = False
@@ -73,8 +65,6 @@ class Source:
             self.observer.stop()
             self.observer.join(timeout=2)
             self.observer = None
-        for state in self.files.values():
-            state.follower.close()
 
     def scan(self) -> list[str]:
         """Current matching files, oldest name first; sets ``problem`` when unreadable."""

@@ -6,6 +6,8 @@ a bounded number of pushes under a flood while every ban still reaches the feed.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -101,3 +103,24 @@ def test_flood_is_folded_and_every_ban_reaches_the_feed(tmp_path: Path) -> None:
     assert set(attackers) == banned
     # Bound: rules x (max_per_rule_per_hour + 1 digest) per hour; 13 rules, 10 per hour.
     assert len(receiver.messages) <= 13 * 11
+
+
+def test_notify_test_reports_each_target(tmp_path: Path) -> None:
+    """``jfwatch notify-test``: one reachable, one unreachable target; each reported."""
+    up, down = free_port(), free_port()
+    receiver = Receiver(up)
+    receiver.start()
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"notify:\n  urls: ['json://127.0.0.1:{up}/', "
+                   f"'json://user:TOPSECRET@127.0.0.1:{down}/']\n")
+    try:
+        result = subprocess.run([sys.executable, "-m", "jfwatch", "notify-test", "--config",
+                                 str(cfg)], capture_output=True, text=True, check=False,
+                                timeout=120)
+    finally:
+        receiver.stop()
+    assert result.returncode == 1
+    assert "target 1 (JSON): delivered" in result.stdout
+    assert "target 2 (JSON): FAILED" in result.stdout
+    assert "TOPSECRET" not in result.stdout + result.stderr
+    assert [m["title"] for m in receiver.messages] == ["[jellyfin] jfwatch test"]
