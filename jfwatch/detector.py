@@ -388,6 +388,14 @@ class Detector:
         if group.last_alert is not None and rule.cooldown and \
                 event.time - group.last_alert < rule.cooldown:
             return []
+        if rule.actions.ban is not None and event.ip is not None and rule.cooldown:
+            # The in-memory cooldown is lost on restart (or eviction); the ban is not.
+            # An address this rule banned within its cooldown is not announced again.
+            active = self.store.active_ban(str(event.ip))
+            if active is not None and active.rule == rule.name and \
+                    event.time - active.since < rule.cooldown and active.until > event.time:
+                group.last_alert = active.since
+                return []
         group.last_alert = event.time
         out: list[Decision] = []
         ban_until, reason = None, None

@@ -174,3 +174,37 @@ def test_escalation_never_overflows() -> None:
         out = _run(det, [_fail("203.0.113.9", start + s) for s in range(3)])
         last = next(d for d in out if isinstance(d, Ban))
     assert last is not None and last.duration_seconds == 28 * 86400
+
+
+def test_restart_does_not_re_alert_on_an_active_ban(tmp_path: Path) -> None:
+    """After a restart, renewed failures from an address banned within the cooldown stay quiet."""
+    state = tmp_path / "state.db"
+    rule = _rule(cooldown="1h")
+    first = _run(_detector(rule, StateStore(state)), [_fail("203.0.113.9", s) for s in range(3)])
+    assert any(isinstance(d, Alert) for d in first)
+    again = _run(_detector(rule, StateStore(state)),
+                 [_fail("203.0.113.9", 60 + s) for s in range(3)])
+    assert again == []
+
+
+class TestBansCommand:
+    def test_list_and_unban(self, tmp_path: Path) -> None:
+        """``jfwatch bans`` lists the state's bans; ``unban`` lifts one and writes the feed."""
+        state_dir = tmp_path / "state"
+        store = StateStore(state_dir / "state.db")
+        now = datetime.now(UTC)
+        store.record_ban("203.0.113.9", "bf", now, now + timedelta(hours=1), 0)
+        cfg = tmp_path / "c.yml"
+        cfg.write_text(f"state_dir: {state_dir}\nban_feed: {{path: {tmp_path / 'bans.log'}, "
+                       f"list_path: {tmp_path / 'banned.txt'}}}\n")
+        base = [sys.executable, "-m", "jfwatch", "bans", "--config", str(cfg)]
+        listed = subprocess.run(base, capture_output=True, text=True, check=True, timeout=60)
+        assert listed.stdout.startswith("203.0.113.9\tbf\tuntil ")
+        lifted = subprocess.run([*base, "unban", "203.0.113.9"], capture_output=True, text=True,
+                                check=True, timeout=60)
+        assert "unbanned 203.0.113.9" in lifted.stdout
+        assert " UNBAN 203.0.113.9 rule=bf" in (tmp_path / "bans.log").read_text()
+        assert (tmp_path / "banned.txt").read_text() == ""
+        again = subprocess.run([*base, "unban", "203.0.113.9"], capture_output=True, text=True,
+                               check=False, timeout=60)
+        assert again.returncode == 1
