@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from jfwatch import log
 from jfwatch.config import Config, SourceConfig
 from jfwatch.errors import ConfigError
+from jfwatch.events import Event
 from jfwatch.lines import context_for, decode
 from jfwatch.parsers import create_parser
 from jfwatch.parsers._common import StreamParser
@@ -193,16 +194,38 @@ class Daemon:
     def _process(self, tracked: _Tracked, lines: list[tuple[bytes | None, int]], *,
                  final: bool) -> None:
         source = tracked.source.config.path
-        batch = []
+        batch: list[Event] = []
+        counts = {"matched": 0, "unmatched": 0, "rejected": 0}
+        valid: list[str] = []
+
+        def parse_valid() -> None:
+            # Runs of valid lines go through the bulk parser when there is one (backfill
+            # of a large log), otherwise line by line.
+            bulk = getattr(tracked.parser, "feed_block", None)
+            if bulk is not None and len(valid) > 1:
+                events, matched = bulk("\n".join(valid))
+                counts["matched"] += matched
+                counts["unmatched"] += len(valid) - matched
+                batch.extend(events)
+            else:
+                for line in valid:
+                    events = tracked.parser.feed(line)
+                    counts["matched" if events else "unmatched"] += 1
+                    batch.extend(events)
+            valid.clear()
+
         for raw, end in lines:
             line = None if raw is None else decode(raw, self.config.max_line)
             if line is None:
-                self.pipeline.line(source, "rejected")
+                parse_valid()
+                counts["rejected"] += 1
             else:
-                events = tracked.parser.feed(line)
-                self.pipeline.line(source, "matched" if events else "unmatched")
-                batch += events
+                valid.append(line)
             tracked.uncommitted_end = end
+        parse_valid()
+        for outcome, n in counts.items():
+            if n:
+                self.pipeline.line(source, outcome, n)
         # A busy log may always have a success held for a TOTP verdict; rather than never
         # committing, release held events after COMMIT_EVERY seconds and commit.
         overdue = time.monotonic() - tracked.last_commit > COMMIT_EVERY

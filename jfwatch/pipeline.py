@@ -76,8 +76,8 @@ class Pipeline:
         return {"events": self._events_path.stat().st_size if self._events_path.exists() else 0}
 
     # -- data --------------------------------------------------------------------
-    def line(self, source: str, outcome: str) -> None:
-        self.metrics.lines.labels(source, outcome).inc()
+    def line(self, source: str, outcome: str, count: int = 1) -> None:
+        self.metrics.lines.labels(source, outcome).inc(count)
 
     def source_health(self, source: str, readable: bool) -> None:
         self.metrics.source_health(source, readable)
