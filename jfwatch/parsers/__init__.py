@@ -64,9 +64,9 @@ class AutoParser:
         return parser.feed(line)
 
     def feed_block(self, block: str) -> tuple[list[Event], int]:
-        """Bulk-parse when the block's first lines all belong to one bulk-capable format."""
-        head = block[:20_000].split("\n")[:50]
-        specs = {spec.name for line in head for spec in PARSERS.values() if spec.sniff(line)}
+        """Bulk-parse when the block's first and last lines all belong to one bulk-capable format."""
+        sample = block[:20_000].split("\n")[:50] + block[-20_000:].split("\n")[-50:]
+        specs = {spec.name for line in sample for spec in PARSERS.values() if spec.sniff(line)}
         if len(specs) == 1:
             name = specs.pop()
             if name not in self._parsers:
