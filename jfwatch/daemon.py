@@ -32,7 +32,7 @@ from jfwatch.pipeline import Pipeline
 from jfwatch.rules import Rule
 from jfwatch.sources import Source, find_by_identity, sibling_paths
 from jfwatch.state import StateStore
-from jfwatch.tail import Follower, Identity
+from jfwatch.tail import DRAIN_GRACE, Follower, Identity, Line, identity_of
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 COMMIT_EVERY = 30.0
@@ -65,6 +65,8 @@ class Daemon:
         self.tracked: dict[str, _Tracked] = {}
         self._hup = False
         self._problems: dict[str, str | None] = {}
+        # Files finished after a rotation: (identity, offset read), bounded.
+        self._retired: list[tuple[Identity, int]] = []
 
     # -- lifecycle ----------------------------------------------------------------
     def install_signals(self) -> None:
@@ -84,10 +86,14 @@ class Daemon:
     def run(self) -> int:
         self.pipeline.start()
         self._resume()
+        self._scan()
         for src in self.sources:
             self.log.info("watching", path=src.config.path, format=src.config.format,
                           mode=src.config.watch_mode, start=src.config.start)
-        last_scan = 0.0
+        # Every file present now is followed from here on: lines appended after this
+        # message are never skipped by `start: end`.
+        self.log.info("ready", files=len(self.tracked))
+        last_scan = time.monotonic()
         wait = min(IDLE_WAIT[s.config.watch_mode] for s in self.sources) if self.sources else 1.0
         while not self.stop_event.is_set():
             woke = self.wake.is_set()
@@ -159,12 +165,31 @@ class Daemon:
             for path in paths:
                 if path in self.tracked:
                     continue
-                # Files present the first time we ever look honour `start`; any file
-                # that appears later (tomorrow's log) is read from its beginning.
-                start_at_end = not src.started and src.config.start == "end"
-                offset = os.path.getsize(path) if start_at_end else 0
+                offset = self._known_offset(path)
+                if offset == -1:
+                    continue  # a rotated name of a file still being drained
+                if offset is None:
+                    # Files present the first time we ever look honour `start`; any file
+                    # that appears later (tomorrow's log) is read from its beginning.
+                    start_at_end = not src.started and src.config.start == "end"
+                    offset = os.path.getsize(path) if start_at_end else 0
                 self._track(src, path, offset)
             src.started = True
+
+    def _known_offset(self, path: str) -> int | None:
+        """-1 if another follower is draining this file, its read offset if it was read
+        under another name before, None for a file never seen."""
+        try:
+            with open(path, "rb") as fh:
+                ident = identity_of(fh)
+        except OSError:
+            return -1
+        if any(t.follower.owns(ident) for t in self.tracked.values()):
+            return -1
+        for seen, offset in reversed(self._retired):
+            if seen.same_file(ident):
+                return offset
+        return None
 
     def _track(self, src: Source, path: str, offset: int) -> None:
         cfg: SourceConfig = src.config
@@ -179,19 +204,23 @@ class Daemon:
         busy = False
         for path, tracked in list(self.tracked.items()):
             chunk = tracked.follower.read()
+            if tracked.follower.retired:
+                self._retired = (self._retired + tracked.follower.retired)[-1000:]
+                tracked.follower.retired.clear()
             if chunk.lines:
                 busy = True
             self._process(tracked, chunk.lines, final=False)
             self.pipeline.tail_lag(path, tracked.follower.pending_bytes)
-            if not os.path.exists(path) and not chunk.lines and not tracked.parser.holding:
-                # Deleted and drained: a recreated file is picked up by the next scan.
+            if not os.path.exists(path) and not chunk.lines and not tracked.parser.holding \
+                    and tracked.follower.idle_seconds() > DRAIN_GRACE:
+                # Deleted, drained and quiet: a recreated file is picked up by the next scan.
                 tracked.follower.close()
                 del self.tracked[path]
                 self.pipeline.forget_file(path)
                 self.store.forget_offset(path)
         return busy
 
-    def _process(self, tracked: _Tracked, lines: list[tuple[bytes | None, int]], *,
+    def _process(self, tracked: _Tracked, lines: list[Line], *,
                  final: bool) -> None:
         source = tracked.source.config.path
         batch: list[Event] = []
@@ -221,7 +250,8 @@ class Daemon:
                 counts["rejected"] += 1
             else:
                 valid.append(line)
-            tracked.uncommitted_end = end
+            if end is not None:  # lines from a rotated-away file have no offset to commit
+                tracked.uncommitted_end = end
         parse_valid()
         for outcome, n in counts.items():
             if n:

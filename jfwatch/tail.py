@@ -1,20 +1,23 @@
 """
 Follow one log file the way ``tail -F`` does, and better: rename+create, copytruncate,
-delete+recreate and in-place replacement are detected, and the rest of the old file is
-read to its end before moving on.  Identity is device + inode + a fingerprint of the
-first bytes, so a reused inode is not mistaken for the same file.
+delete+recreate and in-place replacement are detected.  Identity is device + inode + a
+fingerprint of the first bytes, so a reused inode is not mistaken for the same file.
+
+After a rename or replacement the old file stays open and is drained for a grace period:
+writers such as nginx keep appending to the renamed file until they are told to reopen,
+and those lines must not be lost.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 FINGERPRINT_BYTES = 256
 PARTIAL_TIMEOUT = 5.0  # seconds a line without its newline is held before it is flushed
+DRAIN_GRACE = 30.0  # seconds a rotated-away file is still read after it last grew
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +47,76 @@ def identity_of(fh: BinaryIO) -> Identity:
     return Identity(st.st_dev, st.st_ino, fingerprint(fh))
 
 
-def digest(fp: bytes) -> str:
-    return hashlib.sha256(fp).hexdigest()[:16]
+# (line bytes or None for an over-long line, end offset in the current file or None
+# when the line came from a rotated-away file and has no committable offset)
+Line = tuple[bytes | None, int | None]
 
 
 @dataclass(slots=True)
 class Chunk:
     """Complete lines read, each with the file offset just after it."""
 
-    lines: list[tuple[bytes | None, int]]
-    truncated: int = 0  # over-long lines cut
+    lines: list[Line]
+    truncated: int = 0  # over-long lines skipped
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """An open file and the bytes of a line not finished yet."""
+
+    fh: BinaryIO
+    offset: int
+    identity: Identity
+    partial: bytearray = field(default_factory=bytearray)
+    partial_since: float | None = None
+    skipping: bool = False  # inside an over-long line
+    last_growth: float = field(default_factory=time.monotonic)
+
+    def drain(self, max_line: int, committable: bool) -> Chunk:
+        lines: list[Line] = []
+        truncated = 0
+        while data := self.fh.read(1 << 16):
+            self.last_growth = time.monotonic()
+            start = 0
+            while (nl := data.find(b"\n", start)) != -1:
+                piece = data[start:nl]
+                end = self.offset + nl + 1 if committable else None
+                if self.skipping or len(self.partial) + len(piece) > max_line:
+                    lines.append((None, end))
+                    truncated += 1
+                else:
+                    self.partial += piece
+                    lines.append((bytes(self.partial), end))
+                self.partial.clear()
+                self.skipping = False
+                self.partial_since = None
+                start = nl + 1
+            rest = data[start:]
+            if self.skipping or len(self.partial) + len(rest) > max_line:
+                self.skipping = True
+                self.partial.clear()
+            else:
+                self.partial += rest
+            if rest and self.partial_since is None:
+                self.partial_since = time.monotonic()
+            self.offset += len(data)
+        return Chunk(lines, truncated)
+
+    def flush_partial(self, *, force: bool, committable: bool) -> list[Line]:
+        """A last line without newline is held; after a timeout it is taken once."""
+        if not self.partial and not self.skipping:
+            return []
+        if not force and (self.partial_since is None or
+                          time.monotonic() - self.partial_since < PARTIAL_TIMEOUT):
+            return []
+        line = None if self.skipping else bytes(self.partial)
+        self.partial.clear()
+        self.skipping = False
+        self.partial_since = None
+        return [(line, self.offset if committable else None)]
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 class Follower:
@@ -62,31 +125,30 @@ class Follower:
     def __init__(self, path: str, offset: int = 0, max_line: int = 64 * 1024) -> None:
         self.path = path
         self.max_line = max_line
-        self._fh: BinaryIO | None = None
         self.identity: Identity | None = None
-        self.offset = offset
-        self._partial = bytearray()
-        self._partial_since: float | None = None
-        self._skipping = False  # inside an over-long line
+        self._cur: _Cursor | None = None
+        self._rotated: list[_Cursor] = []
+        # Rotated-away files this follower finished with, and how far they were read,
+        # so that a glob that also matches rotated names does not read them again.
+        self.retired: list[tuple[Identity, int]] = []
         self._open(offset)
 
     def _open(self, offset: int) -> None:
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - kept open across calls
         except OSError:
-            self._fh, self.identity = None, None
+            self._cur, self.identity = None, None
             return
         size = os.fstat(fh.fileno()).st_size
         if offset > size:
             offset = 0  # truncated while we were away
         fh.seek(offset)
-        self._fh, self.identity, self.offset = fh, identity_of(fh), offset
-        self._partial.clear()
-        self._skipping = False
+        self.identity = identity_of(fh)
+        self._cur = _Cursor(fh, offset, self.identity)
 
     @property
-    def is_open(self) -> bool:
-        return self._fh is not None
+    def offset(self) -> int:
+        return 0 if self._cur is None else self._cur.offset
 
     @property
     def pending_bytes(self) -> int:
@@ -96,100 +158,81 @@ class Follower:
         except OSError:
             return 0
 
+    def idle_seconds(self) -> float:
+        """How long since any followed file (current or rotated) last grew."""
+        cursors = [c for c in (self._cur, *self._rotated) if c is not None]
+        if not cursors:
+            return float("inf")
+        return time.monotonic() - max(c.last_growth for c in cursors)
+
+    def owns(self, other: Identity) -> bool:
+        """Whether this follower is reading that file (as current or rotated-away file)."""
+        return any(c.identity.same_file(other) for c in (self._cur, *self._rotated)
+                   if c is not None)
+
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        for cursor in (self._cur, *self._rotated):
+            if cursor is not None:
+                cursor.close()
+        self._cur, self._rotated = None, []
 
     def read(self) -> Chunk:
-        """Read what is new, following a rotation once the old file is drained."""
-        if self._fh is None:
+        """Read what is new: rotated-away files first, then the current one."""
+        chunk = Chunk([])
+        self._read_rotated(chunk)
+        if self._cur is None:
             self._open(0)
-            if self._fh is None:
-                return Chunk([])
-        chunk = self._drain()
+            if self._cur is None:
+                return chunk
+        self._take(chunk, self._cur.drain(self.max_line, committable=True))
         rotated = self._rotation()
         if rotated == "truncated":
-            self._fh.seek(0)
-            self.offset = 0
-            self._partial.clear()
-            self.identity = identity_of(self._fh)
-            more = self._drain()
-            chunk.lines += more.lines
-            chunk.truncated += more.truncated
+            self._cur.fh.seek(0)
+            self._cur.offset = 0
+            self._cur.partial.clear()
+            self.identity = self._cur.identity = identity_of(self._cur.fh)
+            self._take(chunk, self._cur.drain(self.max_line, committable=True))
         elif rotated == "replaced":
-            chunk.lines += self._flush_partial(force=True)
-            self.close()
+            # Keep the old file open: its writer may not have reopened yet.
+            self._rotated.append(self._cur)
             self._open(0)
-            if self._fh is not None:
-                more = self._drain()
-                chunk.lines += more.lines
-                chunk.truncated += more.truncated
-        chunk.lines += self._flush_partial(force=False)
+            if self._cur is not None:
+                self._take(chunk, self._cur.drain(self.max_line, committable=True))
+        if self._cur is not None:
+            chunk.lines += self._cur.flush_partial(force=False, committable=True)
         return chunk
 
+    def _read_rotated(self, chunk: Chunk) -> None:
+        keep = []
+        for cursor in self._rotated:
+            self._take(chunk, cursor.drain(self.max_line, committable=False))
+            if time.monotonic() - cursor.last_growth > DRAIN_GRACE:
+                chunk.lines += cursor.flush_partial(force=True, committable=False)
+                self.retired.append((cursor.identity, cursor.offset))
+                cursor.close()
+            else:
+                keep.append(cursor)
+        self._rotated = keep
+
+    @staticmethod
+    def _take(chunk: Chunk, more: Chunk) -> None:
+        chunk.lines += more.lines
+        chunk.truncated += more.truncated
+
     def _rotation(self) -> str | None:
-        assert self._fh is not None
+        assert self._cur is not None
         try:
             st = os.stat(self.path)
         except OSError:
             return None  # deleted: keep the old handle until a new file appears
-        own = os.fstat(self._fh.fileno())
+        own = os.fstat(self._cur.fh.fileno())
         if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
             return "replaced"
-        if st.st_size < self.offset:
+        if st.st_size < self._cur.offset:
             return "truncated"
         if self.identity is not None and len(self.identity.fingerprint) and \
-                not identity_of(self._fh).same_file(self.identity):
+                not identity_of(self._cur.fh).same_file(self.identity):
             return "truncated"  # same inode, different head: rewritten in place
         if self.identity is not None and len(self.identity.fingerprint) < FINGERPRINT_BYTES:
-            self.identity = identity_of(self._fh)
+            self.identity = self._cur.identity = identity_of(self._cur.fh)
         return None
-
-    def _drain(self) -> Chunk:
-        assert self._fh is not None
-        lines: list[tuple[bytes | None, int]] = []
-        truncated = 0
-        while data := self._fh.read(1 << 16):
-            start = 0
-            while (nl := data.find(b"\n", start)) != -1:
-                piece = data[start:nl]
-                end = self.offset + nl + 1
-                if self._skipping or len(self._partial) + len(piece) > self.max_line:
-                    lines.append((None, end))
-                    truncated += 1
-                else:
-                    self._partial += piece
-                    lines.append((bytes(self._partial), end))
-                self._partial.clear()
-                self._skipping = False
-                self._partial_since = None
-                start = nl + 1
-            rest = data[start:]
-            if self._skipping or len(self._partial) + len(rest) > self.max_line:
-                self._skipping = True
-                self._partial.clear()
-            else:
-                self._partial += rest
-            if rest and self._partial_since is None:
-                self._partial_since = time.monotonic()
-            self.offset += len(data)
-        return Chunk(lines, truncated)
-
-    def _flush_partial(self, *, force: bool) -> list[tuple[bytes | None, int]]:
-        """A last line without newline is held; after a timeout it is taken once."""
-        if not self._partial and not self._skipping:
-            return []
-        if not force and (self._partial_since is None or
-                          time.monotonic() - self._partial_since < PARTIAL_TIMEOUT):
-            return []
-        line = None if self._skipping else bytes(self._partial)
-        self._partial.clear()
-        self._skipping = False
-        self._partial_since = None
-        return [(line, self.offset)]
-
-    @property
-    def committed_offset(self) -> int:
-        """The offset up to which every byte belongs to a complete, returned line."""
-        return self.offset - len(self._partial)

@@ -51,7 +51,7 @@ class DaemonRun:
             [*prefix, sys.executable, "-m", "jfwatch", "run", "--config", str(self.config)],
             cwd=self.work, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"),  # noqa: SIM115
             env=env)
-        self.wait_for(lambda: "watching" in self.log_text()[since:], what="daemon start")
+        self.wait_for(lambda: '"ready"' in self.log_text()[since:], what="daemon start")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -92,3 +92,15 @@ def append(path: Path, text: str | bytes) -> None:
     with open(path, "ab") as fh:
         fh.write(data)
         fh.flush()
+
+
+def start_daemon(tmp_path: Path, name: str = "log_20260501.log", **options: Any
+                 ) -> tuple[DaemonRun, Path]:
+    """An empty log file in ``tmp_path/logs`` and a running daemon following it."""
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    log = logs / name
+    log.write_text("")
+    run = DaemonRun(tmp_path, **options)
+    run.start()
+    return run, log

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from daemon_helper import DaemonRun, append, denied
+from daemon_helper import DaemonRun, append, denied, start_daemon
 
 
 def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> None:
@@ -49,12 +49,7 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> N
 
 def test_sigterm_exits_zero_quickly_and_saves_offsets(tmp_path: Path) -> None:
     """SIGTERM: in-flight lines finished, offsets saved, exit 0 within 5 s; no re-read."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    log = logs / "log_20260501.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path)
-    run.start()
+    run, log = start_daemon(tmp_path)
     append(log, denied("a") + denied("b"))
     run.wait_users(Counter({"a": 1, "b": 1}))
     began = time.monotonic()
@@ -68,12 +63,7 @@ def test_sigterm_exits_zero_quickly_and_saves_offsets(tmp_path: Path) -> None:
 
 def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmp_path: Path) -> None:
     """SIGHUP reloads the config; a broken new config is reported and the old one kept."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    log = logs / "log_20260501.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path)
-    run.start()
+    run, log = start_daemon(tmp_path)
     good = run.config.read_text()
     run.config.write_text(good + "max_groups: -5\n")
     assert run.proc is not None

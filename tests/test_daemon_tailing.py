@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from daemon_helper import DaemonRun, append, denied
+from daemon_helper import DaemonRun, append, denied, start_daemon
 
 MODES = ["inotify", "poll"]
 
@@ -44,10 +45,7 @@ def test_next_days_file_is_picked_up(tmp_path: Path, logs: Path, mode: str) -> N
 @pytest.mark.parametrize("mode", MODES)
 def test_rename_and_create(tmp_path: Path, logs: Path, mode: str) -> None:
     """logrotate ``create``: the rest of the renamed file is read, then the new one."""
-    log = logs / "log_app.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path, watch_mode=mode)
-    run.start()
+    run, log = start_daemon(tmp_path, name="log_app.log", watch_mode=mode)
     append(log, denied("a1"))
     run.wait_users(Counter({"a1": 1}))
     rotated = logs / "log_app.log.1"
@@ -63,10 +61,7 @@ def test_rename_and_create(tmp_path: Path, logs: Path, mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_copytruncate(tmp_path: Path, logs: Path, mode: str) -> None:
     """logrotate ``copytruncate``: the same inode starts again at 0."""
-    log = logs / "log_app.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path, watch_mode=mode)
-    run.start()
+    run, log = start_daemon(tmp_path, name="log_app.log", watch_mode=mode)
     append(log, denied("before1") + denied("before2"))
     run.wait_users(Counter({"before1": 1, "before2": 1}))
     shutil.copy(log, logs / "log_app.log.1.gz-not-matching")
@@ -80,10 +75,7 @@ def test_copytruncate(tmp_path: Path, logs: Path, mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_delete_and_recreate(tmp_path: Path, logs: Path, mode: str) -> None:
     """A deleted file is drained; the new file with the same name is read from its start."""
-    log = logs / "log_app.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path, watch_mode=mode)
-    run.start()
+    run, log = start_daemon(tmp_path, name="log_app.log", watch_mode=mode)
     append(log, denied("first"))
     run.wait_users(Counter({"first": 1}))
     log.unlink()
@@ -94,10 +86,7 @@ def test_delete_and_recreate(tmp_path: Path, logs: Path, mode: str) -> None:
 
 def test_replaced_by_another_file(tmp_path: Path, logs: Path) -> None:
     """A file atomically replaced by another with the same name (mv over it)."""
-    log = logs / "log_app.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path)
-    run.start()
+    run, log = start_daemon(tmp_path, name="log_app.log")
     append(log, denied("one"))
     run.wait_users(Counter({"one": 1}))
     other = logs / "incoming.tmp"
@@ -109,10 +98,7 @@ def test_replaced_by_another_file(tmp_path: Path, logs: Path) -> None:
 
 def test_partial_line_waits_for_its_newline(tmp_path: Path, logs: Path) -> None:
     """Half a line is held until the newline arrives; it is one event, not two."""
-    log = logs / "log_app.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path)
-    run.start()
+    run, log = start_daemon(tmp_path, name="log_app.log")
     line = denied("partial")
     append(log, line[:40])
     run.wait_for(lambda: "following" in run.log_text(), what="follow")
@@ -123,10 +109,7 @@ def test_partial_line_waits_for_its_newline(tmp_path: Path, logs: Path) -> None:
 
 def test_bad_bytes_and_huge_line(tmp_path: Path, logs: Path) -> None:
     """Invalid UTF-8, NUL and an 8 MiB line are skipped; the daemon keeps going."""
-    log = logs / "log_app.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path)
-    run.start()
+    run, log = start_daemon(tmp_path, name="log_app.log")
     append(log, b"\xff\xfe\xfd not utf8\n" + b"nul\x00\n" + b"B" * (8 * 1024 * 1024) + b"\n")
     append(log, denied("survivor"))
     run.wait_users(Counter({"survivor": 1}))
@@ -160,3 +143,25 @@ def test_unreadable_directory_becomes_readable(tmp_path: Path) -> None:
     logs.chmod(0o755)
     run.wait_users(Counter({"waiting": 1}), timeout=30)
     assert run.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_writer_still_appending_to_the_renamed_file(tmp_path: Path, logs: Path, mode: str) -> None:
+    """
+    nginx-style rotation: the file is renamed, a new one created, and the writer keeps
+    appending to the renamed file until it reopens.  A glob that also matches the
+    rotated name must not read it twice.
+    """
+    run, log = start_daemon(tmp_path, name="access.log", pattern="logs/access.log*",
+                            watch_mode=mode)
+    append(log, denied("before"))
+    run.wait_users(Counter({"before": 1}))
+    rotated = logs / "access.log.1"
+    log.rename(rotated)
+    log.write_text(denied("new-file"))
+    run.wait_users(Counter({"before": 1, "new-file": 1}))
+    append(rotated, denied("late-writer"))
+    run.wait_users(Counter({"before": 1, "new-file": 1, "late-writer": 1}))
+    time.sleep(1.5)  # a rescan sees access.log.1 as a glob match: it must stay a single read
+    assert run.users() == Counter({"before": 1, "new-file": 1, "late-writer": 1})
+    assert run.stop() == 0

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import ROOT, require_tool
-from daemon_helper import DaemonRun, append
+from daemon_helper import append, start_daemon
 
 FILTER = ROOT / "contrib" / "fail2ban" / "filter.d" / "jfwatch.conf"
 UM = "Jellyfin.Server.Implementations.Users.UserManager"
@@ -38,12 +38,7 @@ def _attack(now: datetime) -> str:
 
 
 def _feed_from_daemon(tmp_path: Path) -> Path:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    log = logs / "log_20260501.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path, extra="allow: [192.0.2.0/24]\n")
-    run.start()
+    run, log = start_daemon(tmp_path, extra="allow: [192.0.2.0/24]\n")
     append(log, _attack(datetime.now(UTC) - timedelta(minutes=1)))
     feed = tmp_path / "out" / "bans.log"
     run.wait_for(lambda: feed.exists() and "BAN 203.0.113.44" in feed.read_text(), what="ban")

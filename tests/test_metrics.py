@@ -18,7 +18,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, require_tool
-from daemon_helper import DaemonRun, append, denied
+from daemon_helper import DaemonRun, append, denied, start_daemon
 
 DASHBOARD = ROOT / "contrib" / "grafana" / "jfwatch-dashboard.json"
 ALERTS = ROOT / "contrib" / "prometheus" / "jfwatch-alerts.yml"
@@ -50,12 +50,7 @@ def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
 
 
 def test_scrape_matches_what_was_written(tmp_path: Path) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    log = logs / "log_20260501.log"
-    log.write_text("")
-    run = DaemonRun(tmp_path, metrics_port=0)
-    run.start()
+    run, log = start_daemon(tmp_path, metrics_port=0)
     port = _port(run)
     now = datetime.now(UTC) - timedelta(minutes=1)
     ts = f"{now:%Y-%m-%d %H:%M:%S}.000"
@@ -63,7 +58,7 @@ def test_scrape_matches_what_was_written(tmp_path: Path) -> None:
     append(log, body + "noise line that is not an event\n")
     append(log, b"\xff\xfe invalid utf-8\n")
     run.wait_users(Counter({"victim": 6}))
-    source = str(logs / "log_*.log")
+    source = str(log.parent / "log_*.log")
     run.wait_for(lambda: _value(_samples(_scrape(port)), "jfwatch_lines_total",
                                 outcome="rejected") == 1, what="rejected count")
     text = _scrape(port)

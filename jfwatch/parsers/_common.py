@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
-from typing import Protocol
+from typing import Any, Protocol
 
 from jfwatch.events import Event, IPAddress
 
@@ -97,8 +98,20 @@ class StreamParser(Protocol):
         """True while events are held back waiting for a following line."""
 
 
+def json_object(line: str) -> dict[str, Any] | None:
+    """The JSON object on a line, or None for anything else (arrays, garbage, truncation)."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 class StatelessParser:
     """Base for parsers whose result depends on one line only."""
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
 
     def feed(self, line: str) -> list[Event]:
         event = self.parse(line)

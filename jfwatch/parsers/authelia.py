@@ -15,7 +15,7 @@ import re
 from typing import Any, Final
 
 from jfwatch.events import Event, EventKind
-from jfwatch.parsers._common import StatelessParser, StreamContext, parse_ip, parse_iso
+from jfwatch.parsers._common import StatelessParser, StreamContext, json_object, parse_ip, parse_iso
 from jfwatch.redact import clean_user, excerpt
 
 NAME: Final = "authelia"
@@ -58,9 +58,6 @@ def sniff(line: str) -> bool:
 
 
 class AutheliaParser(StatelessParser):
-    def __init__(self, ctx: StreamContext) -> None:
-        self.ctx = ctx
-
     def parse(self, line: str) -> Event | None:
         fields = self._fields(line)
         if fields is None:
@@ -103,11 +100,7 @@ class AutheliaParser(StatelessParser):
     @staticmethod
     def _fields(line: str) -> dict[str, Any] | None:
         if line.startswith("{"):
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                return None
-            return doc if isinstance(doc, dict) else None
+            return json_object(line)
         if line.startswith("time="):
             return logfmt(line)
         return None

@@ -8,11 +8,10 @@ the proxy is trusted).  ``timestamp`` is naive and in UTC unless configured othe
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 from jfwatch.events import Event, EventKind
-from jfwatch.parsers._common import StatelessParser, StreamContext, parse_ip, parse_iso
+from jfwatch.parsers._common import StatelessParser, StreamContext, json_object, parse_ip, parse_iso
 from jfwatch.redact import clean_user, excerpt
 
 NAME: Final = "authentik"
@@ -33,15 +32,9 @@ def _get(doc: Any, *keys: str) -> Any:
 
 
 class AuthentikParser(StatelessParser):
-    def __init__(self, ctx: StreamContext) -> None:
-        self.ctx = ctx
-
     def parse(self, line: str) -> Event | None:
-        try:
-            doc: Any = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict):
+        doc = json_object(line)
+        if doc is None:
             return None
         action, stamp = doc.get("action"), doc.get("timestamp")
         if action not in ("login_failed", "invalid_identifier", "login") or not isinstance(stamp, str):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any, Final
+from typing import Final
 
 from jfwatch.events import Event
-from jfwatch.parsers._common import StatelessParser, StreamContext, from_epoch, parse_ip
+from jfwatch.parsers._common import StatelessParser, StreamContext, from_epoch, json_object, parse_ip
 from jfwatch.parsers._http import PATTERNS as HTTP_PATTERNS
 from jfwatch.parsers._http import Request, to_event
 
@@ -19,15 +18,9 @@ def sniff(line: str) -> bool:
 
 
 class CaddyParser(StatelessParser):
-    def __init__(self, ctx: StreamContext) -> None:
-        self.ctx = ctx
-
     def parse(self, line: str) -> Event | None:
-        try:
-            doc: Any = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict) or not str(doc.get("logger", "")).startswith("http.log.access"):
+        doc = json_object(line)
+        if doc is None or not str(doc.get("logger", "")).startswith("http.log.access"):
             return None
         request = doc.get("request")
         status, ts = doc.get("status"), doc.get("ts")

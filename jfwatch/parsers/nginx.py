@@ -42,9 +42,6 @@ def sniff(line: str) -> bool:
 
 
 class NginxParser(StatelessParser):
-    def __init__(self, ctx: StreamContext) -> None:
-        self.ctx = ctx
-
     def parse(self, line: str) -> Event | None:
         m = COMBINED.match(line) or _NPM.match(line)
         if m is None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Final
+from typing import Final
 
 from jfwatch.events import Event
 from jfwatch.parsers._common import (
     StatelessParser,
     StreamContext,
+    json_object,
     parse_host_port,
     parse_ip,
     parse_iso,
@@ -32,9 +32,6 @@ def sniff(line: str) -> bool:
 
 
 class TraefikParser(StatelessParser):
-    def __init__(self, ctx: StreamContext) -> None:
-        self.ctx = ctx
-
     def parse(self, line: str) -> Event | None:
         req = self._json(line) if line.startswith("{") else self._clf(line)
         if req is None:
@@ -51,11 +48,8 @@ class TraefikParser(StatelessParser):
         return Request(when, parse_ip(m["ip"]), m["method"], m["path"], int(m["status"]))
 
     def _json(self, line: str) -> Request | None:
-        try:
-            doc: Any = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict):
+        doc = json_object(line)
+        if doc is None:
             return None
         status = doc.get("DownstreamStatus", doc.get("OriginStatus"))
         method, path = doc.get("RequestMethod"), doc.get("RequestPath")
