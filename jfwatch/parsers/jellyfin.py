@@ -81,7 +81,7 @@ _AUTH_PREFIX: Final = "Authentication request for "
 _MARKERS: Final = (
     "Authentication request", "Disabling user", "CustomAuthentication", "Blocking request to",
     "Invalid username or password entered", "[2FA]", "Replay attempt detected",
-    "Rejecting authentication for user",
+    "Rejecting authentication for user", "Creating new access token for user",
 )
 _INTERESTING = re.compile("|".join(re.escape(m) for m in _MARKERS))
 _AUTH_MARKER: Final = _MARKERS[0]
@@ -162,6 +162,9 @@ _LEGACY_INVALID = re.compile(r'^Error processing request: "?Invalid username or 
 _2FA_ACCEPTED = re.compile(r'^\[2FA\] "?(?P<user>.*?)"? 2FA code accepted \("?(?P<method>\w+)"?\)$')
 _2FA_REPLAY = re.compile(r"^Replay attempt detected for user '(?P<uid>[0-9a-fA-F-]{32,36})'")
 # le-firehawk/jellyfin-totp-plugin rejects *after* core logged "has succeeded".
+# SessionManager, right after a success: ties the username to the user id that the TOTP
+# plugin's rejection names.
+_ACCESS_TOKEN = re.compile(r"^Creating new access token for user (?P<uid>[0-9a-fA-F-]{32,36})$")
 _TOTP_REJECT = re.compile(
     r"^Rejecting authentication for user (?P<uid>[0-9a-fA-F-]{32,36}): TOTP (?P<why>.*)$"
 )
@@ -202,6 +205,7 @@ class _Held:
     event: Event
     release_line: int
     deadline: float
+    user_id: str | None = None  # from SessionManager's "Creating new access token" line
 
 
 @dataclass(slots=True)
@@ -293,7 +297,7 @@ class JellyfinParser:
                 continue
             found = scanner.search(pos)
             if found is None:
-                self._line_no += block.count("\n", pos)
+                self._line_no += block.count("\n", pos) + 1  # the block's last line has no "\n"
                 out += self._age_held()
                 break
             newline = block.rfind("\n", pos, found[0])
@@ -399,6 +403,11 @@ class JellyfinParser:
                                 detail=f"TOTP replay for user id {m['uid']}")]
         if m := _TOTP_REJECT.match(msg):
             return self._totp_rejected(header, line, m["uid"], m["why"])
+        if (m := _ACCESS_TOKEN.match(msg)) and self._held:
+            for held in reversed(self._held):
+                if held.user_id is None and abs(header.when - held.event.time) <= _TOTP_MATCH_WINDOW:
+                    held.user_id = m["uid"].replace("-", "").lower()
+                    break
         return []
 
     def _auth(self, header: _Header, line: str, msg: str) -> list[Event]:
@@ -481,8 +490,12 @@ class JellyfinParser:
         return []
 
     def _totp_rejected(self, header: _Header, line: str, uid: str, why: str) -> list[Event]:
-        # Take back the most recent held success: the plugin turned it into a 401.
-        for i in range(len(self._held) - 1, -1, -1):
+        # Take back the held success of this user id (known from the access-token line),
+        # else the most recent one without an id: the plugin turned it into a 401.
+        uid_key = uid.replace("-", "").lower()
+        candidates = [i for i, h in enumerate(self._held) if h.user_id == uid_key] or \
+            [i for i, h in enumerate(self._held) if h.user_id is None]
+        for i in reversed(candidates):
             held = self._held[i].event
             if abs(header.when - held.time) <= _TOTP_MATCH_WINDOW:
                 del self._held[i]
