@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -82,9 +81,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     events = read_events(args.files, args.format, _tz(args.timezone), stats,
                          args.token_failures)
     out = sys.stdout
-    encode = json.JSONEncoder(ensure_ascii=False).encode
-    for event in events:
-        out.write(encode(event.to_json()) + "\n")
+    out.writelines(event.json_line() + "\n" for event in events)
     print(_summary(stats), file=sys.stderr)
     return 0
 

@@ -6,7 +6,6 @@ stage; the stages know nothing of each other.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -96,7 +95,7 @@ class Pipeline:
         for event in events:
             self.metrics.events.labels(event.source, str(event.kind), event.service).inc()
             self.metrics.last_event.labels(source).set(event.time.timestamp())
-            export.append(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+            export.append(event.json_line() + "\n")
             self.act(self.detector.feed(event))
         if self._events_path is not None:
             with open(self._events_path, "a", encoding="utf-8") as fh:

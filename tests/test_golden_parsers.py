@@ -56,3 +56,16 @@ def test_expectations_name_declared_patterns() -> None:
         for sample in read_samples(path):
             for e in sample.expect:
                 assert e.get("origin", next(iter(declared))) in declared, f"{path}:{sample.lineno}"
+
+
+def test_json_line_is_exactly_json_dumps() -> None:
+    """The fast event writer produces what json.dumps would, for every golden event."""
+    import json
+
+    from jfwatch.cli import read_events
+    from jfwatch.lines import LineStats
+
+    events = read_events([str(p) for p in FILES], "auto", UTC, LineStats())
+    assert len(events) > 100
+    for event in events:
+        assert event.json_line() == json.dumps(event.to_json(), ensure_ascii=False)
