@@ -51,8 +51,12 @@ class NetSet:
     def __init__(self, nets: Iterable[Network]) -> None:
         self.nets = tuple(nets)
         self._cache: dict[IPAddress, bool] = {}
+        self._last_ip: object = None
+        self._last_hit = False
 
     def __contains__(self, ip: object) -> bool:
+        if ip is self._last_ip:  # several rules ask about the same event's address in a row
+            return self._last_hit
         if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
             return False
         hit = self._cache.get(ip)
@@ -61,6 +65,7 @@ class NetSet:
             if len(self._cache) >= self._CACHE_MAX:
                 self._cache.clear()
             self._cache[ip] = hit
+        self._last_ip, self._last_hit = ip, hit
         return hit
 
 
@@ -145,6 +150,7 @@ class _CompiledRule:
     first: Callable[[Event], bool] | None
     then: Callable[[Event], bool] | None
     kinds: frozenset[str] | None  # every kind any of its matches can accept; None: any
+    group: tuple[str, ...]  # group_by, sorted: the key into the per-event key table
 
 
 class Detector:
@@ -177,7 +183,8 @@ class Detector:
             rule, compile_match(rule.match, s),
             compile_match(rule.reset_on, s) if rule.reset_on else None,
             compile_match(rule.first, s) if rule.first else None,
-            compile_match(rule.then, s) if rule.then else None, kinds)
+            compile_match(rule.then, s) if rule.then else None, kinds,
+            tuple(sorted(set(rule.group_by))))
 
     @property
     def tracked_groups(self) -> int:
@@ -201,16 +208,26 @@ class Detector:
             str(kind): [c for c in self.rules if c.kinds is None or str(kind) in c.kinds]
             for kind in EventKind}
 
-    def _event_keys(self, event: Event) -> dict[str, str | None]:
-        """The group-key values of one event, computed once for all rules."""
-        ip_key = None
+    def _event_keys(self, event: Event) -> dict[tuple[str, ...], tuple[dict[str, str], str]]:
+        """
+        The group keys of one event for every group_by combination, as (key, key text),
+        computed once for all rules; a combination whose field is missing is absent.
+        """
+        values: dict[str, str] = {}
         if event.ip is not None:
             ip = event.ip
             if ip.version == 6 and self.settings.ipv6_prefix < 128:
-                ip_key = _v6_prefix(ip, self.settings.ipv6_prefix)
+                values["ip"] = _v6_prefix(ip, self.settings.ipv6_prefix)
             else:
-                ip_key = str(ip)
-        return {"ip": ip_key, "user": None if event.user is None else event.user.casefold()}
+                values["ip"] = str(ip)
+        if event.user is not None:
+            values["user"] = event.user.casefold()
+        table: dict[tuple[str, ...], tuple[dict[str, str], str]] = {(): ({}, "")}
+        for name, value in values.items():
+            table[(name,)] = ({name: value}, f"{name}={value}")
+        if len(values) == 2:
+            table[("ip", "user")] = (dict(values), f"ip={values['ip']}|user={values['user']}")
+        return table
 
     def expire(self, now: datetime) -> list[Unban]:
         """Lift bans whose time is over (in event time for replay, wall time when idle)."""
@@ -234,15 +251,6 @@ class Detector:
         return None
 
     # -- rules ------------------------------------------------------------------
-    @staticmethod
-    def _key(rule: Rule, keys: dict[str, str | None]) -> dict[str, str] | None:
-        key: dict[str, str] = {}
-        for name in rule.group_by:
-            value = keys[name]
-            if value is None:
-                return None
-            key[name] = value
-        return key
 
     def _group(self, rule: str, key: str, create: bool) -> _Group | None:
         slot = (rule, key)
@@ -258,24 +266,29 @@ class Detector:
             self.evictions += 1
         return group
 
-    def _apply(self, c: _CompiledRule, event: Event, keys: dict[str, str | None]
-               ) -> list[Decision]:
+    def _apply(self, c: _CompiledRule, event: Event,
+               keys: dict[tuple[str, ...], tuple[dict[str, str], str]]) -> list[Decision]:
         rule = c.rule
-        relevant = c.match(event) or (c.reset is not None and c.reset(event)) or \
-            (c.first is not None and c.first(event)) or (c.then is not None and c.then(event))
-        if not relevant:
+        found = keys.get(c.group)
+        if found is None:
+            return []  # the event lacks a field this rule groups by
+        matched = c.match(event)
+        resets = c.reset is not None and c.reset(event)
+        if not (matched or resets or (c.first is not None and c.first(event))
+                or (c.then is not None and c.then(event))):
             return []
-        key = self._key(rule, keys)
-        if key is None:
-            return []
-        key_text = "|".join(f"{k}={v}" for k, v in sorted(key.items()))
-        if c.reset is not None and c.reset(event):
+        key, key_text = found
+        if resets:
             group = self._group(rule.name, key_text, create=False)
             if group is not None:
                 group.clear()
             return []
-        handler = {"threshold": self._threshold, "sequence": self._sequence,
-                   "new_value": self._new_value, "trigger": self._trigger}[rule.type]
+        if rule.type == "sequence":
+            return self._sequence(c, event, key, key_text)
+        if not matched:
+            return []
+        handler = {"threshold": self._threshold, "new_value": self._new_value,
+                   "trigger": self._trigger}[rule.type]
         return handler(c, event, key, key_text)
 
     def _trigger(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
@@ -287,8 +300,6 @@ class Detector:
 
     def _threshold(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
                    ) -> list[Decision]:
-        if not c.match(event):
-            return []
         rule = c.rule
         group = self._group(rule.name, key_text, create=True)
         assert group is not None
@@ -361,8 +372,6 @@ class Detector:
 
     def _new_value(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
                    ) -> list[Decision]:
-        if not c.match(event):
-            return []
         rule = c.rule
         if rule.field == "ip":
             if event.ip is None:
