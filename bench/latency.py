@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -40,7 +41,11 @@ def measure(mode: str, appends: int) -> list[float]:
             time.sleep(2.0)
             samples = []
             fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+            rng = random.Random(7)
             for n in range(appends):
+                # Idle gaps between appends, as in a real log: a daemon that is still busy
+                # with the previous line would otherwise flatter the figures.
+                time.sleep(rng.uniform(0.005, 0.05))
                 size = events.stat().st_size if events.exists() else 0
                 start = time.perf_counter()
                 os.write(fd, LINE.format(n=n, o=n % 250).encode())
