@@ -131,6 +131,13 @@ class Daemon:
         self.rules = rules
         self.pipeline.reload(config, rules)
         self.log.info("reloaded", rules=len(rules))
+        # Rules, allow-list, proxies and detector limits apply at once; these hold open
+        # files, threads or sockets and change only with a restart.
+        pending = [name for name in ("sources", "state_dir", "ban_feed", "notify", "metrics",
+                                     "events_file")
+                   if getattr(config, name) != getattr(self.config, name)]
+        if pending:
+            self.log.warning("restart_needed", changed=pending)
 
     # -- files ----------------------------------------------------------------------
     def _resume(self) -> None:

@@ -71,7 +71,10 @@ def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmp_path: Path) -> 
     run.wait_for(lambda: "reload_failed_keeping_old_config" in run.log_text(), what="reload error")
     append(log, denied("still-working"))
     run.wait_users(Counter({"still-working": 1}))
-    run.config.write_text(good)
+    run.config.write_text(good.replace("state_dir: state", "state_dir: state\nmax_groups: 500")
+                          + "notify: {max_per_rule_per_hour: 3}\n")
     run.proc.send_signal(signal.SIGHUP)
     run.wait_for(lambda: '"reloaded"' in run.log_text(), what="reload")
+    run.wait_for(lambda: '"restart_needed"' in run.log_text() and '"notify"' in run.log_text(),
+                 what="notice that notify changes need a restart")
     assert run.stop() == 0
