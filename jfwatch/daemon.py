@@ -96,9 +96,11 @@ class Daemon:
         last_scan = time.monotonic()
         wait = min(IDLE_WAIT[s.config.watch_mode] for s in self.sources) if self.sources else 1.0
         while not self.stop_event.is_set():
-            woke = self.wake.is_set()
             self.wake.clear()
-            if woke or time.monotonic() - last_scan >= RESCAN_SECONDS:
+            listing_changed = any(src.rescan.is_set() for src in self.sources)
+            if listing_changed or time.monotonic() - last_scan >= RESCAN_SECONDS:
+                for src in self.sources:
+                    src.rescan.clear()
                 self._scan()
                 last_scan = time.monotonic()
             if self._hup:

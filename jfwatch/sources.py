@@ -9,7 +9,7 @@ import fnmatch
 import glob
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,21 @@ from jfwatch.tail import Identity
 
 
 class _Wake(FileSystemEventHandler):
-    def __init__(self, pattern: str, wake: threading.Event) -> None:
-        self.pattern, self.wake = pattern, wake
+    """Wakes the worker on any change to a matching file; asks for a rescan only when a
+    file appeared, moved or went (an append needs a read, not a directory listing)."""
+
+    _LISTING_CHANGES = frozenset({"created", "moved", "deleted"})
+
+    def __init__(self, pattern: str, wake: threading.Event, rescan: threading.Event) -> None:
+        self.pattern, self.wake, self.rescan = pattern, wake, rescan
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = event.src_path if isinstance(event.src_path, str) else event.src_path.decode()
         dest = getattr(event, "dest_path", "") or ""
         dest = dest if isinstance(dest, str) else dest.decode()
         if fnmatch.fnmatch(path, self.pattern) or fnmatch.fnmatch(dest, self.pattern):
+            if event.event_type in self._LISTING_CHANGES:
+                self.rescan.set()
             self.wake.set()
 
 
@@ -39,6 +46,7 @@ class Source:
 
     config: SourceConfig
     wake: threading.Event
+    rescan: threading.Event = field(default_factory=threading.Event)
     observer: Any = None
     problem: str | None = None
     started: bool = False
@@ -54,7 +62,8 @@ class Source:
         poll = self.config.watch_mode == "poll"
         observer = PollingObserver(timeout=1.0) if poll else Observer()
         try:
-            observer.schedule(_Wake(self.config.path, self.wake), self.directory, recursive=False)
+            observer.schedule(_Wake(self.config.path, self.wake, self.rescan), self.directory,
+                              recursive=False)
             observer.start()
         except OSError:
             return  # unreadable: the rescan reports it and retries
