@@ -134,9 +134,13 @@ class Outbox:
         self.store.close()
 
     def _loop(self) -> None:
+        last_prune = 0.0
         while not self._stop.is_set():
             try:
                 self.deliver_due()
+                if time.monotonic() - last_prune > 3600:
+                    last_prune = time.monotonic()
+                    self.store.prune(self.clock())
             except Exception:
                 self.log.exception("notify_loop_error")
             self._wake.wait(1.0)

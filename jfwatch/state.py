@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 _SCHEMA = """
@@ -167,6 +167,22 @@ class StateStore:
             cur = db.execute("INSERT OR IGNORE INTO first_seen VALUES (?,?,?,?)",
                              (rule, key, value, when.isoformat()))
             return cur.rowcount == 1
+
+
+    # -- housekeeping -------------------------------------------------------------
+    def prune(self, now: datetime, *, outbox_days: int = 14, history_days: int = 180) -> int:
+        """
+        Drop what no longer matters, so the state file does not grow forever: delivered or
+        abandoned alerts, and repeat-offender history nobody would escalate on any more.
+        """
+        outbox_cut = (now - timedelta(days=outbox_days)).isoformat()
+        history_cut = (now - timedelta(days=history_days)).astimezone(UTC).isoformat()
+        with self.transaction() as db:
+            gone = db.execute("DELETE FROM outbox WHERE (delivered IS NOT NULL OR failed IS NOT "
+                              "NULL) AND created < ?", (outbox_cut,)).rowcount
+            gone += db.execute("DELETE FROM ban_history WHERE last < ? AND ip NOT IN "
+                               "(SELECT ip FROM bans)", (history_cut,)).rowcount
+        return int(gone)
 
 
 def _ban(row: tuple[str, str, str, str, int]) -> BanRow:

@@ -81,3 +81,22 @@ def test_usernames_cannot_inject_into_messages() -> None:
     object.__setattr__(alert, "user", "x?pw=hunter2")
     _, body = render(alert, "media")
     assert "hunter2" not in body
+
+
+def test_prune_keeps_pending_alerts_and_active_history(tmp_path: Path) -> None:
+    """Old delivered alerts and stale offender history go; undelivered ones and bans stay."""
+    store = StateStore(tmp_path / "s.db")
+    old = T0 - timedelta(days=400)
+    with store.transaction() as db:
+        db.execute("INSERT INTO outbox (created, dedup, rule, severity, tags, title, body, "
+                   "delivered) VALUES (?, 'a', 'r', 'high', '', 't', 'b', ?)",
+                   (old.isoformat(), old.isoformat()))
+        db.execute("INSERT INTO outbox (created, dedup, rule, severity, tags, title, body) "
+                   "VALUES (?, 'b', 'r', 'high', '', 't', 'b')", (old.isoformat(),))
+    store.record_ban("203.0.113.1", "bf", old, old + timedelta(hours=1), 0)
+    store.remove_ban("203.0.113.1")
+    store.record_ban("203.0.113.2", "bf", old, T0 + timedelta(days=1), 0)
+    assert store.prune(T0) == 2
+    assert [r[0] for r in store.db.execute("SELECT dedup FROM outbox")] == ["b"]
+    assert store.ban_count("203.0.113.1") == 0
+    assert store.ban_count("203.0.113.2") == 1
