@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,16 @@ def require_tool(name: str) -> str:
             pytest.fail(f"CI=true but {message}")
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left_behind() -> Iterator[None]:
+    """Kill any daemon a test started and did not stop (a failed assertion, a timeout)."""
+    from daemon_helper import LIVE
+
+    yield
+    while LIVE:
+        proc = LIVE.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

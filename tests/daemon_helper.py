@@ -13,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# Every daemon started by a test, so that a failing test cannot leave one running.
+LIVE: list[subprocess.Popen[bytes]] = []
+
 DENIED = ("[{ts} +00:00] [INF] [9] Jellyfin.Server.Implementations.Users.UserManager: "
           'Authentication request for "{user}" has been denied (IP: "{ip}").\n')
 
@@ -51,6 +54,7 @@ class DaemonRun:
             [*prefix, sys.executable, "-m", "jfwatch", "run", "--config", str(self.config)],
             cwd=self.work, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"),  # noqa: SIM115
             env=env)
+        LIVE.append(self.proc)
         self.wait_for(lambda: '"ready"' in self.log_text()[since:], what="daemon start")
 
     def log_text(self) -> str:
@@ -60,6 +64,7 @@ class DaemonRun:
         assert self.proc is not None
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout=15)
+        LIVE.remove(self.proc)
         self.proc = None
         return code
 
