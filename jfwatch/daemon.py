@@ -39,7 +39,7 @@ COMMIT_EVERY = 30.0
 # Longest sleep between reads when nothing woke the worker.  Under inotify an append
 # wakes it at once; in poll mode (NFS/CIFS, where inotify sees nothing) this is the
 # latency: a read of an unchanged file is one fstat and an empty read, cheap enough at 4 Hz.
-IDLE_WAIT = {"auto": 0.25, "inotify": 0.25, "poll": 0.25}
+IDLE_WAIT = 0.25
 
 
 @dataclass
@@ -97,7 +97,6 @@ class Daemon:
         # message are never skipped by `start: end`.
         self.log.info("ready", files=len(self.tracked))
         last_scan = time.monotonic()
-        wait = min(IDLE_WAIT[s.config.watch_mode] for s in self.sources) if self.sources else 1.0
         while not self.stop_event.is_set():
             self.wake.clear()
             listing_changed = any(src.rescan.is_set() for src in self.sources)
@@ -112,7 +111,7 @@ class Daemon:
             busy = self._read_all()
             self.pipeline.idle(datetime.now(UTC))
             if not busy:
-                self.wake.wait(wait)
+                self.wake.wait(IDLE_WAIT)
         self._read_all()
         self._shutdown()
         return 0
