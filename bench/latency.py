@@ -65,8 +65,9 @@ def measure(mode: str, appends: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--appends", type=int, default=1000)
+    ap.add_argument("--modes", nargs="+", default=["inotify", "poll"], choices=["inotify", "poll"])
     args = ap.parse_args()
-    for mode in ("inotify", "poll"):
+    for mode in args.modes:
         s = sorted(measure(mode, args.appends))
         p50 = statistics.median(s) * 1000
         p99 = s[int(len(s) * 0.99) - 1] * 1000
