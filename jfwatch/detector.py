@@ -23,6 +23,7 @@ from jfwatch.state import StateStore
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SAMPLES = 3
+_SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,8 +363,8 @@ class Detector:
             group = self._group(rule.name, key_text, create=True)
             assert group is not None
             if group.times is None:
-                # Only the last `count` first-step events can complete the sequence.
-                group.times = deque(maxlen=rule.first.count)
+                # Bounded for floods; large enough that the alert reports the real count.
+                group.times = deque(maxlen=max(rule.first.count, _SEQUENCE_MAX))
             group.times.append(event.time)
             group.sample(event.excerpt)
             while group.times and group.times[0] < horizon:

@@ -126,6 +126,14 @@ class TestSequenceAndNewValue:
                    origin="jellyfin.succeeded", service="jellyfin", user="u")
         out = _run(_detector(rule), [_fail("203.0.113.1", 0), _fail("203.0.113.2", 10), ok])
         assert [(a.rule, a.count) for a in out if isinstance(a, Alert)] == [("bf", 3)]
+        # Every failure in the window is counted, not just the `count` that were needed.
+        more = [_fail("203.0.113.3", 100 + i) for i in range(4)]
+        ok2 = Event(time=T0 + timedelta(seconds=200), source="jellyfin",
+                    kind=EventKind.AUTH_SUCCESS, origin="jellyfin.succeeded",
+                    service="jellyfin", user="u")
+        det = _detector(rule)
+        out = _run(det, [*more, ok2])
+        assert [a.count for a in out if isinstance(a, Alert)] == [5]
 
     def test_first_seen_survives_restart(self, tmp_path: Path) -> None:
         """A value seen before a restart is not news after it."""
