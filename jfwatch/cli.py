@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jfwatch import __version__
 from jfwatch.events import Event
 from jfwatch.lines import Block, LineStats, context_for, decode, iter_chunks
-from jfwatch.parsers import FORMATS, create_parser
+from jfwatch.parsers import FORMATS, create_parser, feed_lines
 
 
 def _tz(name: str | None) -> ZoneInfo:
@@ -24,30 +24,20 @@ def _tz(name: str | None) -> ZoneInfo:
 def _parse_stream(stream: BinaryIO, path: str | None, fmt: str, tz: ZoneInfo, stats: LineStats,
                   proxy_token_failures: bool) -> list[Event]:
     parser = create_parser(fmt, context_for(path, tz, proxy_token_failures=proxy_token_failures))
-    bulk = getattr(parser, "feed_block", None)
     out: list[Event] = []
     for chunk in iter_chunks(stream):
-        if isinstance(chunk, Block) and bulk is not None:
-            events, matched = bulk(chunk.text)
-            stats.read += chunk.lines
-            stats.matched += matched
-            stats.unmatched += chunk.lines - matched
-            out.extend(events)
-            continue
-        raws: list[bytes | None] = (
-            [line.encode() for line in chunk.text.split("\n")] if isinstance(chunk, Block) else chunk)
-        for raw in raws:
-            stats.read += 1
-            line = None if raw is None else decode(raw)
-            if line is None:
-                stats.rejected += 1
-                continue
-            events = parser.feed(line)
-            if events:
-                stats.matched += 1
-            else:
-                stats.unmatched += 1
-            out.extend(events)
+        if isinstance(chunk, Block):
+            valid = chunk.text.split("\n")
+        else:
+            decoded = [None if raw is None else decode(raw) for raw in chunk]
+            valid = [line for line in decoded if line is not None]
+            stats.rejected += len(decoded) - len(valid)
+            stats.read += len(decoded) - len(valid)
+        events, matched = feed_lines(parser, valid)
+        stats.read += len(valid)
+        stats.matched += matched
+        stats.unmatched += len(valid) - matched
+        out.extend(events)
     out.extend(parser.flush(force=True))
     for event in out:
         stats.events[event.kind] = stats.events.get(event.kind, 0) + 1

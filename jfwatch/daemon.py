@@ -26,7 +26,7 @@ from jfwatch.config import Config, SourceConfig
 from jfwatch.errors import ConfigError
 from jfwatch.events import Event
 from jfwatch.lines import context_for, decode
-from jfwatch.parsers import create_parser
+from jfwatch.parsers import create_parser, feed_lines
 from jfwatch.parsers._common import StreamParser
 from jfwatch.pipeline import Pipeline
 from jfwatch.rules import Rule
@@ -239,19 +239,10 @@ class Daemon:
         valid: list[str] = []
 
         def parse_valid() -> None:
-            # Runs of valid lines go through the bulk parser when there is one (backfill
-            # of a large log), otherwise line by line.
-            bulk = getattr(tracked.parser, "feed_block", None)
-            if bulk is not None and len(valid) > 1:
-                events, matched = bulk("\n".join(valid))
-                counts["matched"] += matched
-                counts["unmatched"] += len(valid) - matched
-                batch.extend(events)
-            else:
-                for line in valid:
-                    events = tracked.parser.feed(line)
-                    counts["matched" if events else "unmatched"] += 1
-                    batch.extend(events)
+            events, matched = feed_lines(tracked.parser, valid)
+            counts["matched"] += matched
+            counts["unmatched"] += len(valid) - matched
+            batch.extend(events)
             valid.clear()
 
         for raw, end in lines:

@@ -79,7 +79,7 @@ class AutoParser:
         events: list[Event] = []
         matched = 0
         for line in block.split("\n"):
-            found = self.feed(line)
+            found = self.feed(line.rstrip("\r"))
             matched += bool(found)
             events += found
         return events, matched
@@ -92,6 +92,26 @@ class AutoParser:
         return any(p.holding for p in self._parsers.values())
 
 
+def feed_lines(parser: StreamParser, lines: list[str]) -> tuple[list[Event], int]:
+    """
+    Parse a run of decoded lines; return the events and how many lines yielded one.
+
+    A parser with a bulk path (``feed_block``) gets the run at once, which is what makes
+    backfill and replay fast; others get the lines one by one.
+    """
+    bulk = getattr(parser, "feed_block", None)
+    if bulk is not None and len(lines) > 1:
+        result: tuple[list[Event], int] = bulk("\n".join(lines))
+        return result
+    events: list[Event] = []
+    matched = 0
+    for line in lines:
+        found = parser.feed(line.rstrip("\r"))
+        matched += bool(found)
+        events += found
+    return events, matched
+
+
 def create_parser(fmt: str, ctx: StreamContext) -> StreamParser:
     """A stream parser for a format name or ``auto``."""
     if fmt == "auto":
@@ -99,4 +119,5 @@ def create_parser(fmt: str, ctx: StreamContext) -> StreamParser:
     return PARSERS[fmt].create(ctx)
 
 
-__all__ = ["FORMATS", "PARSERS", "AutoParser", "ParserSpec", "StreamContext", "create_parser"]
+__all__ = ["FORMATS", "PARSERS", "AutoParser", "ParserSpec", "StreamContext", "create_parser",
+           "feed_lines"]
