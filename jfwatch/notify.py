@@ -78,11 +78,17 @@ class Outbox:
     def enqueue(self, alert: Alert) -> None:
         if not self.enabled:
             return
-        title, body = render(alert, self.server)
         tags = ",".join([*alert.tags, alert.severity])
         dedup = f"{alert.rule}|{sorted(alert.key.items())}|{alert.time.isoformat()}"
         hour = alert.time.replace(minute=0, second=0, microsecond=0)
         with self.store.transaction() as db:
+
+            def insert(dedup: str, title: str, body: str) -> None:
+                db.execute("INSERT OR IGNORE INTO outbox (created, dedup, rule, severity, tags, "
+                           "title, body) VALUES (?,?,?,?,?,?,?)",
+                           (alert.time.isoformat(), dedup, alert.rule, alert.severity, tags,
+                            title, body))
+
             recent = db.execute(
                 "SELECT COUNT(*) FROM outbox WHERE rule=? AND created >= ? AND dedup NOT LIKE "
                 "'digest|%'", (alert.rule, hour.isoformat())).fetchone()[0]
@@ -101,17 +107,12 @@ class Outbox:
                     "ELSE body END WHERE dedup=? AND delivered IS NULL",
                     (_DIGEST_MAX_CHARS, "\n" + line, digest))
                 if cur.rowcount == 0:
-                    db.execute("INSERT OR IGNORE INTO outbox (created, dedup, rule, severity, "
-                               "tags, title, body) VALUES (?,?,?,?,?,?,?)",
-                               (alert.time.isoformat(), digest, alert.rule, alert.severity, tags,
-                                f"[{self.server}] {alert.rule}: more alerts (digest)",
-                                f"Further alerts of {alert.rule} this hour:\n{line}"))
+                    insert(digest, f"[{self.server}] {alert.rule}: more alerts (digest)",
+                           f"Further alerts of {alert.rule} this hour:\n{line}")
                 self.counts["digest"] += 1
                 return
-            db.execute("INSERT OR IGNORE INTO outbox (created, dedup, rule, severity, tags, title,"
-                       " body) VALUES (?,?,?,?,?,?,?)",
-                       (alert.time.isoformat(), dedup, alert.rule, alert.severity, tags, title,
-                        body))
+            # Rendered only for alerts that are sent on their own, not for folded ones.
+            insert(dedup, *render(alert, self.server))
         self._wake.set()
 
     def depth(self) -> int:
