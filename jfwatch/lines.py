@@ -23,7 +23,6 @@ class LineStats:
     matched: int = 0
     unmatched: int = 0
     rejected: int = 0
-    truncated: int = 0
     events: dict[str, int] = field(default_factory=dict)
 
 
@@ -58,7 +57,7 @@ def context_for(path: str | Path | None, tz: tzinfo, *, quoting: str = "auto",
     """The parser context for a file (or stdin when ``path`` is None)."""
     return StreamContext(timezone=tz, file_date=date_from_name(path) if path else None,
                          proxy_token_failures=proxy_token_failures,
-                         extra={"quoting": quoting})
+                         quoting=quoting)
 
 
 @dataclass(slots=True)

@@ -54,10 +54,9 @@ Line = tuple[bytes | None, int | None]
 
 @dataclass(slots=True)
 class Chunk:
-    """Complete lines read, each with the file offset just after it."""
+    """Complete lines read, each with the file offset just after it (None: over-long)."""
 
     lines: list[Line]
-    truncated: int = 0  # over-long lines skipped
 
 
 @dataclass(slots=True)
@@ -72,9 +71,8 @@ class _Cursor:
     skipping: bool = False  # inside an over-long line
     last_growth: float = field(default_factory=time.monotonic)
 
-    def drain(self, max_line: int, committable: bool) -> Chunk:
+    def drain(self, max_line: int, committable: bool) -> list[Line]:
         lines: list[Line] = []
-        truncated = 0
         while data := self.fh.read(1 << 16):
             self.last_growth = time.monotonic()
             start = 0
@@ -83,7 +81,6 @@ class _Cursor:
                 end = self.offset + nl + 1 if committable else None
                 if self.skipping or len(self.partial) + len(piece) > max_line:
                     lines.append((None, end))
-                    truncated += 1
                 else:
                     self.partial += piece
                     lines.append((bytes(self.partial), end))
@@ -100,7 +97,7 @@ class _Cursor:
             if rest and self.partial_since is None:
                 self.partial_since = time.monotonic()
             self.offset += len(data)
-        return Chunk(lines, truncated)
+        return lines
 
     def flush_partial(self, *, force: bool, committable: bool) -> list[Line]:
         """A last line without newline is held; after a timeout it is taken once."""
@@ -184,20 +181,20 @@ class Follower:
             self._open(0)
             if self._cur is None:
                 return chunk
-        self._take(chunk, self._cur.drain(self.max_line, committable=True))
+        chunk.lines += self._cur.drain(self.max_line, committable=True)
         rotated = self._rotation()
         if rotated == "truncated":
             self._cur.fh.seek(0)
             self._cur.offset = 0
             self._cur.partial.clear()
             self.identity = self._cur.identity = identity_of(self._cur.fh)
-            self._take(chunk, self._cur.drain(self.max_line, committable=True))
+            chunk.lines += self._cur.drain(self.max_line, committable=True)
         elif rotated == "replaced":
             # Keep the old file open: its writer may not have reopened yet.
             self._rotated.append(self._cur)
             self._open(0)
             if self._cur is not None:
-                self._take(chunk, self._cur.drain(self.max_line, committable=True))
+                chunk.lines += self._cur.drain(self.max_line, committable=True)
         if self._cur is not None:
             chunk.lines += self._cur.flush_partial(force=False, committable=True)
         return chunk
@@ -205,7 +202,7 @@ class Follower:
     def _read_rotated(self, chunk: Chunk) -> None:
         keep = []
         for cursor in self._rotated:
-            self._take(chunk, cursor.drain(self.max_line, committable=False))
+            chunk.lines += cursor.drain(self.max_line, committable=False)
             if time.monotonic() - cursor.last_growth > DRAIN_GRACE:
                 chunk.lines += cursor.flush_partial(force=True, committable=False)
                 self.retired.append((cursor.identity, cursor.offset))
@@ -213,11 +210,6 @@ class Follower:
             else:
                 keep.append(cursor)
         self._rotated = keep
-
-    @staticmethod
-    def _take(chunk: Chunk, more: Chunk) -> None:
-        chunk.lines += more.lines
-        chunk.truncated += more.truncated
 
     def _rotation(self) -> str | None:
         assert self._cur is not None

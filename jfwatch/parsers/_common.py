@@ -6,7 +6,7 @@ import functools
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any, Protocol
 
@@ -81,7 +81,7 @@ class StreamContext:
     timezone: tzinfo = UTC
     file_date: date | None = None
     proxy_token_failures: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
+    quoting: str = "auto"  # Jellyfin only: auto | quoted (file sink) | raw (console sink)
 
 
 class StreamParser(Protocol):

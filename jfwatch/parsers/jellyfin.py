@@ -519,4 +519,4 @@ def _unescape(value: str) -> str:
 
 def create(ctx: StreamContext) -> JellyfinParser:
     """Registry factory."""
-    return JellyfinParser(ctx, quoting=ctx.extra.get("quoting", "auto"))
+    return JellyfinParser(ctx, quoting=ctx.quoting)
