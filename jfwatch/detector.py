@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from jfwatch.config import PRIVATE_RANGES, Config
 from jfwatch.decisions import Alert, Ban, Decision, Unban
 from jfwatch.events import Event, IPAddress
 from jfwatch.rules import Match, Rule
@@ -458,11 +459,8 @@ def _v6_prefix(ip: IPAddress, prefix: int) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
-def settings_from_config(cfg: object) -> DetectorSettings:
+def settings_from_config(cfg: Config) -> DetectorSettings:
     """Build detector settings from a Config (kept here so config.py stays declarative)."""
-    from jfwatch.config import PRIVATE_RANGES, Config
-
-    assert isinstance(cfg, Config)
     return DetectorSettings(
         allow=networks(cfg.allow), trusted_proxies=networks(cfg.trusted_proxies),
         private=networks(PRIVATE_RANGES), ipv6_prefix=cfg.ipv6_prefix,
