@@ -64,11 +64,18 @@ def _report(exc: ConfigError) -> int:
     return 2
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def _load_or_report(args: argparse.Namespace) -> tuple[Config, Path | None, list[Rule]] | int:
     try:
-        cfg, used, rules = load_all(args.config, args.rules)
+        return load_all(args.config, getattr(args, "rules", None))
     except ConfigError as exc:
         return _report(exc)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, used, rules = loaded
     where = str(used) if used else "built-in defaults"
     print(f"config OK ({where}): {len(cfg.sources)} source(s), {len(rules)} rule(s) enabled, "
           f"{len(cfg.notify.urls)} notification URL(s)")
@@ -90,10 +97,10 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], store: StateStore, 
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    try:
-        cfg, _, rules = load_all(args.config, args.rules)
-    except ConfigError as exc:
-        return _report(exc)
+    loaded = _load_or_report(args)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, _, rules = loaded
     # No side effects unless asked: a throw-away state unless --state is given.
     store = StateStore(args.state if args.state else ":memory:")
     stats = LineStats()
@@ -129,13 +136,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sp.add_argument("--rules", type=Path, action="append", help="extra rule directory")
     sp.set_defaults(func=cmd_check_config)
     register_daemon(sub)
-
-
-def _load_or_report(args: argparse.Namespace) -> tuple[Config, Path | None, list[Rule]] | int:
-    try:
-        return load_all(args.config, getattr(args, "rules", None))
-    except ConfigError as exc:
-        return _report(exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
