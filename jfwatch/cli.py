@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import BinaryIO
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jfwatch import __version__
-from jfwatch.events import Event
-from jfwatch.lines import Block, LineStats, context_for, decode, iter_chunks
-from jfwatch.parsers import FORMATS, create_parser, feed_lines
+from jfwatch.batch import read_pieces, render_json
+from jfwatch.lines import LineStats
+from jfwatch.parsers import FORMATS
 
 
 def _tz(name: str | None) -> ZoneInfo:
@@ -19,45 +19,6 @@ def _tz(name: str | None) -> ZoneInfo:
         return ZoneInfo(name or "UTC")
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise SystemExit(f"jfwatch: unknown timezone {name!r}") from exc
-
-
-def _parse_stream(stream: BinaryIO, path: str | None, fmt: str, tz: ZoneInfo, stats: LineStats,
-                  proxy_token_failures: bool) -> list[Event]:
-    parser = create_parser(fmt, context_for(path, tz, proxy_token_failures=proxy_token_failures))
-    out: list[Event] = []
-    for chunk in iter_chunks(stream):
-        if isinstance(chunk, Block):
-            valid = chunk.text.split("\n")
-        else:
-            decoded = [None if raw is None else decode(raw) for raw in chunk]
-            valid = [line for line in decoded if line is not None]
-            stats.rejected += len(decoded) - len(valid)
-            stats.read += len(decoded) - len(valid)
-        events, matched = feed_lines(parser, valid)
-        stats.read += len(valid)
-        stats.matched += matched
-        stats.unmatched += len(valid) - matched
-        out.extend(events)
-    out.extend(parser.flush(force=True))
-    for event in out:
-        stats.events[event.kind] = stats.events.get(event.kind, 0) + 1
-    return out
-
-
-def read_events(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats,
-                proxy_token_failures: bool = False) -> list[Event]:
-    """Parse every file (``-`` is stdin) and return its events in file order."""
-    events: list[Event] = []
-    for name in files:
-        if name == "-":
-            events += _parse_stream(sys.stdin.buffer, None, fmt, tz, stats, proxy_token_failures)
-            continue
-        try:
-            with open(name, "rb") as fh:
-                events += _parse_stream(fh, name, fmt, tz, stats, proxy_token_failures)
-        except OSError as exc:
-            raise SystemExit(f"jfwatch: cannot read {name}: {exc.strerror}") from exc
-    return events
 
 
 def _summary(stats: LineStats) -> str:
@@ -68,12 +29,34 @@ def _summary(stats: LineStats) -> str:
 
 def cmd_parse(args: argparse.Namespace) -> int:
     stats = LineStats()
-    events = read_events(args.files, args.format, _tz(args.timezone), stats,
+    pieces = read_pieces(args.files, args.format, _tz(args.timezone), stats, render_json,
                          args.token_failures)
-    out = sys.stdout
-    out.writelines(event.json_line() + "\n" for event in events)
+    for piece in pieces:
+        if isinstance(piece, bytes):  # a helper process's JSON lines
+            sys.stdout.flush()
+            sys.stdout.buffer.write(piece)
+        else:
+            sys.stdout.writelines(event.json_line() + "\n" for event in piece)
     print(_summary(stats), file=sys.stderr)
     return 0
+
+
+def _pipeline(name: str) -> Callable[[argparse.Namespace], int]:
+    """A handler from ``jfwatch.commands``, imported only when that command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from jfwatch import commands
+
+        handler: Callable[[argparse.Namespace], int] = getattr(commands, name)
+        return handler(args)
+
+    return run
+
+
+def _config_options(sp: argparse.ArgumentParser, *, rules: bool = True) -> None:
+    sp.add_argument("--config", type=Path)
+    if rules:
+        sp.add_argument("--rules", type=Path, action="append", help="extra rule directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,9 +72,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.set_defaults(func=cmd_parse)
 
-    from jfwatch import commands  # the pipeline commands; kept apart to keep this module small
+    sp = sub.add_parser("replay", help="run the whole pipeline over log files in event time")
+    _config_options(sp)
+    sp.add_argument("--format", choices=FORMATS, default="auto")
+    sp.add_argument("--state", type=Path, help="use (and update) this state file")
+    sp.add_argument("files", nargs="+", metavar="FILE")
+    sp.set_defaults(func=_pipeline("cmd_replay"))
 
-    commands.register(sub)
+    sp = sub.add_parser("check-config", help="validate the config and every rule")
+    _config_options(sp)
+    sp.set_defaults(func=_pipeline("cmd_check_config"))
+
+    sp = sub.add_parser("run", help="run the daemon")
+    _config_options(sp)
+    sp.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
+    sp.set_defaults(func=_pipeline("cmd_run"))
+
+    sp = sub.add_parser("bans", help="list or lift bans kept in the state")
+    _config_options(sp, rules=False)
+    bsub = sp.add_subparsers(dest="action")
+    bsub.add_parser("list", help="show active bans")
+    unban = bsub.add_parser("unban", help="lift the ban of one address")
+    unban.add_argument("ip")
+    sp.set_defaults(func=_pipeline("cmd_bans"), action="list")
+
+    sp = sub.add_parser("notify-test", help="send a test alert to every notification target")
+    _config_options(sp, rules=False)
+    sp.set_defaults(func=_pipeline("cmd_notify_test"))
+
+    sp = sub.add_parser("demo", help="run the real daemon over bundled attack logs")
+    sp.add_argument("--keep", type=Path, help="work in this directory instead of a temporary one")
+    sp.add_argument("--port", type=int, default=0, help="metrics port (default: any free port)")
+    sp.add_argument("--pace", type=float, default=0.02, help="seconds between demo log lines")
+    sp.set_defaults(func=_pipeline("cmd_demo"))
     return p
 
 

@@ -1,4 +1,8 @@
-"""Sub-commands that need the whole pipeline: replay, check-config, run, demo, bans, notify-test."""
+"""
+Sub-commands that need the whole pipeline: replay, check-config, run, demo, bans,
+notify-test.  ``cli`` imports this module only when one of them runs, so that
+``jfwatch parse`` does not pay for pydantic, SQLite and the detector.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ from jfwatch.decisions import Alert, Ban, Decision, Unban
 from jfwatch.detector import Detector, settings_from_config
 from jfwatch.errors import ConfigError
 from jfwatch.lines import LineStats
-from jfwatch.parsers import FORMATS
 from jfwatch.rules import Rule, load_rules
 from jfwatch.state import StateStore
 
@@ -85,7 +88,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def replay(files: list[str], cfg: Config, rules: list[Rule], store: StateStore, fmt: str,
            stats: LineStats) -> list[Decision]:
     """The whole pipeline over files, in event time."""
-    from jfwatch.cli import read_events
+    from jfwatch.batch import read_events
 
     events = read_events(files, fmt, ZoneInfo(cfg.timezone), stats)
     events.sort(key=lambda e: e.time)  # stable: ties keep file order
@@ -119,23 +122,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"Bans: {len(bans)} issued ({len({b.ip for b in bans})} addresses), "
           f"{len(unbans)} lifted", file=sys.stderr)
     return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the pipeline sub-commands to the CLI."""
-    sp = sub.add_parser("replay", help="run the whole pipeline over log files in event time")
-    sp.add_argument("--config", type=Path)
-    sp.add_argument("--rules", type=Path, action="append", help="extra rule directory")
-    sp.add_argument("--format", choices=FORMATS, default="auto")
-    sp.add_argument("--state", type=Path, help="use (and update) this state file")
-    sp.add_argument("files", nargs="+", metavar="FILE")
-    sp.set_defaults(func=cmd_replay)
-
-    sp = sub.add_parser("check-config", help="validate the config and every rule")
-    sp.add_argument("--config", type=Path)
-    sp.add_argument("--rules", type=Path, action="append", help="extra rule directory")
-    sp.set_defaults(func=cmd_check_config)
-    register_daemon(sub)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -212,30 +198,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from jfwatch.demo import run_demo
 
     return run_demo(keep=args.keep, port=args.port, pace=args.pace)
-
-
-def register_daemon(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sp = sub.add_parser("run", help="run the daemon")
-    sp.add_argument("--config", type=Path)
-    sp.add_argument("--rules", type=Path, action="append", help="extra rule directory")
-    sp.add_argument("--log-level", default="info",
-                    choices=["debug", "info", "warning", "error"])
-    sp.set_defaults(func=cmd_run)
-
-    sp = sub.add_parser("bans", help="list or lift bans kept in the state")
-    sp.add_argument("--config", type=Path)
-    bsub = sp.add_subparsers(dest="action")
-    bsub.add_parser("list", help="show active bans")
-    unban = bsub.add_parser("unban", help="lift the ban of one address")
-    unban.add_argument("ip")
-    sp.set_defaults(func=cmd_bans, action="list")
-
-    sp = sub.add_parser("notify-test", help="send a test alert to every notification target")
-    sp.add_argument("--config", type=Path)
-    sp.set_defaults(func=cmd_notify_test)
-
-    sp = sub.add_parser("demo", help="run the real daemon over bundled attack logs")
-    sp.add_argument("--keep", type=Path, help="work in this directory instead of a temporary one")
-    sp.add_argument("--port", type=int, default=0, help="metrics port (default: any free port)")
-    sp.add_argument("--pace", type=float, default=0.02, help="seconds between demo log lines")
-    sp.set_defaults(func=cmd_demo)

@@ -132,6 +132,9 @@ class _Group:
     samples: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     last_alert: datetime | None = None
+    # Threshold rules: until then (cooldown end minus window) no event can count towards
+    # the next alert, so events are not tracked at all (the bulk of a long attack).
+    quiet_until: datetime | None = None
 
     def sample(self, excerpt: str) -> None:
         self.samples = (*self.samples[1 - _SAMPLES:], excerpt)
@@ -153,6 +156,9 @@ class _CompiledRule:
     then: Callable[[Event], bool] | None
     kinds: frozenset[str] | None  # every kind any of its matches can accept; None: any
     group: tuple[str, ...]  # group_by, sorted: the key into the per-event key table
+    handler: Callable[[_CompiledRule, Event, str], list[Decision]]
+    name: str
+    sequence: bool  # its own first/then decide; ``match`` is not used
 
 
 class Detector:
@@ -181,12 +187,14 @@ class Detector:
         for part in parts:
             kinds = None if part.kind is None or kinds is None else \
                 kinds | {str(k) for k in part.kind}
+        handler = {"threshold": self._threshold, "new_value": self._new_value,
+                   "trigger": self._trigger, "sequence": self._sequence}[rule.type]
         return _CompiledRule(
             rule, compile_match(rule.match, s),
             compile_match(rule.reset_on, s) if rule.reset_on else None,
             compile_match(rule.first, s) if rule.first else None,
             compile_match(rule.then, s) if rule.then else None, kinds,
-            tuple(sorted(set(rule.group_by))))
+            tuple(sorted(set(rule.group_by))), handler, rule.name, rule.type == "sequence")
 
     @property
     def tracked_groups(self) -> int:
@@ -195,10 +203,24 @@ class Detector:
     # -- public -----------------------------------------------------------------
     def feed(self, event: Event) -> list[Decision]:
         """Process one event; windows and expiry use ``event.time``."""
-        out: list[Decision] = list(self.expire(event.time))
+        out: list[Decision] = []
+        if self._next_expiry is not None and self._next_expiry <= event.time:
+            out += self.expire(event.time)
+        elif self.now is None or event.time > self.now:
+            self.now = event.time
         keys = self._event_keys(event)
-        for compiled in self._rules_by_kind.get(event.kind) or self._rules_any:
-            out += self._apply(compiled, event, keys)
+        for c in self._rules_by_kind.get(event.kind) or self._rules_any:
+            key_text = keys.get(c.group)
+            if key_text is None:
+                continue  # the event lacks a field this rule groups by
+            if c.reset is not None and c.reset(event):
+                group = self._group(c.name, key_text, create=False)
+                if group is not None:
+                    group.clear()
+            elif c.sequence or c.match(event):
+                decisions = c.handler(c, event, key_text)
+                if decisions:
+                    out += decisions
         return out
 
     def _index_rules(self) -> None:
@@ -210,26 +232,25 @@ class Detector:
             str(kind): [c for c in self.rules if c.kinds is None or str(kind) in c.kinds]
             for kind in EventKind}
 
-    def _event_keys(self, event: Event) -> dict[tuple[str, ...], tuple[dict[str, str], str]]:
+    def _event_keys(self, event: Event) -> dict[tuple[str, ...], str]:
         """
-        The group keys of one event for every group_by combination, as (key, key text),
-        computed once for all rules; a combination whose field is missing is absent.
+        The group key text of one event for every group_by combination, computed once
+        for all rules; a combination whose field is missing is absent.
         """
-        values: dict[str, str] = {}
-        if event.ip is not None:
-            ip = event.ip
+        ip = event.ip
+        if ip is not None:
             if ip.version == 6 and self.settings.ipv6_prefix < 128:
-                values["ip"] = _v6_prefix(ip, self.settings.ipv6_prefix)
+                ip_key = "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
             else:
-                values["ip"] = str(ip)
-        if event.user is not None:
-            values["user"] = event.user.casefold()
-        table: dict[tuple[str, ...], tuple[dict[str, str], str]] = {(): ({}, "")}
-        for name, value in values.items():
-            table[(name,)] = ({name: value}, f"{name}={value}")
-        if len(values) == 2:
-            table[("ip", "user")] = (dict(values), f"ip={values['ip']}|user={values['user']}")
-        return table
+                ip_key = "ip=" + str(ip)
+            if event.user is None:
+                return {(): "", ("ip",): ip_key}
+            user_key = "user=" + event.user.casefold()
+            return {(): "", ("ip",): ip_key, ("user",): user_key,
+                    ("ip", "user"): f"{ip_key}|{user_key}"}
+        if event.user is None:
+            return {(): ""}
+        return {(): "", ("user",): "user=" + event.user.casefold()}
 
     def expire(self, now: datetime) -> list[Unban]:
         """Lift bans whose time is over (in event time for replay, wall time when idle)."""
@@ -268,47 +289,23 @@ class Detector:
             self.evictions += 1
         return group
 
-    def _apply(self, c: _CompiledRule, event: Event,
-               keys: dict[tuple[str, ...], tuple[dict[str, str], str]]) -> list[Decision]:
-        rule = c.rule
-        found = keys.get(c.group)
-        if found is None:
-            return []  # the event lacks a field this rule groups by
-        matched = c.match(event)
-        resets = c.reset is not None and c.reset(event)
-        if not (matched or resets or (c.first is not None and c.first(event))
-                or (c.then is not None and c.then(event))):
-            return []
-        key, key_text = found
-        if resets:
-            group = self._group(rule.name, key_text, create=False)
-            if group is not None:
-                group.clear()
-            return []
-        if rule.type == "sequence":
-            return self._sequence(c, event, key, key_text)
-        if not matched:
-            return []
-        handler = {"threshold": self._threshold, "new_value": self._new_value,
-                   "trigger": self._trigger}[rule.type]
-        return handler(c, event, key, key_text)
-
-    def _trigger(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
-                 ) -> list[Decision]:
+    def _trigger(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:
         group = self._group(c.rule.name, key_text, create=True)
         assert group is not None
         group.sample(event.excerpt)
-        return self._fire(c.rule, event, key, group, 1, event.time, users=(), kinds=(event.kind,))
+        return self._fire(c.rule, event, c.group, group, 1, event.time, users=(), kinds=(event.kind,))
 
-    def _threshold(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
-                   ) -> list[Decision]:
+    def _threshold(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:
         rule = c.rule
-        group = self._group(rule.name, key_text, create=True)
+        group = self._group(c.name, key_text, create=True)
         assert group is not None
-        group.sample(event.excerpt)
         if event.kind not in group.kinds:
             group.kinds = (*group.kinds, event.kind)
-        horizon = event.time - rule.window
+        now = event.time
+        if group.quiet_until is not None and now < group.quiet_until:
+            return []
+        group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+        horizon = now - rule.window
         if rule.distinct is not None:
             value = (event.user or "").casefold() if rule.distinct == "user" else \
                 (str(event.ip) if event.ip else "")
@@ -317,32 +314,38 @@ class Detector:
             seen = group.distinct
             if seen is None:
                 seen = group.distinct = OrderedDict()
-            seen[value] = event.time
+            seen[value] = now
             seen.move_to_end(value)
-            while seen and next(iter(seen.values())) < horizon:
+            while next(iter(seen.values())) < horizon:
                 seen.popitem(last=False)
             count = len(seen)
-            if count < rule.threshold:
-                return []
-            first = min(seen.values())
-            users = tuple(sorted(seen))[:10] if rule.distinct == "user" else ()
         else:
             times = group.times
             if times is None:
                 times = group.times = deque(maxlen=rule.threshold)
-            times.append(event.time)
-            while times and times[0] < horizon:
+            times.append(now)
+            while times[0] < horizon:
                 times.popleft()
             count = len(times)
-            if count < rule.threshold:
-                return []
-            first, users = times[0], ()
+        if count < rule.threshold:
+            return []
+        if group.last_alert is not None and rule.cooldown and now - group.last_alert < rule.cooldown:
+            return []  # one alert per cooldown: the window slides on, nothing is said
+        if group.distinct is not None:
+            first = min(group.distinct.values())
+            users = tuple(sorted(group.distinct))[:10] if rule.distinct == "user" else ()
+        else:
+            assert group.times is not None
+            first, users = group.times[0], ()
         kinds = tuple(sorted(group.kinds))
-        group.clear()
-        return self._fire(rule, event, key, group, count, first, users=users, kinds=kinds)
+        out = self._fire(rule, event, c.group, group, count, first, users=users, kinds=kinds)
+        if out:
+            group.clear()
+        if group.last_alert is not None and rule.cooldown > rule.window:
+            group.quiet_until = group.last_alert + rule.cooldown - rule.window
+        return out
 
-    def _sequence(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
-                  ) -> list[Decision]:
+    def _sequence(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:
         rule = c.rule
         assert c.first is not None and c.then is not None and rule.first is not None
         horizon = event.time - rule.window
@@ -358,7 +361,7 @@ class Detector:
             count, first = len(firsts), firsts[0]
             firsts.clear()
             group.sample(event.excerpt)
-            return self._fire(rule, event, key, group, count + 1, first, users=(),
+            return self._fire(rule, event, c.group, group, count + 1, first, users=(),
                               kinds=(event.kind,))
         if c.first(event):
             group = self._group(rule.name, key_text, create=True)
@@ -372,8 +375,7 @@ class Detector:
                 group.times.popleft()
         return []
 
-    def _new_value(self, c: _CompiledRule, event: Event, key: dict[str, str], key_text: str
-                   ) -> list[Decision]:
+    def _new_value(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:
         rule = c.rule
         if rule.field == "ip":
             if event.ip is None:
@@ -390,10 +392,15 @@ class Detector:
         group = self._group(rule.name, key_text, create=True)
         assert group is not None
         group.sample(event.excerpt)
-        return self._fire(rule, event, key, group, 1, event.time, users=(), kinds=(event.kind,))
+        return self._fire(rule, event, c.group, group, 1, event.time, users=(), kinds=(event.kind,))
 
     # -- firing -----------------------------------------------------------------
-    def _fire(self, rule: Rule, event: Event, key: dict[str, str], group: _Group, count: int,
+    def _key_fields(self, group_by: tuple[str, ...], event: Event) -> dict[str, str]:
+        """An alert's group key as fields, e.g. ``{"ip": "2001:db8::/64"}``."""
+        keys = self._event_keys(event)
+        return {name: keys[(name,)].partition("=")[2] for name in group_by}
+
+    def _fire(self, rule: Rule, event: Event, group_by: tuple[str, ...], group: _Group, count: int,
               first: datetime, *, users: tuple[str, ...], kinds: tuple[str, ...]
               ) -> list[Decision]:
         if group.last_alert is not None and rule.cooldown and \
@@ -420,7 +427,8 @@ class Detector:
                 ban_until = active.until if active else None
         alert = Alert(
             rule=rule.name, description=rule.description, severity=rule.severity,
-            time=event.time, key=key, ip=None if event.ip is None else str(event.ip),
+            time=event.time, key=self._key_fields(group_by, event),
+            ip=None if event.ip is None else str(event.ip),
             user=event.user, count=count, window_seconds=rule.window.total_seconds(),
             first_time=first, last_time=event.time,
             tags=tuple(rule.actions.notify.tags) if rule.actions.notify else (),

@@ -45,8 +45,8 @@ def strip_control(text: str) -> str:
 
 def excerpt(line: str) -> str:
     """A short, redacted, printable copy of a raw log line for events and alerts."""
-    cut = line if len(line) <= EXCERPT_LIMIT else line[:EXCERPT_LIMIT] + "…"
-    return strip_control(redact(cut))
+    cut = redact(line if len(line) <= EXCERPT_LIMIT else line[:EXCERPT_LIMIT] + "…")
+    return cut if cut.isprintable() else strip_control(cut)
 
 
 def clean_user(user: str | None) -> str | None:

@@ -62,7 +62,7 @@ def test_json_line_is_exactly_json_dumps() -> None:
     """The fast event writer produces what json.dumps would, for every golden event."""
     import json
 
-    from jfwatch.cli import read_events
+    from jfwatch.batch import read_events
     from jfwatch.lines import LineStats
 
     events = read_events([str(p) for p in FILES], "auto", UTC, LineStats())

@@ -25,9 +25,7 @@ def _bulk(data: bytes, block: int) -> list[str | None]:
     out: list[str | None] = []
     for chunk in iter_chunks(io.BytesIO(data), MAX, block_bytes=block):
         if isinstance(chunk, Block):
-            lines = chunk.text.split("\n")
-            assert len(lines) == chunk.lines
-            out += [line.rstrip("\r") for line in lines]
+            out += [line.rstrip("\r") for line in chunk.data.decode().split("\n")]
         else:
             out += [None if raw is None else decode(raw, MAX) for raw in chunk]
     return out

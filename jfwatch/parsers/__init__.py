@@ -14,7 +14,7 @@ from types import ModuleType
 
 from jfwatch.events import Event
 from jfwatch.parsers import authelia, authentik, caddy, jellyfin, nginx, traefik
-from jfwatch.parsers._common import StreamContext, StreamParser
+from jfwatch.parsers._common import BulkResult, StreamContext, StreamParser
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +63,11 @@ class AutoParser:
             return self._parsers[self._current.name].feed(line) if self._current else []
         return parser.feed(line)
 
-    def feed_block(self, block: str) -> tuple[list[Event], int]:
+    def feed_block(self, block: bytes) -> BulkResult:
         """Bulk-parse when the block's first and last lines all belong to one bulk-capable format."""
-        sample = block[:20_000].split("\n")[:50] + block[-20_000:].split("\n")[-50:]
-        specs = {spec.name for line in sample for spec in PARSERS.values() if spec.sniff(line)}
+        head = block[:20_000].decode(errors="ignore").split("\n")[:50]
+        tail = block[-20_000:].decode(errors="ignore").split("\n")[-50:]
+        specs = {spec.name for line in head + tail for spec in PARSERS.values() if spec.sniff(line)}
         if len(specs) == 1:
             name = specs.pop()
             if name not in self._parsers:
@@ -74,42 +75,57 @@ class AutoParser:
             bulk = getattr(self._parsers[name], "feed_block", None)
             if bulk is not None:
                 self._current = PARSERS[name]
-                result: tuple[list[Event], int] = bulk(block)
+                result: BulkResult = bulk(block)
                 return result
-        events: list[Event] = []
-        matched = 0
-        for line in block.split("\n"):
-            found = self.feed(line.rstrip("\r"))
-            matched += bool(found)
-            events += found
-        return events, matched
+        return _line_by_line(self, block.decode().split("\n"))
 
     def flush(self, *, force: bool) -> list[Event]:
         return [e for p in self._parsers.values() for e in p.flush(force=force)]
+
+    def only(self) -> StreamParser | None:
+        """The one format's parser this stream has needed so far, if exactly one."""
+        return next(iter(self._parsers.values())) if len(self._parsers) == 1 else None
+
+    def start_as(self, name: str) -> StreamParser:
+        """Begin with ``name``'s parser (a stream resumed mid-file, known to be of that format)."""
+        self._current = PARSERS[name]
+        parser = self._parsers[name] = PARSERS[name].create(self.ctx)
+        return parser
 
     @property
     def holding(self) -> bool:
         return any(p.holding for p in self._parsers.values())
 
 
-def feed_lines(parser: StreamParser, lines: list[str]) -> tuple[list[Event], int]:
-    """
-    Parse a run of decoded lines; return the events and how many lines yielded one.
-
-    A parser with a bulk path (``feed_block``) gets the run at once, which is what makes
-    backfill and replay fast; others get the lines one by one.
-    """
-    bulk = getattr(parser, "feed_block", None)
-    if bulk is not None and len(lines) > 1:
-        result: tuple[list[Event], int] = bulk("\n".join(lines))
-        return result
+def _line_by_line(parser: StreamParser, lines: list[str]) -> BulkResult:
     events: list[Event] = []
     matched = 0
     for line in lines:
         found = parser.feed(line.rstrip("\r"))
         matched += bool(found)
         events += found
-    return events, matched
+    return BulkResult(events, matched, len(lines))
+
+
+def feed_block(parser: StreamParser, block: bytes) -> BulkResult:
+    """
+    Parse a block of valid lines (``lines.Block``): at once when the parser has a bulk
+    path (``feed_block``), which is what makes backfill and replay fast, else line by line.
+    """
+    bulk = getattr(parser, "feed_block", None)
+    if bulk is not None:
+        result: BulkResult = bulk(block)
+        return result
+    return _line_by_line(parser, block.decode().split("\n"))
+
+
+def feed_lines(parser: StreamParser, lines: list[str]) -> tuple[list[Event], int]:
+    """Parse a run of decoded lines; return the events and how many lines yielded one."""
+    if len(lines) > 1 and getattr(parser, "feed_block", None) is not None:
+        result = feed_block(parser, "\n".join(lines).encode())
+    else:
+        result = _line_by_line(parser, lines)
+    return result.events, result.matched
 
 
 def create_parser(fmt: str, ctx: StreamContext) -> StreamParser:
@@ -119,5 +135,5 @@ def create_parser(fmt: str, ctx: StreamContext) -> StreamParser:
     return PARSERS[fmt].create(ctx)
 
 
-__all__ = ["FORMATS", "PARSERS", "AutoParser", "ParserSpec", "StreamContext", "create_parser",
-           "feed_lines"]
+__all__ = ["FORMATS", "PARSERS", "AutoParser", "BulkResult", "ParserSpec", "StreamContext",
+           "create_parser", "feed_block", "feed_lines"]

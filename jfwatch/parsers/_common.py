@@ -8,8 +8,9 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from jfwatch.addresses import memo_address
 from jfwatch.events import Event, IPAddress
 
 _IP_CHARS = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
@@ -32,8 +33,8 @@ def parse_ip(text: str | None) -> IPAddress | None:
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+        addr = addr.ipv4_mapped
+    return memo_address(addr)
 
 
 def parse_host_port(text: str | None) -> IPAddress | None:
@@ -82,6 +83,14 @@ class StreamContext:
     file_date: date | None = None
     proxy_token_failures: bool = False
     quoting: str = "auto"  # Jellyfin only: auto | quoted (file sink) | raw (console sink)
+
+
+class BulkResult(NamedTuple):
+    """What a bulk parse of a block yields: its events, lines with an event, lines read."""
+
+    events: list[Event]
+    matched: int
+    lines: int
 
 
 class StreamParser(Protocol):

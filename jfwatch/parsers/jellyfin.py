@@ -24,6 +24,8 @@ newlines; the console sink writes strings raw.  Therefore:
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import re
 import time
 from collections import deque
@@ -32,7 +34,7 @@ from datetime import date, datetime, timedelta
 from typing import Final
 
 from jfwatch.events import Event, EventKind, IPAddress
-from jfwatch.parsers._common import StreamContext, parse_ip, parse_iso
+from jfwatch.parsers._common import BulkResult, StreamContext, parse_ip, parse_iso
 from jfwatch.redact import clean_user, excerpt
 
 NAME: Final = "jellyfin"
@@ -56,6 +58,7 @@ _MONTHS = {m: i for i, m in enumerate(
 _FILE_HEADER = re.compile(
     r"^\[(?P<date>\d{4}-\d{2}-\d{2}) (?P<time>\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?) "
     r"(?P<zone>[+-]\d{2}:\d{2})\] \[(?P<level>[A-Z]{3})\] "
+    r"(?:\[?(?P<thread>\d+)\]? )?(?:(?P<ctx>[A-Za-z_][\w.]*\w): ?)?"
 )
 _CONSOLE_HEADER = re.compile(
     r"^\[(?P<time>\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?)\] \[(?P<level>[A-Z]{3})\] "
@@ -63,7 +66,8 @@ _CONSOLE_HEADER = re.compile(
 _PREAMBLE = re.compile(r"^(?:\[?(?P<thread>\d+)\]? )?(?:(?P<ctx>[A-Za-z_][\w.]*\w): ?)?")
 
 _IP = r"(?P<ip>[^\s\"()]+)"
-_Q_VALUE = r'"(?P<user>(?:[^"\\]|\\.)*)"'
+# A quoted value ends at the first unescaped quote (unrolled: one pass, no backtracking).
+_Q_VALUE = r'"(?P<user>[^"\\]*(?:\\.[^"\\]*)*)"'
 _R_VALUE = r"(?P<user>.*)"
 
 # (pattern, kind, message tail after the username, tail of the trusted suffix)
@@ -84,38 +88,27 @@ _MARKERS: Final = (
     "Rejecting authentication for user", "Creating new access token for user",
 )
 _INTERESTING = re.compile("|".join(re.escape(m) for m in _MARKERS))
-_AUTH_MARKER: Final = _MARKERS[0]
-_RARE: Final = _MARKERS[1:]
+# What the bulk path searches for: every marker contains one of these needles.  One
+# pass over a block costs the same whatever the needle, so markers that share a word
+# share a pass ("uthenticat" finds the three authentication markers).
+_NEEDLES: Final = (
+    b"uthenticat", b"Disabling user", b"Blocking request to",
+    b"Invalid username or password entered", b"[2FA]", b"Replay attempt detected",
+    b"Creating new access token for user",
+)
 
 
-class _MarkerScanner:
-    """
-    Finds the next interesting line in a block with ``str.find`` (fast substring search)
-    for each marker, remembering every marker's next position: a marker that is rare or
-    absent is searched for once per occurrence, not once per hit of the common one.
-    """
-
-    def __init__(self, block: str) -> None:
-        self.block = block
-        self.next_auth = -2
-        self.rare = [-2] * len(_RARE)
-        self.next_rare = -2
-
-    def search(self, pos: int) -> tuple[int, int] | None:
-        find = self.block.find
-        if self.next_auth != -1 and self.next_auth < pos:
-            self.next_auth = find(_AUTH_MARKER, pos)
-        if self.next_rare != -1 and self.next_rare < pos:
-            for i, at in enumerate(self.rare):
-                if at != -1 and at < pos:
-                    self.rare[i] = find(_RARE[i], pos)
-            found = [at for at in self.rare if at != -1]
-            self.next_rare = min(found) if found else -1
-        candidates = [at for at in (self.next_auth, self.next_rare) if at != -1]
-        if not candidates:
-            return None
-        at = min(candidates)
-        return at, at + 1
+def _needle_hits(block: bytes) -> list[int]:
+    """Every position of every needle in the block, in order (bytes.find is a fast search)."""
+    hits: list[int] = []
+    find = block.find
+    for needle in _NEEDLES:
+        at = find(needle)
+        while at != -1:
+            hits.append(at)
+            at = find(needle, at + 1)
+    hits.sort()
+    return hits
 
 
 def _compile(quoted: bool) -> list[tuple[str, EventKind, re.Pattern[str], re.Pattern[str]]]:
@@ -130,10 +123,16 @@ def _compile(quoted: bool) -> list[tuple[str, EventKind, re.Pattern[str], re.Pat
 
 
 _TEMPLATES = {True: _compile(True), False: _compile(False)}
-_SUCCEEDED = {
-    True: re.compile("^" + re.escape(_AUTH_PREFIX) + _Q_VALUE + r" has succeeded\.$"),
-    False: re.compile("^" + re.escape(_AUTH_PREFIX) + _R_VALUE + r" has succeeded\.$"),
-}
+_Q_USER = re.compile(re.escape(_AUTH_PREFIX) + _Q_VALUE)
+_SUCCEEDED_TAIL: Final = " has succeeded."
+# The file sink's denied / disabled / succeeded lines with a username that needs no
+# unescaping: header, preamble and message in one match (see _fast_auth).
+_FAST_FILE_AUTH = re.compile(
+    _FILE_HEADER.pattern + re.escape(_AUTH_PREFIX) + r'"(?P<user>[^"\\]*)" (?:(?P<succeeded>has succeeded\.)|'
+    r'has been denied (?:(?P<disabled>because this account is currently disabled) )?'
+    r'\(IP: "(?P<ip>[^\s"()]+)"\)\.)$'
+)
+_RAW_SUCCEEDED = re.compile("^" + re.escape(_AUTH_PREFIX) + _R_VALUE + r" has succeeded\.$")
 def _ip_patterns(q: str) -> dict[str, re.Pattern[str]]:
     """Templates that carry an address; ``q`` is the quote the stream's sink writes.
 
@@ -179,6 +178,7 @@ PATTERNS: Final = (
     "twofa_accepted", "twofa_banned", "twofa_rate_limited", "twofa_replay",
     "totp_rejected", "injection",
 )
+_ORIGINS: Final = {pattern: f"{NAME}.{pattern}" for pattern in PATTERNS}
 
 # A success is held this long (monotonic seconds, live) / this many lines, waiting
 # for the TOTP plugin's rejection of the same login.
@@ -227,6 +227,58 @@ def _split(line: str) -> tuple[str, str | None] | None:
     return None
 
 
+# Only two things outlive their line: a success, held for _HOLD_LINES lines in case
+# the TOTP plugin rejects it, and an injection opener, open for at most 64
+# continuation lines.  Both come from "Authentication request" lines that are not a
+# plain failure.  A stream may be cut after more lines free of those than that.
+QUIET_LINES: Final = 2 * _HOLD_LINES
+_AUTH_NEEDLE: Final = _AUTH_PREFIX.encode()
+
+
+def _lasting_lines(window: bytes) -> list[int]:
+    """Positions of the lines in ``window`` whose effect may outlive them (see above)."""
+    out: list[int] = []
+    find = window.find
+    at = find(_AUTH_NEEDLE)
+    while at != -1:
+        start = window.rfind(b"\n", 0, at) + 1
+        end = find(b"\n", at)
+        end = len(window) if end == -1 else end
+        m = _FAST_FILE_AUTH.match(window[start:end].decode(errors="replace"))
+        if m is None or m["succeeded"] is not None:
+            out.append(start)
+        at = find(_AUTH_NEEDLE, end)
+    return out
+
+
+def quiet_cut(window: bytes, target: int) -> tuple[int, str | None] | None:
+    """
+    Where a file-sink stream may be cut so that a parser resumed there
+    (``JellyfinParser.resume``) yields exactly what one parser reading on would: a line
+    start in ``window`` (bytes from anywhere in the stream), at or after ``target``,
+    preceded by QUIET_LINES lines none of which outlives itself.  Returns the cut and
+    the last line with a needle before it (it dates the stream), or None.
+    """
+    lasting = _lasting_lines(window)
+    i = bisect.bisect_right(lasting, target)
+    prev = lasting[i - 1] if i else 0  # none before target: count from the window's start
+    for nxt in [*lasting[i:], len(window)]:
+        pos = prev
+        for _ in range(QUIET_LINES + 1):  # the first newline ends prev's own line
+            pos = window.find(b"\n", pos, nxt)
+            if pos == -1:
+                break
+            pos += 1
+        else:
+            hits = _needle_hits(window[:pos])
+            if not hits:
+                return pos, None
+            start = window.rfind(b"\n", 0, hits[-1]) + 1
+            return pos, window[start:window.find(b"\n", hits[-1])].decode(errors="replace")
+        prev = nxt
+    return None
+
+
 class JellyfinParser:
     """Stateful parser for one Jellyfin log stream."""
 
@@ -239,6 +291,7 @@ class JellyfinParser:
         self._held: deque[_Held] = deque()
         self._opener: _Opener | None = None
         self._line_no = 0
+        self._matched_lines = 0  # lines that yielded an event or a held success (bulk stats)
 
     # -- stream interface -------------------------------------------------------
     @property
@@ -255,7 +308,36 @@ class JellyfinParser:
             out.append(self._held.popleft().event)
         return out
 
+    # -- resuming a stream in another process (jfwatch.batch) ----------------------
+    def learnt(self) -> tuple[str, bool] | None:
+        """
+        The stream's sink style and quoting once both are known (they never change
+        after), for a file sink only: a console stream carries a running date instead.
+        """
+        if self._style == "file" and self._quoted is not None:
+            return self._style, self._quoted
+        return None
+
+    def resume(self, learnt: tuple[str, bool], last_hit_line: str | None) -> None:
+        """
+        Start as the parser that learnt ``learnt`` would be at a ``quiet_cut``: nothing
+        held, nothing open, the date of the last line with a needle.
+        """
+        self._style, self._quoted = learnt
+        if last_hit_line is not None and (m := _FILE_HEADER.match(last_hit_line)):
+            with contextlib.suppress(ValueError):
+                self._date = date.fromisoformat(m["date"])
+
     def feed(self, line: str) -> list[Event]:
+        # Fast path: most lines (playback, library scans) carry nothing of interest.  The
+        # full header parse still runs while the stream's style is unknown.
+        if self._style is not None and self._opener is None and not self._held \
+                and not _INTERESTING.search(line):
+            self._line_no += 1
+            return []
+        return self._feed_line(line)
+
+    def _feed_line(self, line: str) -> list[Event]:
         line = line.rstrip()
         self._line_no += 1
         split = _split(line)
@@ -264,74 +346,114 @@ class JellyfinParser:
         out = self._close_opener() if self._opener is not None else []
         if self._held and self._held[0].release_line <= self._line_no:
             out += self._age_held()
-        # Fast path: most lines (playback, library scans) carry nothing of interest.  The
-        # full header parse still runs while the stream's style is unknown.
         if self._style is not None and not _INTERESTING.search(split[0]):
             return out
         header = self._header(*split)
         if header is None:
             return out + self._continuation(line)
-        out += self._message(header, line)
-        return out
+        held = len(self._held)
+        own = self._message(header, line)
+        if own or len(self._held) > held:
+            self._matched_lines += 1
+        return out + own
 
-    def feed_block(self, block: str) -> tuple[list[Event], int]:
+    def feed_block(self, block: bytes) -> BulkResult:
         """
-        Parse many complete lines at once; return the events and how many lines yielded one.
+        Parse many complete lines (valid UTF-8, joined by newlines) at once.
 
-        Equivalent to feeding each line, but only lines that contain one of the
-        interesting markers are looked at in Python; the rest is skipped by one regex
-        search over the block (this is what makes backfill and replay fast).
+        Equivalent to feeding each line, but only lines holding a needle are decoded
+        and looked at in Python; the rest are skipped by a few fast substring searches
+        over the block (this is what makes backfill and replay fast).  Lines are read
+        one by one only while the stream's style is unknown or an injection opener
+        waits for its continuation.
         """
         out: list[Event] = []
-        matched = 0
+        first_line, first_matched = self._line_no, self._matched_lines
+        count, find, rfind = block.count, block.find, block.rfind
         pos, size = 0, len(block)
-        scanner = _MarkerScanner(block)
-        while pos < size:
+        hits = _needle_hits(block)
+        i, n_hits = 0, len(hits)
+        while pos <= size:
             if self._style is None or self._opener is not None:
-                end = block.find("\n", pos)
+                end = find(b"\n", pos)
                 end = size if end == -1 else end
-                events = self.feed(block[pos:end])
-                matched += bool(events)
-                out += events
+                out += self._feed_line(block[pos:end].decode())
                 pos = end + 1
                 continue
-            found = scanner.search(pos)
-            if found is None:
-                self._line_no += block.count("\n", pos) + 1  # the block's last line has no "\n"
+            while i < n_hits and hits[i] < pos:
+                i += 1  # a second needle on a line already parsed
+            if i == n_hits:
+                self._line_no += count(b"\n", pos) + 1
                 out += self._age_held()
                 break
-            newline = block.rfind("\n", pos, found[0])
+            at = hits[i]
+            newline = rfind(b"\n", pos, at)
             start = pos if newline == -1 else newline + 1
-            self._line_no += block.count("\n", pos, start)
-            if self._held and self._held[0].release_line <= self._line_no:
-                out += self._age_held()
-            end = block.find("\n", found[1])
+            self._line_no += count(b"\n", pos, start)
+            end = find(b"\n", at)
             end = size if end == -1 else end
-            events = self.feed(block[start:end])
-            matched += bool(events)
-            out += events
+            line = block[start:end].decode()
+            fast = self._fast_auth(line) if self._quoted and self._style == "file" else None
+            out += self._feed_line(line) if fast is None else fast
             pos = end + 1
-        return out, matched
+        return BulkResult(out, self._matched_lines - first_matched, self._line_no - first_line)
+
+    def _fast_auth(self, line: str) -> list[Event] | None:
+        """
+        The file sink's three everyday authentication lines in one match, or None to
+        take the general path (which handles everything, these lines included, the same
+        way).  Most events of a busy server's log are these lines.
+        """
+        m = _FAST_FILE_AUTH.match(line)
+        if m is None:
+            return None
+        day, clock, zone, _level, _thread, _ctx, user, succeeded, disabled, ip_text = m.groups()
+        try:
+            when = datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
+        except ValueError:
+            return None
+        self._line_no += 1
+        out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
+        self._date = when.date()
+        self._matched_lines += 1
+        if succeeded:
+            event = Event(when, NAME, EventKind.AUTH_SUCCESS, _ORIGINS["succeeded"], "jellyfin",
+                          None, clean_user(user), None, None, None, None, excerpt(line))
+            self._held.append(_Held(event, self._line_no + _HOLD_LINES,
+                                    time.monotonic() + _HOLD_SECONDS))
+            ip = None
+        else:
+            ip = parse_ip(ip_text)
+            kind, origin = (EventKind.AUTH_BLOCKED, _ORIGINS["disabled"]) if disabled else \
+                (EventKind.AUTH_FAILURE, _ORIGINS["denied"])
+            out.append(Event(when, NAME, kind, origin, "jellyfin", ip, clean_user(user), None,
+                             None, None, None, excerpt(line)))
+        if _FORGERY_HINT.search(user):
+            out.append(Event(when, NAME, EventKind.INJECTION_SUSPECTED, _ORIGINS["injection"],
+                             "jellyfin", ip, clean_user(user), None, None, None,
+                             "username contains log template text", excerpt(line)))
+        return out
 
     # -- header and time --------------------------------------------------------
     def _header(self, text: str, wrapper: str | None) -> _Header | None:
         if m := _FILE_HEADER.match(text):
-            when = parse_iso(f"{m['date']}T{m['time'][:15]}{m['zone']}", self.ctx.timezone)
-            style = "file"
-            if when is not None:
-                self._date = when.date()
-        elif m := _CONSOLE_HEADER.match(text):
-            when = self._console_time(m["time"], wrapper)
-            style = "console"
-        else:
-            return None
-        if when is None:
-            return None
-        rest = text[m.end():]
-        pre = _PREAMBLE.match(rest)
-        thread = pre["thread"] if pre else None
-        message = rest[pre.end():] if pre else rest
-        return _Header(when, style, thread, message)
+            day, clock, zone, thread = m.group("date", "time", "zone", "thread")
+            try:
+                # Serilog writes milliseconds; Python takes at most microseconds.
+                when = datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
+            except ValueError:
+                return None
+            self._date = when.date()
+            return _Header(when, "file", thread, text[m.end():])
+        if m := _CONSOLE_HEADER.match(text):
+            console_when = self._console_time(m["time"], wrapper)
+            if console_when is None:
+                return None
+            rest = text[m.end():]
+            pre = _PREAMBLE.match(rest)
+            thread = pre["thread"] if pre else None
+            return _Header(console_when, "console", thread, rest[pre.end():] if pre else rest)
+        return None
 
     def _console_time(self, clock: str, wrapper: str | None) -> datetime | None:
         tz = self.ctx.timezone
@@ -362,9 +484,8 @@ class JellyfinParser:
     def _event(self, header: _Header, line: str, pattern: str, kind: EventKind, *,
                ip: IPAddress | None = None, user: str | None = None,
                detail: str | None = None, path: str | None = None) -> Event:
-        return Event(time=header.when, source=NAME, kind=kind, origin=f"{NAME}.{pattern}",
-                     service="jellyfin", ip=ip, user=clean_user(user), detail=detail,
-                     path=path, excerpt=excerpt(line))
+        return Event(header.when, NAME, kind, _ORIGINS[pattern], "jellyfin", ip, clean_user(user),
+                     None, path, None, detail, excerpt(line))
 
     def _message(self, header: _Header, line: str) -> list[Event]:
         msg = header.message
@@ -412,20 +533,22 @@ class JellyfinParser:
 
     def _auth(self, header: _Header, line: str, msg: str) -> list[Event]:
         quoted = bool(self._quoted)
-        if m := _SUCCEEDED[quoted].match(msg):
-            user = _unescape(m["user"]) if quoted else m["user"]
-            event = self._event(header, line, "succeeded", EventKind.AUTH_SUCCESS, user=user)
-            extra = self._injection_hint(header, line, user, None)
-            # Held: the TOTP plugin may reject this very login on the next lines.
-            self._held.append(_Held(event, self._line_no + _HOLD_LINES,
-                                    time.monotonic() + _HOLD_SECONDS))
-            return extra
-        for name, kind, full, _suffix in _TEMPLATES[quoted]:
-            if m := full.match(msg):
-                user = _unescape(m["user"]) if quoted else m["user"]
-                ip = parse_ip(m["ip"])
-                event = self._event(header, line, name, kind, ip=ip, user=user)
-                return [event, *self._injection_hint(header, line, user, ip)]
+        if quoted:
+            # The quoted username ends at its first unescaped quote, so one match finds
+            # it and the template is told by what follows.
+            if m := _Q_USER.match(msg):
+                user, after = _unescape(m["user"]), m.end()
+                if msg.endswith(_SUCCEEDED_TAIL) and len(msg) == after + len(_SUCCEEDED_TAIL):
+                    return self._success(header, line, user)
+                for name, kind, _full, suffix in _TEMPLATES[True]:
+                    if t := suffix.match(msg, after):
+                        return self._failure(header, line, name, kind, user, parse_ip(t["ip"]))
+        else:
+            if m := _RAW_SUCCEEDED.match(msg):
+                return self._success(header, line, m["user"])
+            for name, kind, full, _suffix in _TEMPLATES[False]:
+                if m := full.match(msg):
+                    return self._failure(header, line, name, kind, m["user"], parse_ip(m["ip"]))
         if quoted:
             # The username was mangled (stray backslash, escaped quotes) but the suffix
             # with unescaped quotes is Jellyfin's own: count the failure, flag the line.
@@ -439,6 +562,18 @@ class JellyfinParser:
             header, line, "injection", EventKind.INJECTION_SUSPECTED,
             detail="authentication line does not end as Jellyfin writes it"))
         return []
+
+    def _success(self, header: _Header, line: str, user: str) -> list[Event]:
+        event = self._event(header, line, "succeeded", EventKind.AUTH_SUCCESS, user=user)
+        # Held: the TOTP plugin may reject this very login on the next lines.
+        self._held.append(_Held(event, self._line_no + _HOLD_LINES,
+                                time.monotonic() + _HOLD_SECONDS))
+        return self._injection_hint(header, line, user, None)
+
+    def _failure(self, header: _Header, line: str, name: str, kind: EventKind, user: str,
+                 ip: IPAddress | None) -> list[Event]:
+        event = self._event(header, line, name, kind, ip=ip, user=user)
+        return [event, *self._injection_hint(header, line, user, ip)]
 
     def _injection_hint(self, header: _Header, line: str, user: str,
                         ip: IPAddress | None) -> list[Event]:

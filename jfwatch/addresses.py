@@ -1,0 +1,50 @@
+"""
+Addresses that remember their text and hash.
+
+``ipaddress`` formats and hashes in Python code on every call; the detector keys each
+event by its address several times over (group keys, distinct values, ban look-ups),
+and every parsed event is written out as JSON.  Parsing caches one of these per
+address text, so each address is formatted and hashed once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+class MemoIPv4Address(ipaddress.IPv4Address):
+    __slots__ = ("_hash", "_text")
+
+    def __init__(self, address: int | str | bytes) -> None:
+        super().__init__(address)
+        self._text = super().__str__()
+        self._hash = super().__hash__()
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+class MemoIPv6Address(ipaddress.IPv6Address):
+    __slots__ = ("_hash", "_text")
+
+    def __init__(self, address: int | str | bytes) -> None:
+        super().__init__(address)
+        self._text = super().__str__()
+        self._hash = super().__hash__()
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+def memo_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+                 ) -> MemoIPv4Address | MemoIPv6Address:
+    """The memoising twin of a parsed address (equal to it, same hash)."""
+    if isinstance(addr, ipaddress.IPv4Address):
+        return MemoIPv4Address(int(addr))
+    return MemoIPv6Address(str(addr))

@@ -1,0 +1,219 @@
+"""
+Parse whole files for the ``parse`` and ``replay`` commands: large blocks through the
+parsers' bulk paths, and a large Jellyfin log on two cores.
+
+Two cores: most of a backfill's time is per-event Python work, one core at a time.  A
+large file is cut at a *quiet point* (``jellyfin.quiet_cut``): a line start after more
+lines without any needle than the parser ever looks back, where a parser holds nothing.
+A helper process (``fork``) parses from the cut to the end with a parser resumed in the
+state the first one learnt (sink style and quoting), while this process parses up to the
+cut; the result is exactly that of one parser reading on.  If the helper fails for any
+reason, this process parses the rest itself.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, BinaryIO
+from zoneinfo import ZoneInfo
+
+from jfwatch.events import Event
+from jfwatch.lines import Block, LineStats, Readable, context_for, decode, iter_chunks
+from jfwatch.parsers import AutoParser, create_parser, feed_block, feed_lines
+from jfwatch.parsers._common import StreamContext, StreamParser
+from jfwatch.parsers.jellyfin import JellyfinParser, quiet_cut
+
+# Below this a second process costs more than it saves.
+SPLIT_MIN_BYTES = 32 << 20
+_PROBE_BYTES = 1 << 20  # read to learn the stream's style before cutting
+_WINDOW_BYTES = 4 << 20  # searched for a quiet point around the middle
+
+# What the helper hands back: the JSON lines of its events, or the events themselves.
+Render = Callable[[list[Event]], bytes]
+
+
+def render_json(events: list[Event]) -> bytes:
+    return "".join(e.json_line() + "\n" for e in events).encode()
+
+
+def render_events(events: list[Event]) -> bytes:
+    return pickle.dumps(events, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _Range:
+    """A binary stream that ends at ``end`` (a line start), for the part before a cut."""
+
+    def __init__(self, stream: BinaryIO, end: int) -> None:
+        self._stream, self._left = stream, end - stream.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._stream.read(size) if size > 0 else b""
+        self._left -= len(data)
+        return data
+
+
+def parse_stream(stream: Readable, parser: StreamParser, stats: LineStats) -> list[Event]:
+    """Parse a stream to its end (without the final flush) and count its lines."""
+    out: list[Event] = []
+    for chunk in iter_chunks(stream):
+        if isinstance(chunk, Block):
+            events, matched, lines = feed_block(parser, chunk.data)
+        else:
+            decoded = [None if raw is None else decode(raw) for raw in chunk]
+            valid = [line for line in decoded if line is not None]
+            stats.rejected += len(decoded) - len(valid)
+            stats.read += len(decoded) - len(valid)
+            events, matched = feed_lines(parser, valid)
+            lines = len(valid)
+        stats.read += lines
+        stats.matched += matched
+        stats.unmatched += lines - matched
+        out.extend(events)
+    return out
+
+
+def _count_kinds(events: list[Event], stats: LineStats) -> None:
+    for event in events:
+        stats.events[event.kind] = stats.events.get(event.kind, 0) + 1
+
+
+def _jellyfin(parser: StreamParser) -> JellyfinParser | None:
+    sole = parser.only() if isinstance(parser, AutoParser) else parser
+    return sole if isinstance(sole, JellyfinParser) else None
+
+
+@dataclass(slots=True)
+class _Helper:
+    pid: int
+    cut: int
+    result: IO[bytes]
+
+
+def _start_helper(fh: BinaryIO, size: int, fmt: str, ctx: StreamContext,
+                  render: Render) -> _Helper | None:
+    """Fork a helper for the second half of a large Jellyfin file, or return None."""
+    if size < SPLIT_MIN_BYTES or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        return None
+    probe = create_parser(fmt, ctx)
+    head = fh.read(_PROBE_BYTES)
+    fh.seek(0)
+    parse_stream(io.BytesIO(head[:head.rfind(b"\n") + 1]), probe, LineStats())
+    learnt_by = _jellyfin(probe)
+    learnt = learnt_by.learnt() if learnt_by is not None else None
+    if learnt is None:
+        return None
+    low = max(len(head), size // 2 - _WINDOW_BYTES // 2)
+    fh.seek(low)
+    window = fh.read(_WINDOW_BYTES)
+    fh.seek(0)
+    found = quiet_cut(window, size // 2 - low)
+    if found is None:
+        return None
+    cut, last_hit_line = low + found[0], found[1]
+    result = tempfile.TemporaryFile()  # noqa: SIM115 - _finish_helper closes it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return _Helper(pid, cut, result)
+    status = 1
+    try:  # the helper: parse from the cut, hand the result over, never return
+        parser = create_parser(fmt, ctx)
+        resumed = parser.start_as("jellyfin") if isinstance(parser, AutoParser) else parser
+        assert isinstance(resumed, JellyfinParser)
+        resumed.resume(learnt, last_hit_line)
+        stats = LineStats()
+        with open(fh.name, "rb") as own:
+            own.seek(cut)
+            events = parse_stream(own, parser, stats)
+        events += parser.flush(force=True)
+        _count_kinds(events, stats)
+        pickle.dump((stats, render(events)), result, protocol=pickle.HIGHEST_PROTOCOL)
+        result.flush()
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def _finish_helper(helper: _Helper, stats: LineStats) -> bytes | None:
+    """The helper's result, its counts added to ``stats``; None if it failed."""
+    _, status = os.waitpid(helper.pid, 0)
+    try:
+        if status != 0:
+            return None
+        helper.result.seek(0)
+        helper_stats, payload = pickle.load(helper.result)  # noqa: S301 - our own child's output
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+    finally:
+        helper.result.close()
+    stats.read += helper_stats.read
+    stats.matched += helper_stats.matched
+    stats.unmatched += helper_stats.unmatched
+    stats.rejected += helper_stats.rejected
+    for kind, n in helper_stats.events.items():
+        stats.events[kind] = stats.events.get(kind, 0) + n
+    return bytes(payload)
+
+
+Piece = list[Event] | bytes  # events parsed here, or what the helper rendered
+
+
+def read_pieces(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats, render: Render,
+                proxy_token_failures: bool = False) -> list[Piece]:
+    """Parse every file (``-`` is stdin) in file order."""
+    pieces: list[Piece] = []
+    for name in files:
+        ctx = context_for(None if name == "-" else name, tz,
+                          proxy_token_failures=proxy_token_failures)
+        parser = create_parser(fmt, ctx)
+        if name == "-":
+            events = parse_stream(sys.stdin.buffer, parser, stats) + parser.flush(force=True)
+            _count_kinds(events, stats)
+            pieces.append(events)
+            continue
+        try:
+            with open(name, "rb") as fh:
+                pieces += _read_file(fh, fmt, ctx, parser, stats, render)
+        except OSError as exc:
+            raise SystemExit(f"jfwatch: cannot read {name}: {exc.strerror}") from exc
+    return pieces
+
+
+def _read_file(fh: BinaryIO, fmt: str, ctx: StreamContext, parser: StreamParser,
+               stats: LineStats, render: Render) -> list[Piece]:
+    size = os.fstat(fh.fileno()).st_size
+    helper = _start_helper(fh, size, fmt, ctx, render) if os.path.isfile(fh.name) else None
+    if helper is None:
+        events = parse_stream(fh, parser, stats) + parser.flush(force=True)
+        _count_kinds(events, stats)
+        return [events]
+    events = parse_stream(_Range(fh, helper.cut), parser, stats) + parser.flush(force=True)
+    _count_kinds(events, stats)
+    tail = _finish_helper(helper, stats)
+    if tail is not None:
+        return [events, tail]
+    fh.seek(helper.cut)  # the helper failed: read on here, as if it had never been
+    rest = parse_stream(fh, parser, stats) + parser.flush(force=True)
+    _count_kinds(rest, stats)
+    return [events, rest]
+
+
+def read_events(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats,
+                proxy_token_failures: bool = False) -> list[Event]:
+    """Parse every file and return its events in file order."""
+    events: list[Event] = []
+    for piece in read_pieces(files, fmt, tz, stats, render_events, proxy_token_failures):
+        events += pickle.loads(piece) if isinstance(piece, bytes) else piece  # noqa: S301
+    # Events live until the end of a batch command: keep the cyclic collector from
+    # walking them again and again.
+    gc.freeze()
+    return events
