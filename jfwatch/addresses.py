@@ -9,6 +9,7 @@ address text, so each address is formatted and hashed once.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 
@@ -48,3 +49,9 @@ def memo_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address
     if isinstance(addr, ipaddress.IPv4Address):
         return MemoIPv4Address(int(addr))
     return MemoIPv6Address(str(addr))
+
+
+@functools.lru_cache(maxsize=65536)
+def address(text: str) -> MemoIPv4Address | MemoIPv6Address:
+    """A memoising address from its canonical text (our own output, never log input)."""
+    return memo_address(ipaddress.ip_address(text))

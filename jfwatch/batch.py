@@ -13,13 +13,12 @@ reason, this process parses the rest itself.
 
 from __future__ import annotations
 
-import gc
 import io
 import os
 import pickle
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, BinaryIO
 from zoneinfo import ZoneInfo
@@ -44,7 +43,8 @@ def render_json(events: list[Event]) -> bytes:
 
 
 def render_events(events: list[Event]) -> bytes:
-    return pickle.dumps(events, protocol=pickle.HIGHEST_PROTOCOL)
+    # Rows of plain values: pickling the dataclasses themselves costs ten times as much.
+    return pickle.dumps([e.to_row() for e in events], protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Range:
@@ -98,7 +98,7 @@ class _Helper:
 
 
 def _start_helper(fh: BinaryIO, size: int, fmt: str, ctx: StreamContext,
-                  render: Render) -> _Helper | None:
+                  render: Render, share: float) -> _Helper | None:
     """Fork a helper for the second half of a large Jellyfin file, or return None."""
     if size < SPLIT_MIN_BYTES or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
         return None
@@ -110,11 +110,12 @@ def _start_helper(fh: BinaryIO, size: int, fmt: str, ctx: StreamContext,
     learnt = learnt_by.learnt() if learnt_by is not None else None
     if learnt is None:
         return None
-    low = max(len(head), size // 2 - _WINDOW_BYTES // 2)
+    target = int(size * share)
+    low = max(len(head), target - _WINDOW_BYTES // 2)
     fh.seek(low)
     window = fh.read(_WINDOW_BYTES)
     fh.seek(0)
-    found = quiet_cut(window, size // 2 - low)
+    found = quiet_cut(window, max(0, target - low))
     if found is None:
         return None
     cut, last_hit_line = low + found[0], found[1]
@@ -167,10 +168,15 @@ def _finish_helper(helper: _Helper, stats: LineStats) -> bytes | None:
 Piece = list[Event] | bytes  # events parsed here, or what the helper rendered
 
 
-def read_pieces(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats, render: Render,
-                proxy_token_failures: bool = False) -> list[Piece]:
-    """Parse every file (``-`` is stdin) in file order."""
-    pieces: list[Piece] = []
+def read_pieces(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats,
+                render: Render = render_events, proxy_token_failures: bool = False,
+                share: float = 0.5) -> Iterator[Piece]:
+    """
+    Parse every file (``-`` is stdin) in file order, piece by piece: a caller that uses
+    each piece as it comes works on the first part of a split file while the helper
+    still parses the rest.  ``share``: about how much of a split file this process
+    parses itself (less when it has more to do with its piece than the helper has).
+    """
     for name in files:
         ctx = context_for(None if name == "-" else name, tz,
                           proxy_token_failures=proxy_token_failures)
@@ -178,33 +184,48 @@ def read_pieces(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats, 
         if name == "-":
             events = parse_stream(sys.stdin.buffer, parser, stats) + parser.flush(force=True)
             _count_kinds(events, stats)
-            pieces.append(events)
+            yield events
             continue
         try:
-            with open(name, "rb") as fh:
-                pieces += _read_file(fh, fmt, ctx, parser, stats, render)
+            fh = open(name, "rb")  # noqa: SIM115 - closed below; a generator cannot hold it in a with
         except OSError as exc:
             raise SystemExit(f"jfwatch: cannot read {name}: {exc.strerror}") from exc
-    return pieces
+        try:
+            yield from _read_file(fh, fmt, ctx, parser, stats, render, share)
+        finally:
+            fh.close()
 
 
 def _read_file(fh: BinaryIO, fmt: str, ctx: StreamContext, parser: StreamParser,
-               stats: LineStats, render: Render) -> list[Piece]:
+               stats: LineStats, render: Render, share: float) -> Iterator[Piece]:
     size = os.fstat(fh.fileno()).st_size
-    helper = _start_helper(fh, size, fmt, ctx, render) if os.path.isfile(fh.name) else None
+    helper = _start_helper(fh, size, fmt, ctx, render, share) \
+        if os.path.isfile(fh.name) else None
     if helper is None:
         events = parse_stream(fh, parser, stats) + parser.flush(force=True)
         _count_kinds(events, stats)
-        return [events]
-    events = parse_stream(_Range(fh, helper.cut), parser, stats) + parser.flush(force=True)
-    _count_kinds(events, stats)
+        yield events
+        return
+    try:
+        events = parse_stream(_Range(fh, helper.cut), parser, stats) + parser.flush(force=True)
+        _count_kinds(events, stats)
+        yield events
+    except BaseException:
+        _finish_helper(helper, LineStats())  # do not leave it behind
+        raise
     tail = _finish_helper(helper, stats)
     if tail is not None:
-        return [events, tail]
+        yield tail
+        return
     fh.seek(helper.cut)  # the helper failed: read on here, as if it had never been
     rest = parse_stream(fh, parser, stats) + parser.flush(force=True)
     _count_kinds(rest, stats)
-    return [events, rest]
+    yield rest
+
+
+def rows_to_events(payload: bytes) -> list[Event]:
+    """The events a helper rendered with ``render_events``."""
+    return list(map(Event.from_row, pickle.loads(payload)))  # noqa: S301 - our own helper's
 
 
 def read_events(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats,
@@ -212,8 +233,5 @@ def read_events(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats,
     """Parse every file and return its events in file order."""
     events: list[Event] = []
     for piece in read_pieces(files, fmt, tz, stats, render_events, proxy_token_failures):
-        events += pickle.loads(piece) if isinstance(piece, bytes) else piece  # noqa: S301
-    # Events live until the end of a batch command: keep the cyclic collector from
-    # walking them again and again.
-    gc.freeze()
+        events += rows_to_events(piece) if isinstance(piece, bytes) else piece
     return events

@@ -17,6 +17,7 @@ from jfwatch.config import Config, load_config
 from jfwatch.decisions import Alert, Ban, Decision, Unban
 from jfwatch.detector import Detector, settings_from_config
 from jfwatch.errors import ConfigError
+from jfwatch.events import Event
 from jfwatch.lines import LineStats
 from jfwatch.rules import Rule, load_rules
 from jfwatch.state import StateStore
@@ -85,17 +86,43 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay(files: list[str], cfg: Config, rules: list[Rule], store: StateStore, fmt: str,
-           stats: LineStats) -> list[Decision]:
-    """The whole pipeline over files, in event time."""
-    from jfwatch.batch import read_events
+def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: LineStats,
+           state: Path | None = None) -> list[Decision]:
+    """
+    The whole pipeline over files, in event time: as if every event were sorted by time
+    (ties in file order) and fed to one detector.
 
-    events = read_events(files, fmt, ZoneInfo(cfg.timezone), stats)
-    events.sort(key=lambda e: e.time)  # stable: ties keep file order
-    detector = Detector(rules, settings_from_config(cfg), store)
+    Without a state file the detector starts on the first piece of events while a
+    helper process still parses the rest of a large file (``batch``); that is the same
+    as sorting everything first as long as each piece starts no earlier than the last
+    piece ended, which holds for logs given in the order they were written.  When it
+    does not, detection starts over on everything, sorted.
+    """
+    from jfwatch.batch import read_pieces, rows_to_events
+
+    tz = ZoneInfo(cfg.timezone)
+    settings = settings_from_config(cfg)
+    detector = Detector(rules, settings, StateStore(state if state else ":memory:"))
     decisions: list[Decision] = []
-    for event in events:
-        decisions += detector.feed(event)
+    seen: list[Event] = []
+    in_order = state is None  # with a state file, no second start is possible: sort first
+    for piece in read_pieces(files, fmt, tz, stats, share=0.3):
+        events = rows_to_events(piece) if isinstance(piece, bytes) else piece
+        events.sort(key=lambda e: e.time)  # stable: ties keep file order
+        if in_order and events and seen and events[0].time < seen[-1].time:
+            in_order = False
+            decisions.clear()
+            detector = Detector(rules, settings, StateStore(":memory:"))
+            events = sorted([*seen, *events], key=lambda e: e.time)
+            seen.clear()
+        seen += events
+        if in_order:
+            for event in events:
+                decisions += detector.feed(event)
+    if not in_order:
+        seen.sort(key=lambda e: e.time)
+        for event in seen:
+            decisions += detector.feed(event)
     return decisions
 
 
@@ -105,9 +132,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return loaded
     cfg, _, rules = loaded
     # No side effects unless asked: a throw-away state unless --state is given.
-    store = StateStore(args.state if args.state else ":memory:")
     stats = LineStats()
-    decisions = replay(args.files, cfg, rules, store, args.format, stats)
+    decisions = replay(args.files, cfg, rules, args.format, stats, args.state)
     for d in decisions:
         sys.stdout.write(json.dumps(d.to_json(), ensure_ascii=False) + "\n")
     alerts = Counter(d.rule for d in decisions if isinstance(d, Alert))

@@ -9,6 +9,8 @@ from ipaddress import IPv4Address, IPv6Address
 from json.encoder import encode_basestring as _enc
 from typing import Any
 
+from jfwatch.addresses import address
+
 IPAddress = IPv4Address | IPv6Address
 
 
@@ -24,6 +26,11 @@ class EventKind(StrEnum):
     MFA_CHALLENGE = "mfa_challenge"
     TOKEN_FAILURE = "token_failure"  # noqa: S105 - an event name, not a secret
     INJECTION_SUSPECTED = "injection_suspected"
+
+
+_KINDS = {kind.value: kind for kind in EventKind}
+EventRow = tuple[datetime, str, str, str, str, str | None, str | None, str | None, str | None,
+                 int | None, str | None, str]
 
 
 @dataclass(slots=True)
@@ -66,6 +73,18 @@ class Event:
                 f'"service": {_enc(self.service)}, "method": {_text(self.method)}, '
                 f'"path": {_text(self.path)}, "status": {status}, '
                 f'"detail": {_text(self.detail)}, "excerpt": {_enc(self.excerpt)}}}')
+
+    def to_row(self) -> EventRow:
+        """Plain values, cheap to pickle: how a helper process hands events over."""
+        return (self.time, self.source, self.kind.value, self.origin, self.service,
+                None if self.ip is None else str(self.ip), self.user, self.method, self.path,
+                self.status, self.detail, self.excerpt)
+
+    @classmethod
+    def from_row(cls, row: EventRow) -> Event:
+        when, source, kind, origin, service, ip, user, method, path, status, detail, text = row
+        return cls(when, source, _KINDS[kind], origin, service, None if ip is None else address(ip),
+                   user, method, path, status, detail, text)
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON-ready form used by ``jfwatch parse``."""

@@ -15,7 +15,6 @@ from jfwatch.config import Config
 from jfwatch.decisions import Alert
 from jfwatch.lines import LineStats
 from jfwatch.rules import load_rules, shipped_rules_dir
-from jfwatch.state import StateStore
 
 from conftest import ROOT
 
@@ -34,8 +33,7 @@ def test_rule_fixture(name: str) -> None:
     assert (case_dir / "case.yaml").exists(), f"rule {name} has no replay fixture"
     case = yaml.safe_load((case_dir / "case.yaml").read_text())
     rules = load_rules([])
-    alerts = [d for d in replay([str(case_dir / "input.log")], Config(), rules,
-                                StateStore(":memory:"), "auto", LineStats())
+    alerts = [d for d in replay([str(case_dir / "input.log")], Config(), rules, "auto", LineStats())
               if isinstance(d, Alert)]
     for want in case["must"]:
         assert want["rule"] == name
