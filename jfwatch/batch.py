@@ -20,8 +20,8 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import IO, BinaryIO
-from zoneinfo import ZoneInfo
 
 from jfwatch.events import Event
 from jfwatch.lines import Block, LineStats, Readable, context_for, decode, iter_chunks
@@ -168,7 +168,7 @@ def _finish_helper(helper: _Helper, stats: LineStats) -> bytes | None:
 Piece = list[Event] | bytes  # events parsed here, or what the helper rendered
 
 
-def read_pieces(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats,
+def read_pieces(files: Sequence[str], fmt: str, tz: tzinfo, stats: LineStats,
                 render: Render = render_events, proxy_token_failures: bool = False,
                 share: float = 0.5) -> Iterator[Piece]:
     """
@@ -228,7 +228,7 @@ def rows_to_events(payload: bytes) -> list[Event]:
     return list(map(Event.from_row, pickle.loads(payload)))  # noqa: S301 - our own helper's
 
 
-def read_events(files: Sequence[str], fmt: str, tz: ZoneInfo, stats: LineStats,
+def read_events(files: Sequence[str], fmt: str, tz: tzinfo, stats: LineStats,
                 proxy_token_failures: bool = False) -> list[Event]:
     """Parse every file and return its events in file order."""
     events: list[Event] = []
