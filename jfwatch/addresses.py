@@ -13,13 +13,19 @@ import functools
 import ipaddress
 
 
-class MemoIPv4Address(ipaddress.IPv4Address):
-    __slots__ = ("_hash", "_text")
+class _Memoised:
+    """Formats and hashes once; mixed into the two address classes below."""
+
+    __slots__ = ()
+    _text: str
+    _hash: int
 
     def __init__(self, address: int | str | bytes) -> None:
-        super().__init__(address)
-        self._text = super().__str__()
-        self._hash = super().__hash__()
+        super().__init__(address)  # type: ignore[call-arg]  # the ipaddress class's
+        # The slots are declared by the concrete classes (two slotted bases cannot both
+        # have them), which mypy cannot see from here.
+        self._text = super().__str__()  # type: ignore[misc]
+        self._hash = super().__hash__()  # type: ignore[misc]
 
     def __str__(self) -> str:
         return self._text
@@ -28,19 +34,12 @@ class MemoIPv4Address(ipaddress.IPv4Address):
         return self._hash
 
 
-class MemoIPv6Address(ipaddress.IPv6Address):
+class MemoIPv4Address(_Memoised, ipaddress.IPv4Address):
     __slots__ = ("_hash", "_text")
 
-    def __init__(self, address: int | str | bytes) -> None:
-        super().__init__(address)
-        self._text = super().__str__()
-        self._hash = super().__hash__()
 
-    def __str__(self) -> str:
-        return self._text
-
-    def __hash__(self) -> int:
-        return self._hash
+class MemoIPv6Address(_Memoised, ipaddress.IPv6Address):
+    __slots__ = ("_hash", "_text")
 
 
 def memo_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address
