@@ -60,6 +60,24 @@ class _Range:
         return data
 
 
+class _From:
+    """
+    Reads a file descriptor from ``start`` with pread: the helper shares its parent's
+    file offset (fork), so it must not move it, and reopening by name could open a file
+    that was rotated in since.
+    """
+
+    def __init__(self, fd: int, start: int) -> None:
+        self._fd, self._pos = fd, start
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = max(0, os.fstat(self._fd).st_size - self._pos)
+        data = os.pread(self._fd, size, self._pos)
+        self._pos += len(data)
+        return data
+
+
 def parse_stream(stream: Readable, parser: StreamParser, stats: LineStats) -> list[Event]:
     """Parse a stream to its end (without the final flush) and count its lines."""
     out: list[Event] = []
@@ -132,10 +150,7 @@ def _start_helper(fh: BinaryIO, size: int, fmt: str, ctx: StreamContext,
         assert isinstance(resumed, JellyfinParser)
         resumed.resume(learnt, last_hit_line)
         stats = LineStats()
-        with open(fh.name, "rb") as own:
-            own.seek(cut)
-            events = parse_stream(own, parser, stats)
-        events += parser.flush(force=True)
+        events = parse_stream(_From(fh.fileno(), cut), parser, stats) + parser.flush(force=True)
         _count_kinds(events, stats)
         pickle.dump((stats, render(events)), result, protocol=pickle.HIGHEST_PROTOCOL)
         result.flush()
