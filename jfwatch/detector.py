@@ -132,9 +132,6 @@ class _Group:
     samples: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     last_alert: datetime | None = None
-    # Threshold rules: until then (cooldown end minus window) no event can count towards
-    # the next alert, so events are not tracked at all (the bulk of a long attack).
-    quiet_until: datetime | None = None
 
     def sample(self, excerpt: str) -> None:
         self.samples = (*self.samples[1 - _SAMPLES:], excerpt)
@@ -302,9 +299,12 @@ class Detector:
         if event.kind not in group.kinds:
             group.kinds = (*group.kinds, event.kind)
         now = event.time
-        if group.quiet_until is not None and now < group.quiet_until:
+        if group.last_alert is not None and rule.cooldown > rule.window and \
+                now < group.last_alert + rule.cooldown - rule.window:
+            # Until the cooldown's end minus the window no event can count towards the
+            # next alert, so none is tracked (the bulk of a long attack).
             return []
-        group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+        group.sample(event.excerpt)
         horizon = now - rule.window
         if rule.distinct is not None:
             value = (event.user or "").casefold() if rule.distinct == "user" else \
@@ -341,8 +341,6 @@ class Detector:
         out = self._fire(rule, event, c.group, group, count, first, users=users, kinds=kinds)
         if out:
             group.clear()
-        if group.last_alert is not None and rule.cooldown > rule.window:
-            group.quiet_until = group.last_alert + rule.cooldown - rule.window
         return out
 
     def _sequence(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:

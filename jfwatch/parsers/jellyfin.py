@@ -329,15 +329,6 @@ class JellyfinParser:
                 self._date = date.fromisoformat(m["date"])
 
     def feed(self, line: str) -> list[Event]:
-        # Fast path: most lines (playback, library scans) carry nothing of interest.  The
-        # full header parse still runs while the stream's style is unknown.
-        if self._style is not None and self._opener is None and not self._held \
-                and not _INTERESTING.search(line):
-            self._line_no += 1
-            return []
-        return self._feed_line(line)
-
-    def _feed_line(self, line: str) -> list[Event]:
         line = line.rstrip()
         self._line_no += 1
         split = _split(line)
@@ -377,7 +368,7 @@ class JellyfinParser:
             if self._style is None or self._opener is not None:
                 end = find(b"\n", pos)
                 end = size if end == -1 else end
-                out += self._feed_line(block[pos:end].decode())
+                out += self.feed(block[pos:end].decode())
                 pos = end + 1
                 continue
             while i < n_hits and hits[i] < pos:
@@ -394,20 +385,20 @@ class JellyfinParser:
             end = size if end == -1 else end
             line = block[start:end].decode()
             fast = self._fast_auth(line) if self._quoted and self._style == "file" else None
-            out += self._feed_line(line) if fast is None else fast
+            out += self.feed(line) if fast is None else fast
             pos = end + 1
         return BulkResult(out, self._matched_lines - first_matched, self._line_no - first_line)
 
     def _fast_auth(self, line: str) -> list[Event] | None:
         """
-        The file sink's three everyday authentication lines in one match, or None to
-        take the general path (which handles everything, these lines included, the same
-        way).  Most events of a busy server's log are these lines.
+        The file sink's three everyday authentication lines in one match (header,
+        preamble and template), then the same ``_success``/``_failure`` as the general
+        path; None for anything else.  Most events of a busy server's log are these lines.
         """
         m = _FAST_FILE_AUTH.match(line)
         if m is None:
             return None
-        day, clock, zone, _level, _thread, _ctx, user, succeeded, disabled, ip_text = m.groups()
+        day, clock, zone, _level, thread, _ctx, user, succeeded, disabled, ip_text = m.groups()
         try:
             when = datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
         except ValueError:
@@ -416,23 +407,12 @@ class JellyfinParser:
         out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
         self._date = when.date()
         self._matched_lines += 1
+        # The message starts where the template does: at the prefix before the quoted name.
+        header = _Header(when, "file", thread, line[m.start("user") - len(_AUTH_PREFIX) - 1:])
         if succeeded:
-            event = Event(when, NAME, EventKind.AUTH_SUCCESS, _ORIGINS["succeeded"], "jellyfin",
-                          None, clean_user(user), None, None, None, None, excerpt(line))
-            self._held.append(_Held(event, self._line_no + _HOLD_LINES,
-                                    time.monotonic() + _HOLD_SECONDS))
-            ip = None
-        else:
-            ip = parse_ip(ip_text)
-            kind, origin = (EventKind.AUTH_BLOCKED, _ORIGINS["disabled"]) if disabled else \
-                (EventKind.AUTH_FAILURE, _ORIGINS["denied"])
-            out.append(Event(when, NAME, kind, origin, "jellyfin", ip, clean_user(user), None,
-                             None, None, None, excerpt(line)))
-        if _FORGERY_HINT.search(user):
-            out.append(Event(when, NAME, EventKind.INJECTION_SUSPECTED, _ORIGINS["injection"],
-                             "jellyfin", ip, clean_user(user), None, None, None,
-                             "username contains log template text", excerpt(line)))
-        return out
+            return out + self._success(header, line, user)
+        kind, name = (EventKind.AUTH_BLOCKED, "disabled") if disabled else (EventKind.AUTH_FAILURE, "denied")
+        return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
 
     # -- header and time --------------------------------------------------------
     def _header(self, text: str, wrapper: str | None) -> _Header | None:
