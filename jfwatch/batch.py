@@ -78,9 +78,9 @@ class _From:
         return data
 
 
-def parse_stream(stream: Readable, parser: StreamParser, stats: LineStats) -> list[Event]:
-    """Parse a stream to its end (without the final flush) and count its lines."""
-    out: list[Event] = []
+def iter_parse(stream: Readable, parser: StreamParser, stats: LineStats) -> Iterator[list[Event]]:
+    """Parse a stream to its end (without the final flush), one block's events at a
+    time, and count its lines."""
     for chunk in iter_chunks(stream):
         if isinstance(chunk, Block):
             events, matched, lines = feed_block(parser, chunk.data)
@@ -94,11 +94,18 @@ def parse_stream(stream: Readable, parser: StreamParser, stats: LineStats) -> li
         stats.read += lines
         stats.matched += matched
         stats.unmatched += lines - matched
+        yield events
+
+
+def parse_stream(stream: Readable, parser: StreamParser, stats: LineStats) -> list[Event]:
+    """Parse a stream to its end (without the final flush) and count its lines."""
+    out: list[Event] = []
+    for events in iter_parse(stream, parser, stats):
         out.extend(events)
     return out
 
 
-def _count_kinds(events: list[Event], stats: LineStats) -> None:
+def count_kinds(events: list[Event], stats: LineStats) -> None:
     for event in events:
         stats.events[event.kind] = stats.events.get(event.kind, 0) + 1
 
@@ -151,7 +158,7 @@ def _start_helper(fh: BinaryIO, size: int, fmt: str, ctx: StreamContext,
         resumed.resume(learnt, last_hit_line)
         stats = LineStats()
         events = parse_stream(_From(fh.fileno(), cut), parser, stats) + parser.flush(force=True)
-        _count_kinds(events, stats)
+        count_kinds(events, stats)
         pickle.dump((stats, render(events)), result, protocol=pickle.HIGHEST_PROTOCOL)
         result.flush()
         status = 0
@@ -171,12 +178,7 @@ def _finish_helper(helper: _Helper, stats: LineStats) -> bytes | None:
         return None
     finally:
         helper.result.close()
-    stats.read += helper_stats.read
-    stats.matched += helper_stats.matched
-    stats.unmatched += helper_stats.unmatched
-    stats.rejected += helper_stats.rejected
-    for kind, n in helper_stats.events.items():
-        stats.events[kind] = stats.events.get(kind, 0) + n
+    stats.add(helper_stats)
     return bytes(payload)
 
 
@@ -198,7 +200,7 @@ def read_pieces(files: Sequence[str], fmt: str, tz: tzinfo, stats: LineStats,
         parser = create_parser(fmt, ctx)
         if name == "-":
             events = parse_stream(sys.stdin.buffer, parser, stats) + parser.flush(force=True)
-            _count_kinds(events, stats)
+            count_kinds(events, stats)
             yield events
             continue
         try:
@@ -218,12 +220,12 @@ def _read_file(fh: BinaryIO, fmt: str, ctx: StreamContext, parser: StreamParser,
         if os.path.isfile(fh.name) else None
     if helper is None:
         events = parse_stream(fh, parser, stats) + parser.flush(force=True)
-        _count_kinds(events, stats)
+        count_kinds(events, stats)
         yield events
         return
     try:
         events = parse_stream(_Range(fh, helper.cut), parser, stats) + parser.flush(force=True)
-        _count_kinds(events, stats)
+        count_kinds(events, stats)
         yield events
     except BaseException:
         _finish_helper(helper, LineStats())  # do not leave it behind
@@ -234,7 +236,7 @@ def _read_file(fh: BinaryIO, fmt: str, ctx: StreamContext, parser: StreamParser,
         return
     fh.seek(helper.cut)  # the helper failed: read on here, as if it had never been
     rest = parse_stream(fh, parser, stats) + parser.flush(force=True)
-    _count_kinds(rest, stats)
+    count_kinds(rest, stats)
     yield rest
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from bisect import bisect_right
 from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -92,38 +94,89 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
     The whole pipeline over files, in event time: as if every event were sorted by time
     (ties in file order) and fed to one detector.
 
-    Without a state file the detector starts on the first piece of events while a
-    helper process still parses the rest of a large file (``batch``); that is the same
-    as sorting everything first as long as each piece starts no earlier than the last
-    piece ended, which holds for logs given in the order they were written.  When it
-    does not, detection starts over on everything, sorted.
+    Without a state file, the detector works on the events a helper process pipes over
+    while it parses the rest (``piped``), holding back the last few minutes of each
+    piece so that lines a little out of order are still fed in order.  That equals
+    sorting everything first as long as no event is older than one already fed, which
+    holds for logs given in the order they were written; when one is, detection starts
+    over on everything, sorted.  With a state file, bans would be recorded twice by a
+    second start, so everything is sorted first.
     """
-    from jfwatch.batch import read_pieces, rows_to_events
+    from jfwatch.piped import StartOver, stream_events
 
     tz = ZoneInfo(cfg.timezone)
     settings = settings_from_config(cfg)
-    detector = Detector(rules, settings, StateStore(state if state else ":memory:"))
+
+    def in_memory() -> Detector:
+        return Detector(rules, settings, StateStore(":memory:"))
+
+    events: list[Event] = []  # every event so far, in file order: to sort or start over
+    detector = None if state else in_memory()
+    release = _Release()
     decisions: list[Decision] = []
-    seen: list[Event] = []
-    in_order = state is None  # with a state file, no second start is possible: sort first
-    for piece in read_pieces(files, fmt, tz, stats, share=0.3):
-        events = rows_to_events(piece) if isinstance(piece, bytes) else piece
-        events.sort(key=lambda e: e.time)  # stable: ties keep file order
-        if in_order and events and seen and events[0].time < seen[-1].time:
-            in_order = False
+    for piece in stream_events(files, fmt, tz, stats):
+        if isinstance(piece, StartOver):  # the helper failed; the pieces start again
+            events.clear()
             decisions.clear()
-            detector = Detector(rules, settings, StateStore(":memory:"))
-            events = sorted([*seen, *events], key=lambda e: e.time)
-            seen.clear()
-        seen += events
-        if in_order:
-            for event in events:
-                decisions += detector.feed(event)
-    if not in_order:
-        seen.sort(key=lambda e: e.time)
-        for event in seen:
+            release = _Release()
+            detector = None if detector is None else in_memory()
+            continue
+        events += piece
+        if detector is None:
+            continue
+        ready = release.take(piece)
+        if ready is None:  # older than what was fed: sort everything first after all
+            detector = None
+            decisions.clear()
+            continue
+        for event in ready:
             decisions += detector.feed(event)
+    if detector is not None:
+        for event in release.rest():
+            decisions += detector.feed(event)
+        return decisions
+    detector = Detector(rules, settings, StateStore(state if state else ":memory:"))
+    for event in sorted(events, key=_time):  # stable: ties keep file order
+        decisions += detector.feed(event)
     return decisions
+
+
+def _time(event: Event) -> datetime:
+    return event.time
+
+
+class _Release:
+    """
+    Releases the events of in-order pieces in time order, holding back the last
+    ``HOLD`` of event time: a log's lines may be a little out of order across pieces.
+    """
+
+    HOLD = timedelta(minutes=5)
+
+    def __init__(self) -> None:
+        self._pending: list[Event] = []
+        self._last: datetime | None = None  # the time of the last event released
+
+    def take(self, piece: list[Event]) -> list[Event] | None:
+        """The events now safe to feed, in time order; None if one is older than an
+        event already released (the order cannot be kept)."""
+        pending = self._pending
+        pending += piece
+        pending.sort(key=_time)  # stable: ties keep file order
+        if not pending:
+            return []
+        if self._last is not None and pending[0].time < self._last:
+            return None
+        cut = bisect_right(pending, pending[-1].time - self.HOLD, key=_time)
+        ready = pending[:cut]
+        del pending[:cut]
+        if ready:
+            self._last = ready[-1].time
+        return ready
+
+    def rest(self) -> list[Event]:
+        rest, self._pending = self._pending, []
+        return rest
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -183,7 +236,7 @@ def cmd_bans(args: argparse.Namespace) -> int:
     cfg, _, _ = loaded
     store = StateStore(cfg.state_dir / "state.db")
     if args.action == "unban":
-        from datetime import UTC, datetime
+        from datetime import UTC
 
         from jfwatch.banfeed import BanFeed
 

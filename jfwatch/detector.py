@@ -14,7 +14,7 @@ import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from jfwatch.config import PRIVATE_RANGES, Config
 from jfwatch.decisions import Alert, Ban, Decision, Unban
@@ -25,6 +25,7 @@ from jfwatch.state import StateStore
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SAMPLES = 3
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
+_KEYS_MAX = 65536  # cached group-key tables (one per address and user pair)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,64 +78,104 @@ def _shared_netset(nets: tuple[Network, ...]) -> NetSet:
     return NetSet(nets)
 
 
-def _in(ip: IPAddress | None, nets: NetSet) -> bool:
-    return ip is not None and ip in nets
+Predicate = Callable[[Event], bool]
+# A match narrowed to one event kind: True (every event of that kind matches), False
+# (none can), or the checks that are left.
+Narrowed = Predicate | bool
 
 
-def compile_match(match: Match, settings: DetectorSettings) -> Callable[[Event], bool]:
-    """Turn a declarative match into a predicate (sets and networks, no expressions)."""
-    kinds = set(match.kind) if match.kind else None
-    sources = set(match.source) if match.source else None
-    services = set(match.service) if match.service else None
-    origins = set(match.origin) if match.origin else None
-    users = {u.casefold() for u in match.user} if match.user else None
+def compile_match(match: Match, settings: DetectorSettings, kind: str | None = None
+                  ) -> Narrowed:
+    """
+    Turn a declarative match into the fewest checks (sets and networks, no expressions).
 
-    def nets(values: list[str] | None) -> NetSet | None:
-        if values is None:
-            return None
-        symbolic = {"@trusted_proxies": settings.trusted_proxies, "@private": settings.private,
-                    "@allow": settings.allow}
-        out: list[Network] = []
-        for v in values:
-            out += symbolic[v] if v in symbolic else (ipaddress.ip_network(v, strict=False),)
-        return _shared_netset(tuple(out))
+    With ``kind``, the match is narrowed to events of that kind: the kind test is decided
+    here, once, as are tests against empty address sets (``not_ip: [@trusted_proxies]``
+    with no proxies configured), so most rules need no call per event at all.
+    """
+    if match.kind is not None and kind is not None and kind not in match.kind:
+        return False
+    checks: list[Predicate] = []
+    if match.kind is not None and kind is None:
+        kinds = frozenset(str(k) for k in match.kind)
+        checks.append(lambda e: e.kind in kinds)
+    for field in ("source", "service", "origin"):
+        allowed: list[str] | None = getattr(match, field)
+        if allowed is not None:
+            checks.append(_field_in(field, frozenset(allowed)))
+    if match.user is not None:
+        users = frozenset(u.casefold() for u in match.user)
+        checks.append(lambda e: e.user is not None and e.user.casefold() in users)
+    if match.ip is not None:
+        inside = _netset(match.ip, settings)
+        if not inside.nets:
+            return False
+        checks.append(lambda e: e.ip is not None and e.ip in inside)
+    if match.not_ip is not None:
+        outside = _netset(match.not_ip, settings)
+        if outside.nets:
+            checks.append(lambda e: e.ip is None or e.ip not in outside)
+    if match.has_ip is not None:
+        has_ip = match.has_ip
+        checks.append(lambda e: (e.ip is not None) == has_ip)
+    if match.has_user is not None:
+        has_user = match.has_user
+        checks.append(lambda e: (e.user is not None) == has_user)
+    if not checks:
+        return True
+    combined = checks[0]
+    for check in checks[1:]:
+        combined = _both(combined, check)
+    return combined
 
-    ips, not_ips = nets(match.ip), nets(match.not_ip)
 
-    def predicate(e: Event) -> bool:
-        return not (
-            (kinds is not None and e.kind not in kinds)
-            or (sources is not None and e.source not in sources)
-            or (services is not None and e.service not in services)
-            or (origins is not None and e.origin not in origins)
-            or (users is not None and (e.user is None or e.user.casefold() not in users))
-            or (ips is not None and not _in(e.ip, ips))
-            or (not_ips is not None and _in(e.ip, not_ips))
-            or (match.has_ip is not None and (e.ip is not None) != match.has_ip)
-            or (match.has_user is not None and (e.user is not None) != match.has_user)
-        )
+def _field_in(field: str, allowed: frozenset[str]) -> Predicate:
+    return lambda e: getattr(e, field) in allowed
 
-    return predicate
+
+def _both(first: Predicate, second: Predicate) -> Predicate:
+    return lambda e: first(e) and second(e)
+
+
+def _netset(values: list[str], settings: DetectorSettings) -> NetSet:
+    symbolic = {"@trusted_proxies": settings.trusted_proxies, "@private": settings.private,
+                "@allow": settings.allow}
+    out: list[Network] = []
+    for v in values:
+        out += symbolic[v] if v in symbolic else (ipaddress.ip_network(v, strict=False),)
+    return _shared_netset(tuple(out))
+
+
+def _holds(narrowed: Narrowed, event: Event) -> bool:
+    return narrowed is True or (narrowed is not False and narrowed(event))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(t: datetime | timedelta) -> int:
+    """A time (since the epoch) or a duration in whole microseconds: exact integer
+    arithmetic for every window and cooldown, and far cheaper than datetimes."""
+    return (t - _EPOCH if isinstance(t, datetime) else t) // _MICROSECOND
 
 
 @dataclass(slots=True)
 class _Group:
     """
-    Per-group state, kept small: a flood fills max_groups of these.
+    Per-group state, kept small: a flood fills max_groups of these.  Times are event
+    times in microseconds since the epoch (``micros``).
 
     ``times``: a threshold rule's last ``threshold`` event times (enough to decide), or a
     sequence rule's first-step times.  ``distinct``: for ``distinct`` rules, the last
     time each value was seen, oldest first.  Both O(1) per event, created on first use.
     """
 
-    times: deque[datetime] | None = None
-    distinct: OrderedDict[str, datetime] | None = None
+    times: deque[int] | None = None
+    distinct: OrderedDict[str, int] | None = None
     samples: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
-    last_alert: datetime | None = None
-
-    def sample(self, excerpt: str) -> None:
-        self.samples = (*self.samples[1 - _SAMPLES:], excerpt)
+    last_alert: int | None = None
 
     def clear(self) -> None:
         if self.times is not None:
@@ -146,16 +187,28 @@ class _Group:
 
 @dataclass(slots=True)
 class _CompiledRule:
+    """A rule with its durations in microseconds and its handler chosen."""
+
     rule: Rule
-    match: Callable[[Event], bool]
-    reset: Callable[[Event], bool] | None
-    first: Callable[[Event], bool] | None
-    then: Callable[[Event], bool] | None
-    kinds: frozenset[str] | None  # every kind any of its matches can accept; None: any
-    group: tuple[str, ...]  # group_by, sorted: the key into the per-event key table
-    handler: Callable[[_CompiledRule, Event, str], list[Decision]]
     name: str
-    sequence: bool  # its own first/then decide; ``match`` is not used
+    group: tuple[str, ...]  # group_by, sorted: the key into the per-event key table
+    handler: Callable[[_Step, Event, str, int], list[Decision]]
+    window: int
+    cooldown: int
+    # Until last_alert + idle no event can count towards the next alert (0: no such
+    # stretch, the cooldown is not longer than the window).
+    idle: int
+
+
+@dataclass(slots=True)
+class _Step:
+    """A rule as the events of one kind see it: its matches narrowed to that kind."""
+
+    c: _CompiledRule
+    reset: Narrowed  # this kind clears the group
+    match: Narrowed  # this kind goes to the handler (a sequence: ``first`` or ``then``)
+    first: Narrowed  # sequence rules only
+    then: Narrowed
 
 
 class Detector:
@@ -167,31 +220,46 @@ class Detector:
         self._trusted = NetSet(settings.trusted_proxies)
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
-        self._rules_any: list[_CompiledRule] = []
-        self._rules_by_kind: dict[str, list[_CompiledRule]] = {}
-        self._index_rules()
+        self._steps = self._index_rules()
         self._groups: OrderedDict[tuple[str, str], _Group] = OrderedDict()
+        # Group key texts per (address, user): attackers repeat themselves, and the
+        # texts are built once instead of for every event.
+        self._keys: dict[tuple[IPAddress | None, str | None], dict[tuple[str, ...], str]] = {}
         self.evictions = 0
         self.now: datetime | None = None
         # The earliest ban end, cached: asking SQLite on every event costs a query each.
         self._next_expiry: datetime | None = store.next_expiry()
 
     def _compile(self, rule: Rule) -> _CompiledRule:
-        s = self.settings
-        parts = [m for m in (rule.match if rule.type != "sequence" else None, rule.reset_on,
-                             rule.first, rule.then) if m is not None]
-        kinds: frozenset[str] | None = frozenset()
-        for part in parts:
-            kinds = None if part.kind is None or kinds is None else \
-                kinds | {str(k) for k in part.kind}
         handler = {"threshold": self._threshold, "new_value": self._new_value,
                    "trigger": self._trigger, "sequence": self._sequence}[rule.type]
-        return _CompiledRule(
-            rule, compile_match(rule.match, s),
-            compile_match(rule.reset_on, s) if rule.reset_on else None,
-            compile_match(rule.first, s) if rule.first else None,
-            compile_match(rule.then, s) if rule.then else None, kinds,
-            tuple(sorted(set(rule.group_by))), handler, rule.name, rule.type == "sequence")
+        window, cooldown = micros(rule.window), micros(rule.cooldown)
+        return _CompiledRule(rule, rule.name, tuple(sorted(set(rule.group_by))), handler,
+                             window, cooldown, max(0, cooldown - window))
+
+    def _index_rules(self) -> dict[str, list[_Step]]:
+        """For each kind, the rules its events can concern, narrowed to that kind."""
+        from jfwatch.events import EventKind
+
+        s = self.settings
+        steps: dict[str, list[_Step]] = {}
+        for kind in map(str, EventKind):
+            steps[kind] = []
+            for c in self.rules:
+                rule = c.rule
+                reset = compile_match(rule.reset_on, s, kind) if rule.reset_on else False
+                first: Narrowed = False
+                then: Narrowed = False
+                if rule.type == "sequence":
+                    assert rule.first is not None and rule.then is not None
+                    first = compile_match(rule.first, s, kind)
+                    then = compile_match(rule.then, s, kind)
+                    match: Narrowed = first is not False or then is not False
+                else:
+                    match = compile_match(rule.match, s, kind)
+                if reset is not False or match is not False:
+                    steps[kind].append(_Step(c, reset, match, first, then))
+        return steps
 
     @property
     def tracked_groups(self) -> int:
@@ -205,49 +273,52 @@ class Detector:
             out += self.expire(event.time)
         elif self.now is None or event.time > self.now:
             self.now = event.time
+        steps = self._steps.get(event.kind)
+        if not steps:
+            return out
+        now = micros(event.time)
         keys = self._event_keys(event)
-        for c in self._rules_by_kind.get(event.kind) or self._rules_any:
-            key_text = keys.get(c.group)
-            if key_text is None:
+        for step in steps:
+            key = keys.get(step.c.group)
+            if key is None:
                 continue  # the event lacks a field this rule groups by
-            if c.reset is not None and c.reset(event):
-                group = self._group(c.name, key_text, create=False)
+            reset = step.reset
+            if reset is not False and (reset is True or reset(event)):
+                group = self._group(step.c.name, key, create=False)
                 if group is not None:
                     group.clear()
-            elif c.sequence or c.match(event):
-                decisions = c.handler(c, event, key_text)
+                continue
+            match = step.match
+            if match is True or (match is not False and match(event)):
+                decisions = step.c.handler(step, event, key, now)
                 if decisions:
                     out += decisions
         return out
 
-    def _index_rules(self) -> None:
-        """Which rules can care about each kind, so an event only visits those."""
-        from jfwatch.events import EventKind
-
-        self._rules_any = [c for c in self.rules if c.kinds is None]
-        self._rules_by_kind = {
-            str(kind): [c for c in self.rules if c.kinds is None or str(kind) in c.kinds]
-            for kind in EventKind}
-
     def _event_keys(self, event: Event) -> dict[tuple[str, ...], str]:
         """
-        The group key text of one event for every group_by combination, computed once
-        for all rules; a combination whose field is missing is absent.
+        The group key text of one event for every group_by combination, shared by all
+        rules; a combination whose field is missing is absent.
         """
+        pair = (event.ip, event.user)
+        keys = self._keys.get(pair)
+        if keys is not None:
+            return keys
         ip = event.ip
+        keys = {(): ""}
         if ip is not None:
             if ip.version == 6 and self.settings.ipv6_prefix < 128:
-                ip_key = "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
+                keys[("ip",)] = "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
             else:
-                ip_key = "ip=" + str(ip)
-            if event.user is None:
-                return {(): "", ("ip",): ip_key}
-            user_key = "user=" + event.user.casefold()
-            return {(): "", ("ip",): ip_key, ("user",): user_key,
-                    ("ip", "user"): f"{ip_key}|{user_key}"}
-        if event.user is None:
-            return {(): ""}
-        return {(): "", ("user",): "user=" + event.user.casefold()}
+                keys[("ip",)] = "ip=" + str(ip)
+        if event.user is not None:
+            keys[("user",)] = "user=" + event.user.casefold()
+            if ip is not None:
+                keys[("ip", "user")] = f"{keys[('ip',)]}|{keys[('user',)]}"
+        if len(self._keys) >= _KEYS_MAX:
+            self._keys.clear()
+        self._keys[pair] = keys
+        return keys
 
     def expire(self, now: datetime) -> list[Unban]:
         """Lift bans whose time is over (in event time for replay, wall time when idle)."""
@@ -286,26 +357,26 @@ class Detector:
             self.evictions += 1
         return group
 
-    def _trigger(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:
-        group = self._group(c.rule.name, key_text, create=True)
+    def _trigger(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
+        group = self._group(step.c.name, key, create=True)
         assert group is not None
-        group.sample(event.excerpt)
-        return self._fire(c.rule, event, c.group, group, 1, event.time, users=(), kinds=(event.kind,))
+        group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+        return self._fire(step.c, event, now, group, 1, now, users=(), kinds=(event.kind,))
 
-    def _threshold(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:
+    def _threshold(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
+        c = step.c
         rule = c.rule
-        group = self._group(c.name, key_text, create=True)
+        group = self._group(c.name, key, create=True)
         assert group is not None
         if event.kind not in group.kinds:
             group.kinds = (*group.kinds, event.kind)
-        now = event.time
-        if group.last_alert is not None and rule.cooldown > rule.window and \
-                now < group.last_alert + rule.cooldown - rule.window:
+        last = group.last_alert
+        if c.idle and last is not None and now < last + c.idle:
             # Until the cooldown's end minus the window no event can count towards the
             # next alert, so none is tracked (the bulk of a long attack).
             return []
-        group.sample(event.excerpt)
-        horizon = now - rule.window
+        group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+        horizon = now - c.window
         if rule.distinct is not None:
             value = (event.user or "").casefold() if rule.distinct == "user" else \
                 (str(event.ip) if event.ip else "")
@@ -329,7 +400,7 @@ class Detector:
             count = len(times)
         if count < rule.threshold:
             return []
-        if group.last_alert is not None and rule.cooldown and now - group.last_alert < rule.cooldown:
+        if last is not None and c.cooldown and now - last < c.cooldown:
             return []  # one alert per cooldown: the window slides on, nothing is said
         if group.distinct is not None:
             first = min(group.distinct.values())
@@ -338,44 +409,44 @@ class Detector:
             assert group.times is not None
             first, users = group.times[0], ()
         kinds = tuple(sorted(group.kinds))
-        out = self._fire(rule, event, c.group, group, count, first, users=users, kinds=kinds)
+        out = self._fire(c, event, now, group, count, first, users=users, kinds=kinds)
         if out:
             group.clear()
         return out
 
-    def _sequence(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:
-        rule = c.rule
-        assert c.first is not None and c.then is not None and rule.first is not None
-        horizon = event.time - rule.window
-        if c.then(event):
-            group = self._group(rule.name, key_text, create=False)
+    def _sequence(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
+        c = step.c
+        assert c.rule.first is not None
+        horizon = now - c.window
+        if _holds(step.then, event):
+            group = self._group(c.name, key, create=False)
             if group is None:
                 return []
             firsts = group.times
             while firsts and firsts[0] < horizon:
                 firsts.popleft()
-            if firsts is None or len(firsts) < rule.first.count:
+            if firsts is None or len(firsts) < c.rule.first.count:
                 return []
             count, first = len(firsts), firsts[0]
             firsts.clear()
-            group.sample(event.excerpt)
-            return self._fire(rule, event, c.group, group, count + 1, first, users=(),
+            group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+            return self._fire(c, event, now, group, count + 1, first, users=(),
                               kinds=(event.kind,))
-        if c.first(event):
-            group = self._group(rule.name, key_text, create=True)
+        if _holds(step.first, event):
+            group = self._group(c.name, key, create=True)
             assert group is not None
             if group.times is None:
                 # Bounded for floods; large enough that the alert reports the real count.
-                group.times = deque(maxlen=max(rule.first.count, _SEQUENCE_MAX))
-            group.times.append(event.time)
-            group.sample(event.excerpt)
+                group.times = deque(maxlen=max(c.rule.first.count, _SEQUENCE_MAX))
+            group.times.append(now)
+            group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
             while group.times and group.times[0] < horizon:
                 group.times.popleft()
         return []
 
-    def _new_value(self, c: _CompiledRule, event: Event, key_text: str) -> list[Decision]:
-        rule = c.rule
-        if rule.field == "ip":
+    def _new_value(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
+        c = step.c
+        if c.rule.field == "ip":
             if event.ip is None:
                 return []
             value = str(event.ip)
@@ -383,14 +454,14 @@ class Detector:
             if event.user is None:
                 return []
             value = event.user.casefold()
-        known_before = self.store.has_values(rule.name, key_text)
-        is_new = self.store.remember(rule.name, key_text, value, event.time)
+        known_before = self.store.has_values(c.name, key)
+        is_new = self.store.remember(c.name, key, value, event.time)
         if not (is_new and known_before):
             return []  # the very first value of a group is its baseline, not news
-        group = self._group(rule.name, key_text, create=True)
+        group = self._group(c.name, key, create=True)
         assert group is not None
-        group.sample(event.excerpt)
-        return self._fire(rule, event, c.group, group, 1, event.time, users=(), kinds=(event.kind,))
+        group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+        return self._fire(c, event, now, group, 1, now, users=(), kinds=(event.kind,))
 
     # -- firing -----------------------------------------------------------------
     def _key_fields(self, group_by: tuple[str, ...], event: Event) -> dict[str, str]:
@@ -398,21 +469,21 @@ class Detector:
         keys = self._event_keys(event)
         return {name: keys[(name,)].partition("=")[2] for name in group_by}
 
-    def _fire(self, rule: Rule, event: Event, group_by: tuple[str, ...], group: _Group, count: int,
-              first: datetime, *, users: tuple[str, ...], kinds: tuple[str, ...]
+    def _fire(self, c: _CompiledRule, event: Event, now: int, group: _Group, count: int,
+              first: int, *, users: tuple[str, ...], kinds: tuple[str, ...]
               ) -> list[Decision]:
-        if group.last_alert is not None and rule.cooldown and \
-                event.time - group.last_alert < rule.cooldown:
+        rule = c.rule
+        if group.last_alert is not None and c.cooldown and now - group.last_alert < c.cooldown:
             return []
-        if rule.actions.ban is not None and event.ip is not None and rule.cooldown:
+        if rule.actions.ban is not None and event.ip is not None and c.cooldown:
             # The in-memory cooldown is lost on restart (or eviction); the ban is not.
             # An address this rule banned within its cooldown is not announced again.
             active = self.store.active_ban(str(event.ip))
             if active is not None and active.rule == rule.name and \
                     event.time - active.since < rule.cooldown and active.until > event.time:
-                group.last_alert = active.since
+                group.last_alert = micros(active.since)
                 return []
-        group.last_alert = event.time
+        group.last_alert = now
         out: list[Decision] = []
         ban_until, reason = None, None
         if rule.actions.ban is not None:
@@ -425,10 +496,11 @@ class Detector:
                 ban_until = active.until if active else None
         alert = Alert(
             rule=rule.name, description=rule.description, severity=rule.severity,
-            time=event.time, key=self._key_fields(group_by, event),
+            time=event.time, key=self._key_fields(c.group, event),
             ip=None if event.ip is None else str(event.ip),
             user=event.user, count=count, window_seconds=rule.window.total_seconds(),
-            first_time=first, last_time=event.time,
+            # The same instant as the group's first event, in this event's offset.
+            first_time=event.time - (now - first) * _MICROSECOND, last_time=event.time,
             tags=tuple(rule.actions.notify.tags) if rule.actions.notify else (),
             simulate=rule.simulate, ban_until=ban_until, not_banned_reason=reason,
             users=users, kinds=kinds, samples=group.samples)

@@ -25,6 +25,15 @@ class LineStats:
     rejected: int = 0
     events: dict[str, int] = field(default_factory=dict)
 
+    def add(self, other: LineStats) -> None:
+        """Count in what another reader (a helper process) counted."""
+        self.read += other.read
+        self.matched += other.matched
+        self.unmatched += other.unmatched
+        self.rejected += other.rejected
+        for kind, n in other.events.items():
+            self.events[kind] = self.events.get(kind, 0) + n
+
 
 def decode(raw: bytes, max_line: int = DEFAULT_MAX_LINE) -> str | None:
     """

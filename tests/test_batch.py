@@ -1,20 +1,24 @@
 """
 A large file parsed on two cores gives exactly what one parser gives: same events in
-the same order, same counts; a failing helper changes nothing; replay of files given
-out of order equals replay of everything sorted.
+the same order, same counts; a failing (or SIGKILLed) helper changes nothing; replay of
+files or lines given out of order equals replay of everything sorted.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from jfwatch import batch
+from jfwatch import batch, piped
 from jfwatch.batch import read_events, read_pieces, render_json
 from jfwatch.config import Config
 from jfwatch.decisions import Decision
@@ -178,3 +182,88 @@ def test_replay_of_files_out_of_order_equals_replay_in_order(tmp_path: Path,
                           state=tmp_path / "state.db")
     assert in_order, "the logs raised nothing"
     assert _decisions(reversed_) == _decisions(in_order) == _decisions(sorted_first)
+
+
+@pytest.fixture
+def pipe_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipe events from a helper from 1 MiB of input on."""
+    monkeypatch.setattr(piped, "PIPE_MIN_BYTES", 1 << 20)
+
+
+def test_piped_events_are_what_one_parser_gives(big_log: Path, pipe_small: None) -> None:
+    serial, serial_stats = _serial(big_log)
+    stats = LineStats()
+    pieces = list(piped.stream_events([str(big_log)], "auto", UTC, stats))
+    assert len(pieces) > 2 and piped.START_OVER not in pieces  # in pieces, from the helper
+    events = [e for p in pieces if isinstance(p, list) for e in p]
+    assert [e.to_json() for e in events] == [e.to_json() for e in serial]
+    assert stats == serial_stats
+
+
+def _killed_after(pieces: int) -> Callable[..., None]:
+    """A helper's send that SIGKILLs the helper itself after ``pieces`` pieces."""
+    send = piped._send
+    sent = [0]
+
+    def send_then_die(pipe: BinaryIO, what: str, payload: object) -> None:
+        if sent[0] == pieces:
+            os.kill(os.getpid(), signal.SIGKILL)
+        sent[0] += 1
+        send(pipe, what, payload)
+
+    return send_then_die
+
+
+def test_a_killed_pipe_helper_starts_the_stream_over(big_log: Path, pipe_small: None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    serial, serial_stats = _serial(big_log)
+    monkeypatch.setattr(piped, "_send", _killed_after(2))
+    stats = LineStats()
+    pieces = list(piped.stream_events([str(big_log)], "auto", UTC, stats))
+    restart = pieces.index(piped.START_OVER)
+    assert restart == 2  # two pieces arrived, then the helper died
+    events = [e for p in pieces[restart + 1:] if isinstance(p, list) for e in p]
+    assert [e.to_json() for e in events] == [e.to_json() for e in serial]
+    assert stats == serial_stats  # nothing of the dead helper was counted
+
+
+def test_replay_with_a_killed_helper_equals_replay_without(big_log: Path, pipe_small: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from jfwatch.commands import replay
+
+    rules = load_rules([])
+    whole = replay([str(big_log)], Config(), rules, "auto", LineStats())
+    monkeypatch.setattr(piped, "_send", _killed_after(3))
+    stats = LineStats()
+    after_kill = replay([str(big_log)], Config(), rules, "auto", stats)
+    assert whole, "the log raised nothing"
+    assert _decisions(after_kill) == _decisions(whole)
+    assert stats.read == sum(1 for _ in big_log.open())
+
+
+def test_replay_keeps_event_time_order_across_pieces(tmp_path: Path, pipe_small: None) -> None:
+    """
+    Lines a little out of order (a busy server's threads) are fed in time order; a line
+    far older than everything before it makes detection start over, sorted.  Both equal
+    sorting everything first.
+    """
+    from jfwatch.commands import replay
+
+    rules = load_rules([])
+    log = _log(tmp_path / "log_20260102.log", 60_000, datetime(2026, 1, 2, tzinfo=UTC))
+    lines = log.read_text().splitlines()
+    # Every 100th line written 150 lines late (about 5 s out of order): some such line
+    # straddles every boundary between two pieces.
+    swapped = [line for _, line in sorted(
+        (i + 150.5 if i % 100 == 0 else i, line) for i, line in enumerate(lines))]
+    late = lines[:]
+    late.append(late.pop(7))  # a line of the first second comes last: hours out of order
+    for name, text in (("swapped", swapped), ("late", late)):
+        path = tmp_path / name / "log_20260102.log"
+        path.parent.mkdir()
+        path.write_text("\n".join(text) + "\n")
+        streamed = replay([str(path)], Config(), rules, "auto", LineStats())
+        sorted_first = replay([str(path)], Config(), rules, "auto", LineStats(),
+                              state=tmp_path / name / "state.db")
+        assert streamed, f"{name}: the log raised nothing"
+        assert _decisions(streamed) == _decisions(sorted_first), name
