@@ -20,7 +20,7 @@ from jfwatch.config import PRIVATE_RANGES, Config
 from jfwatch.decisions import Alert, Ban, Decision, Unban
 from jfwatch.events import Event, IPAddress
 from jfwatch.rules import Match, Rule
-from jfwatch.state import StateStore
+from jfwatch.state import BanRow, StateStore
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SAMPLES = 3
@@ -172,10 +172,15 @@ class _Group:
     """
 
     times: deque[int] | None = None
-    distinct: OrderedDict[str, int] | None = None
+    distinct: dict[str, int] | None = None
     samples: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     last_alert: int | None = None
+
+    def sample(self, excerpt: str) -> None:
+        """Keep the last _SAMPLES excerpts (one tuple built at once: this runs per event)."""
+        s = self.samples
+        self.samples = (s[1], s[2], excerpt) if len(s) == _SAMPLES else (*s, excerpt)
 
     def clear(self) -> None:
         if self.times is not None:
@@ -205,6 +210,9 @@ class _Step:
     """A rule as the events of one kind see it: its matches narrowed to that kind."""
 
     c: _CompiledRule
+    name: str  # the rule's, with group and handler: read for every event
+    group: tuple[str, ...]
+    handler: Callable[[_Step, Event, str, int], list[Decision]]
     reset: Narrowed  # this kind clears the group
     match: Narrowed  # this kind goes to the handler (a sequence: ``first`` or ``then``)
     first: Narrowed  # sequence rules only
@@ -258,7 +266,8 @@ class Detector:
                 else:
                     match = compile_match(rule.match, s, kind)
                 if reset is not False or match is not False:
-                    steps[kind].append(_Step(c, reset, match, first, then))
+                    steps[kind].append(_Step(c, c.name, c.group, c.handler, reset, match,
+                                             first, then))
         return steps
 
     @property
@@ -276,21 +285,21 @@ class Detector:
         steps = self._steps.get(event.kind)
         if not steps:
             return out
-        now = micros(event.time)
+        now = (event.time - _EPOCH) // _MICROSECOND  # micros(), inlined: once per event
         keys = self._event_keys(event)
         for step in steps:
-            key = keys.get(step.c.group)
+            key = keys.get(step.group)
             if key is None:
                 continue  # the event lacks a field this rule groups by
             reset = step.reset
             if reset is not False and (reset is True or reset(event)):
-                group = self._group(step.c.name, key, create=False)
+                group = self._group(step.name, key, create=False)
                 if group is not None:
                     group.clear()
                 continue
             match = step.match
             if match is True or (match is not False and match(event)):
-                decisions = step.c.handler(step, event, key, now)
+                decisions = step.handler(step, event, key, now)
                 if decisions:
                     out += decisions
         return out
@@ -360,7 +369,7 @@ class Detector:
     def _trigger(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         group = self._group(step.c.name, key, create=True)
         assert group is not None
-        group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+        group.sample(event.excerpt)
         return self._fire(step.c, event, now, group, 1, now, users=(), kinds=(event.kind,))
 
     def _threshold(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
@@ -375,8 +384,11 @@ class Detector:
             # Until the cooldown's end minus the window no event can count towards the
             # next alert, so none is tracked (the bulk of a long attack).
             return []
-        group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
-        horizon = now - c.window
+        group.sample(event.excerpt)
+        threshold = rule.threshold
+        # Times older than the window are dropped only once there are ``threshold`` of
+        # them: below that no alert is possible, counted exactly or not, and the
+        # collection cannot grow past it.
         if rule.distinct is not None:
             value = (event.user or "").casefold() if rule.distinct == "user" else \
                 (str(event.ip) if event.ip else "")
@@ -384,21 +396,31 @@ class Detector:
                 return []
             seen = group.distinct
             if seen is None:
-                seen = group.distinct = OrderedDict()
+                seen = group.distinct = {}
+            # Re-inserted, so the dict runs from the least recently seen value (it holds
+            # at most ``threshold``: a plain dict's deleted slots stay few).
+            seen.pop(value, None)
             seen[value] = now
-            seen.move_to_end(value)
-            while next(iter(seen.values())) < horizon:
-                seen.popitem(last=False)
+            if len(seen) < threshold:
+                return []
+            horizon = now - c.window
+            oldest = next(iter(seen))
+            while seen[oldest] < horizon:
+                del seen[oldest]
+                oldest = next(iter(seen))
             count = len(seen)
         else:
             times = group.times
             if times is None:
-                times = group.times = deque(maxlen=rule.threshold)
+                times = group.times = deque(maxlen=threshold)
             times.append(now)
+            if len(times) < threshold:
+                return []
+            horizon = now - c.window
             while times[0] < horizon:
                 times.popleft()
             count = len(times)
-        if count < rule.threshold:
+        if count < threshold:
             return []
         if last is not None and c.cooldown and now - last < c.cooldown:
             return []  # one alert per cooldown: the window slides on, nothing is said
@@ -429,7 +451,7 @@ class Detector:
                 return []
             count, first = len(firsts), firsts[0]
             firsts.clear()
-            group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+            group.sample(event.excerpt)
             return self._fire(c, event, now, group, count + 1, first, users=(),
                               kinds=(event.kind,))
         if _holds(step.first, event):
@@ -439,7 +461,7 @@ class Detector:
                 # Bounded for floods; large enough that the alert reports the real count.
                 group.times = deque(maxlen=max(c.rule.first.count, _SEQUENCE_MAX))
             group.times.append(now)
-            group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+            group.sample(event.excerpt)
             while group.times and group.times[0] < horizon:
                 group.times.popleft()
         return []
@@ -460,7 +482,7 @@ class Detector:
             return []  # the very first value of a group is its baseline, not news
         group = self._group(c.name, key, create=True)
         assert group is not None
-        group.samples = (*group.samples[1 - _SAMPLES:], event.excerpt)
+        group.sample(event.excerpt)
         return self._fire(c, event, now, group, 1, now, users=(), kinds=(event.kind,))
 
     # -- firing -----------------------------------------------------------------
@@ -475,25 +497,24 @@ class Detector:
         rule = c.rule
         if group.last_alert is not None and c.cooldown and now - group.last_alert < c.cooldown:
             return []
-        if rule.actions.ban is not None and event.ip is not None and c.cooldown:
+        bans = rule.actions.ban is not None and event.ip is not None
+        active = self.store.active_ban(str(event.ip)) if bans else None
+        if active is not None and c.cooldown and active.rule == rule.name and \
+                event.time - active.since < rule.cooldown and active.until > event.time:
             # The in-memory cooldown is lost on restart (or eviction); the ban is not.
             # An address this rule banned within its cooldown is not announced again.
-            active = self.store.active_ban(str(event.ip))
-            if active is not None and active.rule == rule.name and \
-                    event.time - active.since < rule.cooldown and active.until > event.time:
-                group.last_alert = micros(active.since)
-                return []
+            group.last_alert = micros(active.since)
+            return []
         group.last_alert = now
         out: list[Decision] = []
         ban_until, reason = None, None
         if rule.actions.ban is not None:
-            ban, reason = self._ban(rule, event)
+            ban, reason = self._ban(rule, event, active)
             if ban is not None:
                 out.append(ban)
                 ban_until = ban.until
-            elif reason is None and event.ip is not None:
-                active = self.store.active_ban(str(event.ip))
-                ban_until = active.until if active else None
+            elif reason is None and active is not None:
+                ban_until = active.until
         alert = Alert(
             rule=rule.name, description=rule.description, severity=rule.severity,
             time=event.time, key=self._key_fields(c.group, event),
@@ -506,7 +527,9 @@ class Detector:
             users=users, kinds=kinds, samples=group.samples)
         return [alert, *out]
 
-    def _ban(self, rule: Rule, event: Event) -> tuple[Ban | None, str | None]:
+    def _ban(self, rule: Rule, event: Event, active: BanRow | None
+             ) -> tuple[Ban | None, str | None]:
+        """A ban for the event's address, or why there is none (``active``: its ban now)."""
         assert rule.actions.ban is not None
         if rule.simulate:
             return None, "simulate mode"
@@ -522,7 +545,6 @@ class Detector:
         seconds = rule.actions.ban.duration.total_seconds() * self.settings.ban_factor ** min(level, 64)
         duration = timedelta(seconds=min(seconds, self.settings.ban_max.total_seconds()))
         until = event.time + duration
-        active = self.store.active_ban(ip)
         if active is not None and active.until >= until:
             return None, None  # already banned for longer: no second line in the feed
         self.store.record_ban(ip, rule.name, event.time, until, level)
