@@ -47,7 +47,7 @@ def render_events(events: list[Event]) -> bytes:
     return pickle.dumps([e.to_row() for e in events], protocol=pickle.HIGHEST_PROTOCOL)
 
 
-class _Range:
+class Head:
     """A binary stream that ends at ``end`` (a line start), for the part before a cut."""
 
     def __init__(self, stream: BinaryIO, end: int) -> None:
@@ -115,17 +115,23 @@ def _jellyfin(parser: StreamParser) -> JellyfinParser | None:
     return sole if isinstance(sole, JellyfinParser) else None
 
 
-@dataclass(slots=True)
-class _Helper:
-    pid: int
-    cut: int
-    result: IO[bytes]
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Where a file can be parsed in two parts (a line start at a quiet point), and how
+    a parser resumes there."""
+
+    offset: int
+    learnt: tuple[str, bool]
+    last_hit_line: str | None
 
 
-def _start_helper(fh: BinaryIO, size: int, fmt: str, ctx: StreamContext,
-                  render: Render, share: float) -> _Helper | None:
-    """Fork a helper for the second half of a large Jellyfin file, or return None."""
-    if size < SPLIT_MIN_BYTES or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+def plan_cut(fh: BinaryIO, fmt: str, ctx: StreamContext, share: float) -> Cut | None:
+    """
+    A quiet point about ``share`` of the way into a large file-sink Jellyfin log, or
+    None when the file is small, another format, or has no quiet stretch there.
+    """
+    size = os.fstat(fh.fileno()).st_size
+    if size < SPLIT_MIN_BYTES or not os.path.isfile(fh.name):
         return None
     probe = create_parser(fmt, ctx)
     head = fh.read(_PROBE_BYTES)
@@ -141,23 +147,45 @@ def _start_helper(fh: BinaryIO, size: int, fmt: str, ctx: StreamContext,
     window = fh.read(_WINDOW_BYTES)
     fh.seek(0)
     found = quiet_cut(window, max(0, target - low))
-    if found is None:
+    return None if found is None else Cut(low + found[0], learnt, found[1])
+
+
+def resumed_parser(fmt: str, ctx: StreamContext, cut: Cut) -> StreamParser:
+    """A parser that reads on from ``cut`` exactly as one that read up to it would."""
+    parser = create_parser(fmt, ctx)
+    resumed = parser.start_as("jellyfin") if isinstance(parser, AutoParser) else parser
+    assert isinstance(resumed, JellyfinParser)
+    resumed.resume(cut.learnt, cut.last_hit_line)
+    return parser
+
+
+@dataclass(slots=True)
+class _Helper:
+    pid: int
+    cut: int
+    result: IO[bytes]
+
+
+def _start_helper(fh: BinaryIO, fmt: str, ctx: StreamContext, render: Render,
+                  share: float) -> _Helper | None:
+    """Fork a helper for the part of a large Jellyfin file after a cut, or return None."""
+    if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
         return None
-    cut, last_hit_line = low + found[0], found[1]
+    cut = plan_cut(fh, fmt, ctx, share)
+    if cut is None:
+        return None
     result = tempfile.TemporaryFile()  # noqa: SIM115 - _finish_helper closes it
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
-        return _Helper(pid, cut, result)
+        return _Helper(pid, cut.offset, result)
     status = 1
     try:  # the helper: parse from the cut, hand the result over, never return
-        parser = create_parser(fmt, ctx)
-        resumed = parser.start_as("jellyfin") if isinstance(parser, AutoParser) else parser
-        assert isinstance(resumed, JellyfinParser)
-        resumed.resume(learnt, last_hit_line)
+        parser = resumed_parser(fmt, ctx, cut)
         stats = LineStats()
-        events = parse_stream(_From(fh.fileno(), cut), parser, stats) + parser.flush(force=True)
+        events = parse_stream(_From(fh.fileno(), cut.offset), parser, stats) + \
+            parser.flush(force=True)
         count_kinds(events, stats)
         pickle.dump((stats, render(events)), result, protocol=pickle.HIGHEST_PROTOCOL)
         result.flush()
@@ -215,16 +243,14 @@ def read_pieces(files: Sequence[str], fmt: str, tz: tzinfo, stats: LineStats,
 
 def _read_file(fh: BinaryIO, fmt: str, ctx: StreamContext, parser: StreamParser,
                stats: LineStats, render: Render, share: float) -> Iterator[Piece]:
-    size = os.fstat(fh.fileno()).st_size
-    helper = _start_helper(fh, size, fmt, ctx, render, share) \
-        if os.path.isfile(fh.name) else None
+    helper = _start_helper(fh, fmt, ctx, render, share)
     if helper is None:
         events = parse_stream(fh, parser, stats) + parser.flush(force=True)
         count_kinds(events, stats)
         yield events
         return
     try:
-        events = parse_stream(_Range(fh, helper.cut), parser, stats) + parser.flush(force=True)
+        events = parse_stream(Head(fh, helper.cut), parser, stats) + parser.flush(force=True)
         count_kinds(events, stats)
         yield events
     except BaseException:

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
@@ -184,17 +183,24 @@ def test_replay_of_files_out_of_order_equals_replay_in_order(tmp_path: Path,
     assert _decisions(reversed_) == _decisions(in_order) == _decisions(sorted_first)
 
 
-@pytest.fixture
-def pipe_small(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pipe events from a helper from 1 MiB of input on."""
+@pytest.fixture(params=["helper only", "own part"])
+def pipe_small(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """
+    Hand events over from a helper from 1 MiB of input on; with "own part", this
+    process parses the last part of a file from 1 MiB on (otherwise from 1 TiB).
+    """
     monkeypatch.setattr(piped, "PIPE_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(batch, "SPLIT_MIN_BYTES", 1 << 20 if request.param == "own part" else 1 << 40)
+    return str(request.param)
 
 
-def test_piped_events_are_what_one_parser_gives(big_log: Path, pipe_small: None) -> None:
+def test_piped_events_are_what_one_parser_gives(big_log: Path, pipe_small: str) -> None:
     serial, serial_stats = _serial(big_log)
     stats = LineStats()
     pieces = list(piped.stream_events([str(big_log)], "auto", UTC, stats))
     assert len(pieces) > 2 and piped.START_OVER not in pieces  # in pieces, from the helper
+    own_part = len(pieces[-1]) > len(serial) // 5  # the last ~30%, parsed in this process
+    assert own_part == (pipe_small == "own part")
     events = [e for p in pieces if isinstance(p, list) for e in p]
     assert [e.to_json() for e in events] == [e.to_json() for e in serial]
     assert stats == serial_stats
@@ -205,16 +211,16 @@ def _killed_after(pieces: int) -> Callable[..., None]:
     send = piped._send
     sent = [0]
 
-    def send_then_die(pipe: BinaryIO, what: str, payload: object) -> None:
+    def send_then_die(*args: object) -> None:
         if sent[0] == pieces:
             os.kill(os.getpid(), signal.SIGKILL)
         sent[0] += 1
-        send(pipe, what, payload)
+        send(*args)  # type: ignore[arg-type]
 
     return send_then_die
 
 
-def test_a_killed_pipe_helper_starts_the_stream_over(big_log: Path, pipe_small: None,
+def test_a_killed_pipe_helper_starts_the_stream_over(big_log: Path, pipe_small: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     serial, serial_stats = _serial(big_log)
     monkeypatch.setattr(piped, "_send", _killed_after(2))
@@ -227,7 +233,7 @@ def test_a_killed_pipe_helper_starts_the_stream_over(big_log: Path, pipe_small: 
     assert stats == serial_stats  # nothing of the dead helper was counted
 
 
-def test_replay_with_a_killed_helper_equals_replay_without(big_log: Path, pipe_small: None,
+def test_replay_with_a_killed_helper_equals_replay_without(big_log: Path, pipe_small: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from jfwatch.commands import replay
 
@@ -241,7 +247,7 @@ def test_replay_with_a_killed_helper_equals_replay_without(big_log: Path, pipe_s
     assert stats.read == sum(1 for _ in big_log.open())
 
 
-def test_replay_keeps_event_time_order_across_pieces(tmp_path: Path, pipe_small: None) -> None:
+def test_replay_keeps_event_time_order_across_pieces(tmp_path: Path, pipe_small: str) -> None:
     """
     Lines a little out of order (a busy server's threads) are fed in time order; a line
     far older than everything before it makes detection start over, sorted.  Both equal
