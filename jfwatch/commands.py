@@ -184,11 +184,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     cfg, _, rules = loaded
+    from jfwatch.batch import quiet_collector
+
+    quiet_collector()
     # No side effects unless asked: a throw-away state unless --state is given.
     stats = LineStats()
     decisions = replay(args.files, cfg, rules, args.format, stats, args.state)
-    for d in decisions:
-        sys.stdout.write(json.dumps(d.to_json(), ensure_ascii=False) + "\n")
+    encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every line
+    sys.stdout.writelines(encode(d.to_json()) + "\n" for d in decisions)
     alerts = Counter(d.rule for d in decisions if isinstance(d, Alert))
     bans = [d for d in decisions if isinstance(d, Ban)]
     unbans = [d for d in decisions if isinstance(d, Unban)]

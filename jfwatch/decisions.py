@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from jfwatch.durations import format_duration
@@ -78,7 +79,7 @@ class Unban:
 Decision = Alert | Ban | Unban
 
 
+@functools.lru_cache(maxsize=256)
 def format_duration_s(seconds: float) -> str:
-    from datetime import timedelta
-
+    """Cached: a replay writes thousands of decisions with a handful of durations."""
     return format_duration(timedelta(seconds=seconds))
