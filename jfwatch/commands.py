@@ -13,6 +13,7 @@ from bisect import bisect_right
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from jfwatch.config import Config, load_config
@@ -23,6 +24,9 @@ from jfwatch.events import Event
 from jfwatch.lines import LineStats
 from jfwatch.rules import Rule, load_rules
 from jfwatch.state import StateStore
+
+if TYPE_CHECKING:
+    from jfwatch.piped import Backfill
 
 
 def load_all(config_path: Path | None, rules_dir: list[Path] | None
@@ -89,7 +93,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: LineStats,
-           state: Path | None = None) -> list[Decision]:
+           state: Path | None = None, backfill: Backfill | None = None) -> list[Decision]:
     """
     The whole pipeline over files, in event time: as if every event were sorted by time
     (ties in file order) and fed to one detector.
@@ -102,9 +106,11 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
     over on everything, sorted.  With a state file, bans would be recorded twice by a
     second start, so everything is sorted first.
     """
-    from jfwatch.piped import StartOver, stream_events
+    from jfwatch.piped import Backfill, StartOver
 
     tz = ZoneInfo(cfg.timezone)
+    if backfill is None:
+        backfill = Backfill.start(files, fmt, tz)
     settings = settings_from_config(cfg)
 
     def in_memory() -> Detector:
@@ -114,7 +120,7 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
     detector = None if state else in_memory()
     release = _Release()
     decisions: list[Decision] = []
-    for piece in stream_events(files, fmt, tz, stats):
+    for piece in backfill.pieces(stats):
         if isinstance(piece, StartOver):  # the helper failed; the pieces start again
             events.clear()
             decisions.clear()
@@ -179,17 +185,23 @@ class _Release:
         return rest
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
+def cmd_replay(args: argparse.Namespace, backfill: Backfill | None = None) -> int:
+    """``backfill``: the files' parsing, started early with an unvalidated timezone."""
     loaded = _load_or_report(args)
     if isinstance(loaded, int):
+        if backfill is not None:
+            backfill.cancel()
         return loaded
     cfg, _, rules = loaded
+    if backfill is not None and backfill.tz != ZoneInfo(cfg.timezone):
+        backfill.cancel()  # parsed in the wrong zone: start again in the right one
+        backfill = None
     from jfwatch.batch import quiet_collector
 
     quiet_collector()
     # No side effects unless asked: a throw-away state unless --state is given.
     stats = LineStats()
-    decisions = replay(args.files, cfg, rules, args.format, stats, args.state)
+    decisions = replay(args.files, cfg, rules, args.format, stats, args.state, backfill)
     encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every line
     sys.stdout.writelines(encode(d.to_json()) + "\n" for d in decisions)
     alerts = Counter(d.rule for d in decisions if isinstance(d, Alert))

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from jfwatch.config_file import DEFAULT_TIMEZONE, config_path
 from jfwatch.durations import Duration
 from jfwatch.errors import ConfigError
 from jfwatch.parsers import FORMATS
 from jfwatch.yamlerrors import describe, load_yaml
 
-DEFAULT_CONFIG = Path("/etc/jfwatch/jfwatch.yml")
 PRIVATE_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
                   "169.254.0.0/16", "fc00::/7", "fe80::/10"]
 
@@ -78,7 +77,7 @@ class Config(Strict):
     """Everything ``jfwatch run`` needs; every field has a safe default."""
 
     server_name: str = "jellyfin"
-    timezone: str = "UTC"
+    timezone: str = DEFAULT_TIMEZONE
     state_dir: Path = Path("/var/lib/jfwatch")
     rules_dirs: list[Path] = [Path("/etc/jfwatch/rules.d")]
     sources: list[SourceConfig] = [SourceConfig(path="/var/log/jellyfin/log_*.log")]
@@ -122,9 +121,7 @@ class Config(Strict):
 
 def load_config(path: Path | None) -> tuple[Config, Path | None]:
     """Load and validate a config file; None means the built-in defaults."""
-    if path is None:
-        env = os.environ.get("JFWATCH_CONFIG")
-        path = Path(env) if env else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = config_path(path)
     if path is None:
         return Config(), None
     try:

@@ -229,7 +229,12 @@ class Detector:
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
         self._steps = self._index_rules()
-        self._groups: OrderedDict[tuple[str, str], _Group] = OrderedDict()
+        # Groups by key text, then rule: the rules that group an event by the same key
+        # share one look-up per event.  Least recently active keys first: when there
+        # are more than max_groups groups, the oldest key goes with all its groups.
+        self._groups: OrderedDict[str, dict[str, _Group]] = OrderedDict()
+        self._group_count = 0
+        self._touched: dict[str, dict[str, _Group]] = {}  # this event's keys, looked up
         # Group key texts per (address, user): attackers repeat themselves, and the
         # texts are built once instead of for every event.
         self._keys: dict[tuple[IPAddress | None, str | None], dict[tuple[str, ...], str]] = {}
@@ -272,7 +277,7 @@ class Detector:
 
     @property
     def tracked_groups(self) -> int:
-        return len(self._groups)
+        return self._group_count
 
     # -- public -----------------------------------------------------------------
     def feed(self, event: Event) -> list[Decision]:
@@ -286,6 +291,7 @@ class Detector:
         if not steps:
             return out
         now = (event.time - _EPOCH) // _MICROSECOND  # micros(), inlined: once per event
+        self._touched.clear()
         keys = self._event_keys(event)
         for step in steps:
             key = keys.get(step.group)
@@ -353,17 +359,25 @@ class Detector:
     # -- rules ------------------------------------------------------------------
 
     def _group(self, rule: str, key: str, create: bool) -> _Group | None:
-        slot = (rule, key)
-        group = self._groups.get(slot)
-        if group is not None:
-            self._groups.move_to_end(slot)
-            return group
-        if not create:
-            return None
-        group = self._groups[slot] = _Group()
-        if len(self._groups) > self.settings.max_groups:
-            self._groups.popitem(last=False)
-            self.evictions += 1
+        rules = self._touched.get(key)
+        if rules is None:
+            rules = self._groups.get(key)
+            if rules is not None:
+                self._groups.move_to_end(key)
+            elif create:
+                rules = self._groups[key] = {}
+            else:
+                return None
+            self._touched[key] = rules
+        group = rules.get(rule)
+        if group is None and create:
+            group = rules[rule] = _Group()
+            self._group_count += 1
+            while self._group_count > self.settings.max_groups and len(self._groups) > 1:
+                oldest, evicted = self._groups.popitem(last=False)
+                self._touched.pop(oldest, None)
+                self._group_count -= len(evicted)
+                self.evictions += len(evicted)
         return group
 
     def _trigger(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:

@@ -43,12 +43,13 @@ from jfwatch.batch import (
 from jfwatch.events import Event, EventRow
 from jfwatch.lines import LineStats, context_for
 from jfwatch.parsers import create_parser
+from jfwatch.parsers._common import StreamContext
 
 # Below this much input, forking costs more than it saves.
 PIPE_MIN_BYTES = 4 << 20
 # How much of a large last file this process parses itself: about what makes its own
 # share (that part plus detecting everything) take as long as the helper's parsing.
-OWN_SHARE = 0.3
+OWN_SHARE = 0.2
 _OFFSET = struct.Struct("<q")  # the spool's end after each piece; -1: the helper is done
 
 
@@ -62,67 +63,138 @@ class StartOver:
 START_OVER = StartOver()
 
 
+class Backfill:
+    """
+    Files being parsed for a replay: ``start`` forks the helper at once (``replay``
+    starts it before its own heavy imports), ``pieces`` hands the events over.
+    """
+
+    def __init__(self, files: Sequence[str], fmt: str, tz: tzinfo,
+                 proxy_token_failures: bool) -> None:
+        self.files, self.fmt, self.tz = list(files), fmt, tz
+        self.proxy_token_failures = proxy_token_failures
+        self._pid: int | None = None
+        self._notes = -1  # the pipe's read end
+        self._spool: BinaryIO | None = None
+        self._cut: Cut | None = None
+
+    @classmethod
+    def start(cls, files: Sequence[str], fmt: str, tz: tzinfo,
+              proxy_token_failures: bool = False) -> Backfill:
+        """Fork the helper, unless the input is small, standard input or unreadable
+        (then ``pieces`` parses here, and reports an unreadable file)."""
+        self = cls(files, fmt, tz, proxy_token_failures)
+        if not _worth_a_helper(self.files):
+            return self
+        try:
+            for name in self.files:
+                with open(name, "rb"):
+                    pass
+            with open(self.files[-1], "rb") as fh:
+                self._cut = plan_cut(fh, fmt, self._context(self.files[-1]), 1 - OWN_SHARE)
+        except OSError:
+            return self
+        self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _finish
+        read_end, write_end = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            self._helper(write_end)  # never returns
+        os.close(write_end)
+        self._pid, self._notes = pid, read_end
+        return self
+
+    def _context(self, name: str) -> StreamContext:
+        return context_for(name, self.tz, proxy_token_failures=self.proxy_token_failures)
+
+    def cancel(self) -> None:
+        """Stop the helper and forget what it parsed (the caller will not read it)."""
+        self._finish(stop=True)
+
+    def pieces(self, stats: LineStats) -> Iterator[list[Event] | StartOver]:
+        """
+        Every file's events in file order, in pieces; ``stats`` gets the counts once
+        all is read.  After a ``START_OVER`` everything is parsed here.
+        """
+        if self._pid is None or self._spool is None:
+            yield from _here(self.files, self.fmt, self.tz, stats, self.proxy_token_failures)
+            return
+        helper_stats: LineStats | None = None
+        try:
+            own_stats = LineStats()
+            own: list[Event] = []
+            if self._cut is not None:  # the last part of the last file, parsed here meanwhile
+                parser = resumed_parser(self.fmt, self._context(self.files[-1]), self._cut)
+                with open(self.files[-1], "rb") as fh:
+                    fh.seek(self._cut.offset)
+                    own = parse_stream(fh, parser, own_stats) + parser.flush(force=True)
+                count_kinds(own, own_stats)
+            with os.fdopen(self._notes, "rb", buffering=0) as notes:
+                self._notes = -1
+                for payload in _spooled(notes, self._spool):
+                    if isinstance(payload, LineStats):
+                        helper_stats = payload
+                        break
+                    yield list(map(Event.from_row, payload))
+        finally:
+            status = self._finish(stop=helper_stats is None)
+        if helper_stats is not None and status == 0:
+            stats.add(helper_stats)
+            stats.add(own_stats)
+            if own:
+                yield own
+            return
+        yield START_OVER
+        yield from _here(self.files, self.fmt, self.tz, stats, self.proxy_token_failures)
+
+    def _finish(self, stop: bool) -> int:
+        """Reap the helper (killing it first if ``stop``); its exit status."""
+        status = 0
+        if self._pid is not None:
+            if stop:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._pid, signal.SIGKILL)  # no one will read what it parses
+            _, status = os.waitpid(self._pid, 0)
+            self._pid = None
+        if self._notes >= 0:
+            os.close(self._notes)
+            self._notes = -1
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        return status
+
+    def _helper(self, notify: int) -> None:
+        """The helper: parse the files (the last one up to the cut), spool each block's
+        events, announce each, then the counts."""
+        assert self._spool is not None
+        spool, cut, status = self._spool, self._cut, 1
+        try:
+            stats = LineStats()
+            for i, name in enumerate(self.files):
+                parser = create_parser(self.fmt, self._context(name))
+                with open(name, "rb") as fh:
+                    own = cut is not None and i == len(self.files) - 1
+                    source = Head(fh, cut.offset) if own and cut is not None else fh
+                    for events in iter_parse(source, parser, stats):
+                        count_kinds(events, stats)
+                        _send(notify, spool, "events", [e.to_row() for e in events])
+                    final = parser.flush(force=True)
+                    count_kinds(final, stats)
+                    _send(notify, spool, "events", [e.to_row() for e in final])
+            _send(notify, spool, "stats", stats)
+            status = 0
+        finally:
+            os._exit(status)
+
+
 def stream_events(files: Sequence[str], fmt: str, tz: tzinfo, stats: LineStats,
                   proxy_token_failures: bool = False
                   ) -> Iterator[list[Event] | StartOver]:
-    """
-    Every file's events in file order, in pieces, parsed by a helper process while the
-    caller works on the pieces already here.  ``stats`` gets the counts once all is
-    read.  Standard input, small inputs and machines with one core are parsed here
-    (``read_pieces``), as is everything after a ``START_OVER``.
-    """
-    if not _worth_a_helper(files):
-        yield from _here(files, fmt, tz, stats, proxy_token_failures)
-        return
-    for name in files:  # an unreadable file is the user's error, reported from here
-        try:
-            with open(name, "rb"):
-                pass
-        except OSError as exc:
-            raise SystemExit(f"jfwatch: cannot read {name}: {exc.strerror}") from exc
-    last_ctx = context_for(files[-1], tz, proxy_token_failures=proxy_token_failures)
-    with open(files[-1], "rb") as fh:
-        cut = plan_cut(fh, fmt, last_ctx, 1 - OWN_SHARE)
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
-    read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        _helper(write_end, spool, files, fmt, tz, proxy_token_failures, cut)  # never returns
-    os.close(write_end)
-    done = False
-    try:
-        own_stats = LineStats()
-        own: list[Event] = []
-        if cut is not None:  # the last part of the last file, parsed here meanwhile
-            parser = resumed_parser(fmt, last_ctx, cut)
-            with open(files[-1], "rb") as fh:
-                fh.seek(cut.offset)
-                own = parse_stream(fh, parser, own_stats) + parser.flush(force=True)
-            count_kinds(own, own_stats)
-        helper_stats: LineStats | None = None
-        with os.fdopen(read_end, "rb", buffering=0) as pipe:
-            for payload in _spooled(pipe, spool):
-                if isinstance(payload, LineStats):
-                    helper_stats = payload
-                    break
-                yield list(map(Event.from_row, payload))
-        done = helper_stats is not None
-    finally:
-        if not done:
-            _stop(pid)
-        _, status = os.waitpid(pid, 0)
-        spool.close()
-    if helper_stats is not None and status == 0:
-        stats.add(helper_stats)
-        stats.add(own_stats)
-        if own:
-            yield own
-        return
-    yield START_OVER
-    yield from _here(files, fmt, tz, stats, proxy_token_failures)
+    """``Backfill.start(...).pieces(stats)``: the events of every file, in pieces."""
+    return Backfill.start(files, fmt, tz, proxy_token_failures).pieces(stats)
 
 
 def _worth_a_helper(files: Sequence[str]) -> bool:
@@ -172,36 +244,6 @@ def _read_exactly(pipe: BinaryIO, size: int) -> bytes | None:
             return None
         data += more
     return data
-
-
-def _stop(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)  # no one will read what it parses
-
-
-def _helper(notify: int, spool: BinaryIO, files: Sequence[str], fmt: str, tz: tzinfo,
-            proxy_token_failures: bool, cut: Cut | None) -> None:
-    """The helper: parse the files (the last one up to ``cut``), spool each block's
-    events, announce each, then the counts."""
-    status = 1
-    try:
-        stats = LineStats()
-        for i, name in enumerate(files):
-            ctx = context_for(name, tz, proxy_token_failures=proxy_token_failures)
-            parser = create_parser(fmt, ctx)
-            with open(name, "rb") as fh:
-                own = cut is not None and i == len(files) - 1
-                source = Head(fh, cut.offset) if own and cut is not None else fh
-                for events in iter_parse(source, parser, stats):
-                    count_kinds(events, stats)
-                    _send(notify, spool, "events", [e.to_row() for e in events])
-                final = parser.flush(force=True)
-                count_kinds(final, stats)
-                _send(notify, spool, "events", [e.to_row() for e in final])
-        _send(notify, spool, "stats", stats)
-        status = 0
-    finally:
-        os._exit(status)
 
 
 def _send(notify: int, spool: BinaryIO, what: str, payload: object) -> None:

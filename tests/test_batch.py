@@ -273,3 +273,30 @@ def test_replay_keeps_event_time_order_across_pieces(tmp_path: Path, pipe_small:
                               state=tmp_path / name / "state.db")
         assert streamed, f"{name}: the log raised nothing"
         assert _decisions(streamed) == _decisions(sorted_first), name
+
+
+def test_replay_command_with_its_early_helper(big_log: Path, tmp_path: Path) -> None:
+    """
+    ``jfwatch replay`` forks its parsing helper before it validates the config: the
+    output equals the pipeline's without it, and a bad config still only yields its
+    errors (the helper is stopped, nothing is printed on stdout).
+    """
+    from jfwatch.commands import replay
+
+    config = tmp_path / "jfwatch.yml"
+    config.write_text("timezone: Europe/Berlin\nrules_dirs: []\n")
+    assert big_log.stat().st_size >= piped.PIPE_MIN_BYTES  # the command forks a helper
+    proc = subprocess.run([sys.executable, "-m", "jfwatch", "replay", "--config", str(config),
+                           str(big_log)], capture_output=True, text=True, timeout=300, check=True)
+    cfg = Config(timezone="Europe/Berlin", rules_dirs=[])
+    expected = replay([str(big_log)], cfg, load_rules([]), "auto", LineStats())
+    assert expected, "the log raised nothing"
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == \
+        [json.loads(json.dumps(d.to_json())) for d in expected]
+
+    config.write_text("timezone: Europe/Berlin\nmax_groups: -5\n")
+    bad = subprocess.run([sys.executable, "-m", "jfwatch", "replay", "--config", str(config),
+                          str(big_log)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert f"{config}:2" in bad.stderr and "max_groups" in bad.stderr
