@@ -146,10 +146,6 @@ def _netset(values: list[str], settings: DetectorSettings) -> NetSet:
     return _shared_netset(tuple(out))
 
 
-def _holds(narrowed: Narrowed, event: Event) -> bool:
-    return narrowed is True or (narrowed is not False and narrowed(event))
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -196,10 +192,14 @@ class _CompiledRule:
 
     rule: Rule
     name: str
-    group: tuple[str, ...]  # group_by, sorted: the key into the per-event key table
+    group_by: tuple[str, ...]  # sorted
+    group: str  # group_by joined by "|": the key into the per-event key table
     handler: Callable[[_Step, Event, str, int], list[Decision]]
     window: int
     cooldown: int
+    threshold: int
+    distinct: str | None
+    first_count: int  # sequence rules: first-step events needed
     # Until last_alert + idle no event can count towards the next alert (0: no such
     # stretch, the cooldown is not longer than the window).
     idle: int
@@ -211,7 +211,7 @@ class _Step:
 
     c: _CompiledRule
     name: str  # the rule's, with group and handler: read for every event
-    group: tuple[str, ...]
+    group: str
     handler: Callable[[_Step, Event, str, int], list[Decision]]
     reset: Narrowed  # this kind clears the group
     match: Narrowed  # this kind goes to the handler (a sequence: ``first`` or ``then``)
@@ -237,7 +237,7 @@ class Detector:
         self._touched: dict[str, dict[str, _Group]] = {}  # this event's keys, looked up
         # Group key texts per (address, user): attackers repeat themselves, and the
         # texts are built once instead of for every event.
-        self._keys: dict[tuple[IPAddress | None, str | None], dict[tuple[str, ...], str]] = {}
+        self._keys: dict[tuple[IPAddress | None, str | None], dict[str, str]] = {}
         self.evictions = 0
         self.now: datetime | None = None
         # The earliest ban end, cached: asking SQLite on every event costs a query each.
@@ -247,8 +247,11 @@ class Detector:
         handler = {"threshold": self._threshold, "new_value": self._new_value,
                    "trigger": self._trigger, "sequence": self._sequence}[rule.type]
         window, cooldown = micros(rule.window), micros(rule.cooldown)
-        return _CompiledRule(rule, rule.name, tuple(sorted(set(rule.group_by))), handler,
-                             window, cooldown, max(0, cooldown - window))
+        first_count = rule.first.count if rule.first is not None else 0
+        group_by = tuple(sorted(set(rule.group_by)))
+        return _CompiledRule(rule, rule.name, group_by, "|".join(group_by), handler,
+                             window, cooldown, rule.threshold, rule.distinct, first_count,
+                             max(0, cooldown - window))
 
     def _index_rules(self) -> dict[str, list[_Step]]:
         """For each kind, the rules its events can concern, narrowed to that kind."""
@@ -310,7 +313,7 @@ class Detector:
                     out += decisions
         return out
 
-    def _event_keys(self, event: Event) -> dict[tuple[str, ...], str]:
+    def _event_keys(self, event: Event) -> dict[str, str]:
         """
         The group key text of one event for every group_by combination, shared by all
         rules; a combination whose field is missing is absent.
@@ -320,16 +323,16 @@ class Detector:
         if keys is not None:
             return keys
         ip = event.ip
-        keys = {(): ""}
+        keys = {"": ""}  # by group_by joined with "|" (strings hash once, tuples every time)
         if ip is not None:
             if ip.version == 6 and self.settings.ipv6_prefix < 128:
-                keys[("ip",)] = "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
+                keys["ip"] = "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
             else:
-                keys[("ip",)] = "ip=" + str(ip)
+                keys["ip"] = "ip=" + str(ip)
         if event.user is not None:
-            keys[("user",)] = "user=" + event.user.casefold()
+            keys["user"] = "user=" + event.user.casefold()
             if ip is not None:
-                keys[("ip", "user")] = f"{keys[('ip',)]}|{keys[('user',)]}"
+                keys["ip|user"] = f"{keys['ip']}|{keys['user']}"
         if len(self._keys) >= _KEYS_MAX:
             self._keys.clear()
         self._keys[pair] = keys
@@ -388,7 +391,6 @@ class Detector:
 
     def _threshold(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
-        rule = c.rule
         group = self._group(c.name, key, create=True)
         assert group is not None
         if event.kind not in group.kinds:
@@ -399,12 +401,12 @@ class Detector:
             # next alert, so none is tracked (the bulk of a long attack).
             return []
         group.sample(event.excerpt)
-        threshold = rule.threshold
+        threshold, distinct = c.threshold, c.distinct
         # Times older than the window are dropped only once there are ``threshold`` of
         # them: below that no alert is possible, counted exactly or not, and the
         # collection cannot grow past it.
-        if rule.distinct is not None:
-            value = (event.user or "").casefold() if rule.distinct == "user" else \
+        if distinct is not None:
+            value = (event.user or "").casefold() if distinct == "user" else \
                 (str(event.ip) if event.ip else "")
             if not value:
                 return []
@@ -440,7 +442,7 @@ class Detector:
             return []  # one alert per cooldown: the window slides on, nothing is said
         if group.distinct is not None:
             first = min(group.distinct.values())
-            users = tuple(sorted(group.distinct))[:10] if rule.distinct == "user" else ()
+            users = tuple(sorted(group.distinct))[:10] if distinct == "user" else ()
         else:
             assert group.times is not None
             first, users = group.times[0], ()
@@ -452,32 +454,33 @@ class Detector:
 
     def _sequence(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
-        assert c.rule.first is not None
         horizon = now - c.window
-        if _holds(step.then, event):
+        then, first_step = step.then, step.first
+        if then is True or (then is not False and then(event)):
             group = self._group(c.name, key, create=False)
             if group is None:
                 return []
             firsts = group.times
             while firsts and firsts[0] < horizon:
                 firsts.popleft()
-            if firsts is None or len(firsts) < c.rule.first.count:
+            if firsts is None or len(firsts) < c.first_count:
                 return []
             count, first = len(firsts), firsts[0]
             firsts.clear()
             group.sample(event.excerpt)
             return self._fire(c, event, now, group, count + 1, first, users=(),
                               kinds=(event.kind,))
-        if _holds(step.first, event):
+        if first_step is True or (first_step is not False and first_step(event)):
             group = self._group(c.name, key, create=True)
             assert group is not None
-            if group.times is None:
+            times = group.times
+            if times is None:
                 # Bounded for floods; large enough that the alert reports the real count.
-                group.times = deque(maxlen=max(c.rule.first.count, _SEQUENCE_MAX))
-            group.times.append(now)
+                times = group.times = deque(maxlen=max(c.first_count, _SEQUENCE_MAX))
+            times.append(now)
             group.sample(event.excerpt)
-            while group.times and group.times[0] < horizon:
-                group.times.popleft()
+            while times[0] < horizon:  # ends at the time just appended
+                times.popleft()
         return []
 
     def _new_value(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
@@ -503,7 +506,7 @@ class Detector:
     def _key_fields(self, group_by: tuple[str, ...], event: Event) -> dict[str, str]:
         """An alert's group key as fields, e.g. ``{"ip": "2001:db8::/64"}``."""
         keys = self._event_keys(event)
-        return {name: keys[(name,)].partition("=")[2] for name in group_by}
+        return {name: keys[name].partition("=")[2] for name in group_by}
 
     def _fire(self, c: _CompiledRule, event: Event, now: int, group: _Group, count: int,
               first: int, *, users: tuple[str, ...], kinds: tuple[str, ...]
@@ -531,7 +534,7 @@ class Detector:
                 ban_until = active.until
         alert = Alert(
             rule=rule.name, description=rule.description, severity=rule.severity,
-            time=event.time, key=self._key_fields(c.group, event),
+            time=event.time, key=self._key_fields(c.group_by, event),
             ip=None if event.ip is None else str(event.ip),
             user=event.user, count=count, window_seconds=rule.window.total_seconds(),
             # The same instant as the group's first event, in this event's offset.
