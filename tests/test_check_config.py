@@ -24,7 +24,7 @@ def test_all_errors_reported_with_file_and_line(tmp_path: Path) -> None:
     rules.mkdir()
     (rules / "bad.yaml").write_text("name: bad\ndescription: a bad rule\ntype: threshold\n"
                                     "threshold: zero\nwindow: 10 parsecs\ncolour: red\n")
-    (rules / "broken.yaml").write_text("name: [unclosed\n")
+    (rules / "broken.yaml").write_text("name: ok\ndescription: [unclosed\n")
     cfg = tmp_path / "jfwatch.yml"
     cfg.write_text(f"timezone: Mars/Olympus\nrules_dirs: [{rules}]\nallow: [not-a-net]\n"
                    "notify:\n  urls: ['tgram://123:SECRETTOKEN/456']\n  bogus: 1\n")
@@ -37,7 +37,7 @@ def test_all_errors_reported_with_file_and_line(tmp_path: Path) -> None:
     assert f"{rules / 'bad.yaml'}:4: threshold" in err
     assert f"{rules / 'bad.yaml'}:5: window" in err
     assert f"{rules / 'bad.yaml'}:6: colour: unknown key" in err
-    assert f"{rules / 'broken.yaml'}:" in err
+    assert f"{rules / 'broken.yaml'}:3: invalid YAML" in err
     assert "SECRETTOKEN" not in err + result.stdout
 
 
