@@ -32,7 +32,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     stats = LineStats()
     # The helper of a split file renders its JSON and hands it over: give it the smaller part.
     pieces = read_pieces(args.files, args.format, _tz(args.timezone), stats, render_json,
-                         args.token_failures, share=0.6)
+                         args.token_failures, share=0.55)
     for piece in pieces:
         if isinstance(piece, bytes):  # a helper process's JSON lines
             sys.stdout.flush()

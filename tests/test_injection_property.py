@@ -85,3 +85,36 @@ def test_console_newline_opener_is_flagged() -> None:
     events += parser.feed(CONSOLE_HEAD + "Rest of a line")
     assert [e.kind for e in events] == ["injection_suspected"]
     assert events[0].ip is None
+
+
+ODD_TEXT = st.text(alphabet=st.sampled_from(list('0123456789.:abf "\\()é\u0661\u0662\u00a0\u2028\t_-[]')),
+                   max_size=16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(users=st.lists(st.one_of(USERNAMES, ODD_TEXT), min_size=1, max_size=4),
+       ips=st.lists(st.one_of(st.just(REAL), ODD_TEXT), min_size=1, max_size=4),
+       context=st.sampled_from(["Jellyfin.Server.Implementations.Users.UserManager", "Ünï.Côdé",
+                                "A", "x_1.y", ""]),
+       thread=st.sampled_from(["[9] ", "9 ", "[\u0661] ", ""]),  # an Arabic-Indic digit
+       template=st.sampled_from(TEMPLATES))
+def test_bulk_path_equals_line_by_line(users: list[str], ips: list[str], context: str,
+                                       thread: str, template: str) -> None:
+    """
+    The bulk path (needle search plus the one-match fast path for everyday file-sink
+    lines) yields exactly the events of feeding the same lines one by one.
+    """
+    from jfwatch.parsers import feed_block
+
+    head = f"[2026-04-01 12:00:00.000 +00:00] [INF] {thread}{context}{': ' if context else ''}"
+    warm_up = FILE_HEAD + 'Authentication request for "w" has been denied (IP: "198.51.100.1").'
+    text = warm_up + "\n" + "\n".join(
+        head + template.format(u='"' + u.replace('"', '\\"') + '"', ip=f'"{ip}"')
+        for u in users for ip in ips)
+    lines = text.split("\n")
+    one_by_one = create_parser("jellyfin", context_for("log_20260401.log", UTC))
+    expected = [e for line in lines for e in one_by_one.feed(line)] + one_by_one.flush(force=True)
+    bulk = create_parser("jellyfin", context_for("log_20260401.log", UTC))
+    events, _, _ = feed_block(bulk, text.encode())
+    events += bulk.flush(force=True)
+    assert [e.to_json() for e in events] == [e.to_json() for e in expected]
