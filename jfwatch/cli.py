@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,14 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token-failures", action="store_true",
                     help="count proxy 401s outside login endpoints as token_failure")
     sp.add_argument("files", nargs="+", metavar="FILE")
-    sp.set_defaults(func=cmd_parse)
+    sp.set_defaults(func=cmd_parse, batch=True)
 
     sp = sub.add_parser("replay", help="run the whole pipeline over log files in event time")
     _config_options(sp)
     sp.add_argument("--format", choices=FORMATS, default="auto")
     sp.add_argument("--state", type=Path, help="use (and update) this state file")
     sp.add_argument("files", nargs="+", metavar="FILE")
-    sp.set_defaults(func=cmd_replay)
+    sp.set_defaults(func=cmd_replay, batch=True)
 
     sp = sub.add_parser("check-config", help="validate the config and every rule")
     _config_options(sp)
@@ -134,9 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run one command.  The batch commands (parse, replay) end the process themselves
+    when done: the interpreter would free what they built (every event and group) one
+    object at a time on the way out, about a tenth of a second, for nothing.  Their
+    output is flushed first, and state is committed as it is made.
+    """
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
+        if getattr(args, "batch", False):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(result)
     except BrokenPipeError:
         return 0
     return result
