@@ -106,6 +106,7 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
     over on everything, sorted.  With a state file, bans would be recorded twice by a
     second start, so everything is sorted first.
     """
+    from jfwatch.memory_state import MemoryState
     from jfwatch.piped import Backfill, StartOver
 
     tz = ZoneInfo(cfg.timezone)
@@ -114,7 +115,7 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
     settings = settings_from_config(cfg)
 
     def in_memory() -> Detector:
-        return Detector(rules, settings, StateStore(":memory:"))
+        return Detector(rules, settings, MemoryState())
 
     events: list[Event] = []  # every event so far, in file order: to sort or start over
     detector = None if state else in_memory()
@@ -141,7 +142,7 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
         for event in release.rest():
             decisions += detector.feed(event)
         return decisions
-    detector = Detector(rules, settings, StateStore(state if state else ":memory:"))
+    detector = Detector(rules, settings, StateStore(state) if state else MemoryState())
     for event in sorted(events, key=_time):  # stable: ties keep file order
         decisions += detector.feed(event)
     return decisions

@@ -15,17 +15,33 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from jfwatch.config import PRIVATE_RANGES, Config
 from jfwatch.decisions import Alert, Ban, Decision, Unban
 from jfwatch.events import Event, IPAddress
 from jfwatch.rules import Match, Rule
-from jfwatch.state import BanRow, StateStore
+from jfwatch.state import BanRow
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SAMPLES = 3
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
 _KEYS_MAX = 65536  # cached group-key tables (one per address and user pair)
+
+
+class DetectorState(Protocol):
+    """What the detector keeps beyond its groups: ``state.StateStore`` (SQLite, survives
+    a restart) or ``memory_state.MemoryState`` (one replay)."""
+
+    def active_ban(self, ip: str) -> BanRow | None: ...
+    def record_ban(self, ip: str, rule: str, since: datetime, until: datetime,
+                   level: int) -> None: ...
+    def remove_ban(self, ip: str) -> BanRow | None: ...
+    def expired_bans(self, now: datetime) -> list[BanRow]: ...
+    def next_expiry(self) -> datetime | None: ...
+    def ban_count(self, ip: str) -> int: ...
+    def has_values(self, rule: str, key: str) -> bool: ...
+    def remember(self, rule: str, key: str, value: str, when: datetime) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +238,8 @@ class _Step:
 class Detector:
     """Feed events in time order; collect decisions."""
 
-    def __init__(self, rules: list[Rule], settings: DetectorSettings, store: StateStore) -> None:
+    def __init__(self, rules: list[Rule], settings: DetectorSettings, store: DetectorState
+                 ) -> None:
         self.settings = settings
         self.store = store
         self._trusted = NetSet(settings.trusted_proxies)

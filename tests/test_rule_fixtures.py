@@ -5,6 +5,9 @@ it must raise and those it must not.  A rule without a fixture fails the suite.
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,7 @@ import yaml
 
 from jfwatch.commands import replay
 from jfwatch.config import Config
-from jfwatch.decisions import Alert
+from jfwatch.decisions import Alert, Ban, Unban
 from jfwatch.lines import LineStats
 from jfwatch.rules import load_rules, shipped_rules_dir
 
@@ -52,3 +55,36 @@ def test_rule_names_equal_file_names() -> None:
 def test_no_orphan_fixtures() -> None:
     """Every fixture directory belongs to a shipped rule."""
     assert sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()) == SHIPPED
+
+
+def _as_json(decisions: list[Any]) -> list[str]:
+    return [json.dumps(d.to_json(), sort_keys=True) for d in decisions]
+
+
+def _days_of_attacks(path: Path) -> Path:
+    """Bursts over four days: bans, expiries, a repeat offender's escalated ban."""
+    um = "Jellyfin.Server.Implementations.Users.UserManager"
+    lines = []
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    for days, host in ((0, 1), (0.5, 2), (3, 3), (4, 1)):  # .1 comes back after its ban
+        t = start + timedelta(days=days)
+        for i in range(9):
+            t += timedelta(seconds=20)
+            lines.append(f"[{t:%Y-%m-%d %H:%M:%S}.000 +00:00] [INF] [7] {um}: Authentication "
+                         f'request for "user{i}" has been denied (IP: "198.51.100.{host}").')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("name", [*SHIPPED, "days"])
+def test_replay_state_in_memory_equals_state_file(name: str, tmp_path: Path) -> None:
+    """A replay's throw-away state (dicts) decides exactly as the SQLite state file."""
+    log = _days_of_attacks(tmp_path / "log_20260301.log") if name == "days" else \
+        FIXTURES / name / "input.log"
+    rules = load_rules([])
+    in_memory = replay([str(log)], Config(), rules, "auto", LineStats())
+    in_file = replay([str(log)], Config(), rules, "auto", LineStats(), state=tmp_path / "s.db")
+    assert _as_json(in_memory) == _as_json(in_file)
+    if name == "days":
+        assert any(isinstance(d, Unban) for d in in_memory), "no ban expired"
+        assert any(isinstance(d, Ban) and d.level > 0 for d in in_memory), "no escalation"
