@@ -11,7 +11,9 @@ import json
 import sys
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -148,8 +150,8 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
     return decisions
 
 
-def _time(event: Event) -> datetime:
-    return event.time
+# The sort key of events (attrgetter: a C call, where a def costs a Python frame per event).
+_time: Callable[[Event], datetime] = attrgetter("time")
 
 
 class _Release:
