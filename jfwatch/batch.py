@@ -61,20 +61,20 @@ class Head:
         return data
 
 
-class _From:
+class Positional:
     """
-    Reads a file descriptor from ``start`` with pread: the helper shares its parent's
-    file offset (fork), so it must not move it, and reopening by name could open a file
-    that was rotated in since.
+    Reads a file descriptor from ``start`` (up to ``end``, if given) with pread: a
+    forked helper shares its parent's file offset, so neither may move it, and
+    reopening by name could open a file that was rotated in since.
     """
 
-    def __init__(self, fd: int, start: int) -> None:
-        self._fd, self._pos = fd, start
+    def __init__(self, fd: int, start: int, end: int | None = None) -> None:
+        self._fd, self._pos, self._end = fd, start, end
 
     def read(self, size: int = -1) -> bytes:
-        if size < 0:
-            size = max(0, os.fstat(self._fd).st_size - self._pos)
-        data = os.pread(self._fd, size, self._pos)
+        end = os.fstat(self._fd).st_size if self._end is None else self._end
+        size = max(0, end - self._pos) if size < 0 else min(size, max(0, end - self._pos))
+        data = os.pread(self._fd, size, self._pos) if size else b""
         self._pos += len(data)
         return data
 
@@ -197,7 +197,7 @@ def _start_helper(fh: BinaryIO, fmt: str, ctx: StreamContext, render: Render,
     try:  # the helper: parse from the cut, hand the result over, never return
         parser = resumed_parser(fmt, ctx, cut)
         stats = LineStats()
-        events = parse_stream(_From(fh.fileno(), cut.offset), parser, stats) + \
+        events = parse_stream(Positional(fh.fileno(), cut.offset), parser, stats) + \
             parser.flush(force=True)
         count_kinds(events, stats)
         pickle.dump((stats, render(events)), result, protocol=pickle.HIGHEST_PROTOCOL)

@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 from jfwatch.batch import (
     Cut,
-    Head,
+    Positional,
     count_kinds,
     iter_parse,
     parse_stream,
@@ -50,7 +50,7 @@ PIPE_MIN_BYTES = 4 << 20
 # How much of a large last file this process parses itself: about what makes its own
 # share (that part plus detecting everything) take as long as the helper's parsing.
 OWN_SHARE = 0.15
-_OFFSET = struct.Struct("<q")  # the spool's end after each piece; -1: the helper is done
+_OFFSET = struct.Struct("<q")  # announced through the pipe: the spool's end after a piece
 
 
 class StartOver:
@@ -77,6 +77,9 @@ class Backfill:
         self._notes = -1  # the pipe's read end
         self._spool: BinaryIO | None = None
         self._cut: Cut | None = None
+        # Opened once, here: the helper and this process read these descriptors, so a
+        # file rotated (renamed, recreated) meanwhile cannot mix two files' lines.
+        self._handles: list[BinaryIO] = []
 
     @classmethod
     def start(cls, files: Sequence[str], fmt: str, tz: tzinfo,
@@ -88,11 +91,12 @@ class Backfill:
             return self
         try:
             for name in self.files:
-                with open(name, "rb"):
-                    pass
-            with open(self.files[-1], "rb") as fh:
-                self._cut = plan_cut(fh, fmt, self._context(self.files[-1]), 1 - OWN_SHARE)
+                self._handles.append(open(name, "rb"))  # noqa: SIM115 - closed by _finish
+            last = self._handles[-1]
+            self._cut = plan_cut(last, fmt, self._context(self.files[-1]), 1 - OWN_SHARE)
+            last.seek(0)
         except OSError:
+            self._finish(stop=False)
             return self
         self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _finish
         read_end, write_end = os.pipe()
@@ -127,9 +131,8 @@ class Backfill:
             own: list[Event] = []
             if self._cut is not None:  # the last part of the last file, parsed here meanwhile
                 parser = resumed_parser(self.fmt, self._context(self.files[-1]), self._cut)
-                with open(self.files[-1], "rb") as fh:
-                    fh.seek(self._cut.offset)
-                    own = parse_stream(fh, parser, own_stats) + parser.flush(force=True)
+                own = parse_stream(Positional(self._handles[-1].fileno(), self._cut.offset),
+                                   parser, own_stats) + parser.flush(force=True)
                 count_kinds(own, own_stats)
             with os.fdopen(self._notes, "rb", buffering=0) as notes:
                 self._notes = -1
@@ -164,6 +167,9 @@ class Backfill:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+        for handle in self._handles:
+            handle.close()
+        self._handles = []
         return status
 
     def _helper(self, notify: int) -> None:
@@ -173,17 +179,15 @@ class Backfill:
         spool, cut, status = self._spool, self._cut, 1
         try:
             stats = LineStats()
-            for i, name in enumerate(self.files):
+            for i, (name, handle) in enumerate(zip(self.files, self._handles, strict=True)):
                 parser = create_parser(self.fmt, self._context(name))
-                with open(name, "rb") as fh:
-                    own = cut is not None and i == len(self.files) - 1
-                    source = Head(fh, cut.offset) if own and cut is not None else fh
-                    for events in iter_parse(source, parser, stats):
-                        count_kinds(events, stats)
-                        _send(notify, spool, "events", [e.to_row() for e in events])
-                    final = parser.flush(force=True)
-                    count_kinds(final, stats)
-                    _send(notify, spool, "events", [e.to_row() for e in final])
+                end = cut.offset if cut is not None and i == len(self.files) - 1 else None
+                for events in iter_parse(Positional(handle.fileno(), 0, end), parser, stats):
+                    count_kinds(events, stats)
+                    _send(notify, spool, "events", [e.to_row() for e in events])
+                final = parser.flush(force=True)
+                count_kinds(final, stats)
+                _send(notify, spool, "events", [e.to_row() for e in final])
             _send(notify, spool, "stats", stats)
             status = 0
         finally:

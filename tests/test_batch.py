@@ -301,3 +301,16 @@ def test_replay_command_with_its_early_helper(big_log: Path, tmp_path: Path) -> 
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert f"{config}:2" in bad.stderr and "max_groups" in bad.stderr
+
+
+def test_backfill_reads_the_files_it_started_with(big_log: Path, pipe_small: str) -> None:
+    """A log rotated (renamed, a new one created) after the helper started changes nothing."""
+    serial, serial_stats = _serial(big_log)
+    backfill = piped.Backfill.start([str(big_log)], "auto", UTC)
+    big_log.rename(big_log.with_suffix(".1"))
+    big_log.write_text('[2026-01-03 00:00:00.000 +00:00] [INF] [1] X: Authentication request for '
+                       '"new" has been denied (IP: "192.0.2.1").\n' * 1000)
+    stats = LineStats()
+    events = [e for p in backfill.pieces(stats) if isinstance(p, list) for e in p]
+    assert [e.to_json() for e in events] == [e.to_json() for e in serial]
+    assert stats == serial_stats
