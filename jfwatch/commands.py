@@ -205,7 +205,8 @@ def cmd_replay(args: argparse.Namespace, backfill: Backfill | None = None) -> in
     # No side effects unless asked: a throw-away state unless --state is given.
     stats = LineStats()
     decisions = replay(args.files, cfg, rules, args.format, stats, args.state, backfill)
-    encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every line
+    # One encoder for every line; decisions are trees, never cycles, so not checked for any.
+    encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
     sys.stdout.writelines(encode(d.to_json()) + "\n" for d in decisions)
     alerts = Counter(d.rule for d in decisions if isinstance(d, Alert))
     bans = [d for d in decisions if isinstance(d, Ban)]
