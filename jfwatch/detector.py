@@ -167,8 +167,8 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def micros(t: datetime | timedelta) -> int:
-    """A time (since the epoch) or a duration in whole microseconds: exact integer
-    arithmetic for every window and cooldown, and far cheaper than datetimes."""
+    """A time (since the epoch) or a duration in whole microseconds: windows and
+    cooldowns in exact integer arithmetic, each event's time converted once."""
     return (t - _EPOCH if isinstance(t, datetime) else t) // _MICROSECOND
 
 
