@@ -122,15 +122,14 @@ def compile_match(match: Match, settings: DetectorSettings, kind: str | None = N
     if match.user is not None:
         users = frozenset(u.casefold() for u in match.user)
         checks.append(lambda e: e.user is not None and e.user.casefold() in users)
-    if match.ip is not None:
-        inside = _netset(match.ip, settings)
-        if not inside.nets:
-            return False
-        checks.append(lambda e: e.ip is not None and e.ip in inside)
-    if match.not_ip is not None:
-        outside = _netset(match.not_ip, settings)
-        if outside.nets:
-            checks.append(lambda e: e.ip is None or e.ip not in outside)
+    inside = None if match.ip is None else _netset(match.ip, settings)
+    outside = None if match.not_ip is None else _netset(match.not_ip, settings)
+    if inside is not None and not inside.nets:
+        return False
+    if outside is not None and not outside.nets:
+        outside = None
+    if inside is not None or outside is not None:
+        checks.append(_address_check(inside, outside))
     if match.has_ip is not None:
         has_ip = match.has_ip
         checks.append(lambda e: (e.ip is not None) == has_ip)
@@ -143,6 +142,16 @@ def compile_match(match: Match, settings: DetectorSettings, kind: str | None = N
     for check in checks[1:]:
         combined = _both(combined, check)
     return combined
+
+
+def _address_check(inside: NetSet | None, outside: NetSet | None) -> Predicate:
+    """``ip`` and ``not_ip`` in one call (both are asked of every failure)."""
+    if inside is None:
+        assert outside is not None
+        return lambda e: e.ip is None or e.ip not in outside
+    if outside is None:
+        return lambda e: e.ip is not None and e.ip in inside
+    return lambda e: e.ip is not None and e.ip in inside and e.ip not in outside
 
 
 def _field_in(field: str, allowed: frozenset[str]) -> Predicate:
