@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from jfwatch.config import Config, load_config
 from jfwatch.decisions import Alert, Ban, Decision, Unban
-from jfwatch.detector import Detector, settings_from_config
+from jfwatch.detector import Detector, DetectorSettings, settings_from_config
 from jfwatch.errors import ConfigError
 from jfwatch.events import Event
 from jfwatch.lines import LineStats
@@ -108,13 +108,21 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
     over on everything, sorted.  With a state file, bans would be recorded twice by a
     second start, so everything is sorted first.
     """
-    from jfwatch.memory_state import MemoryState
-    from jfwatch.piped import Backfill, StartOver
+    from jfwatch.piped import Backfill
 
     tz = ZoneInfo(cfg.timezone)
     if backfill is None:
         backfill = Backfill.start(files, fmt, tz)
-    settings = settings_from_config(cfg)
+    try:
+        return _replay(backfill, rules, settings_from_config(cfg), stats, state)
+    finally:
+        backfill.cancel()  # a no-op once all was read; otherwise the helper is not needed
+
+
+def _replay(backfill: Backfill, rules: list[Rule], settings: DetectorSettings, stats: LineStats,
+            state: Path | None) -> list[Decision]:
+    from jfwatch.memory_state import MemoryState
+    from jfwatch.piped import StartOver
 
     def in_memory() -> Detector:
         return Detector(rules, settings, MemoryState())
