@@ -199,9 +199,9 @@ class _Group:
     last_alert: int | None = None
 
     def sample(self, excerpt: str) -> None:
-        """Keep the last _SAMPLES excerpts (one tuple built at once: this runs per event)."""
+        """Keep the last _SAMPLES excerpts (this runs for every counted event)."""
         s = self.samples
-        self.samples = (s[1], s[2], excerpt) if len(s) == _SAMPLES else (*s, excerpt)
+        self.samples = (*s[1:], excerpt) if len(s) == _SAMPLES else (*s, excerpt)
 
     def clear(self) -> None:
         if self.times is not None:
