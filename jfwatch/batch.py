@@ -118,6 +118,13 @@ def parse_stream(stream: Readable, parser: StreamParser, stats: LineStats) -> li
     return out
 
 
+def parse_to_end(stream: Readable, parser: StreamParser, stats: LineStats) -> list[Event]:
+    """Parse a stream to its end, flush what the parser holds, count lines and events."""
+    events = parse_stream(stream, parser, stats) + parser.flush(force=True)
+    count_kinds(events, stats)
+    return events
+
+
 def count_kinds(events: list[Event], stats: LineStats) -> None:
     for event in events:
         stats.events[event.kind] = stats.events.get(event.kind, 0) + 1
@@ -197,9 +204,7 @@ def _start_helper(fh: BinaryIO, fmt: str, ctx: StreamContext, render: Render,
     try:  # the helper: parse from the cut, hand the result over, never return
         parser = resumed_parser(fmt, ctx, cut)
         stats = LineStats()
-        events = parse_stream(Positional(fh.fileno(), cut.offset), parser, stats) + \
-            parser.flush(force=True)
-        count_kinds(events, stats)
+        events = parse_to_end(Positional(fh.fileno(), cut.offset), parser, stats)
         pickle.dump((stats, render(events)), result, protocol=pickle.HIGHEST_PROTOCOL)
         result.flush()
         status = 0
@@ -240,9 +245,7 @@ def read_pieces(files: Sequence[str], fmt: str, tz: tzinfo, stats: LineStats,
                           proxy_token_failures=proxy_token_failures)
         parser = create_parser(fmt, ctx)
         if name == "-":
-            events = parse_stream(sys.stdin.buffer, parser, stats) + parser.flush(force=True)
-            count_kinds(events, stats)
-            yield events
+            yield parse_to_end(sys.stdin.buffer, parser, stats)
             continue
         try:
             fh = open(name, "rb")  # noqa: SIM115 - closed below; a generator cannot hold it in a with
@@ -258,14 +261,10 @@ def _read_file(fh: BinaryIO, fmt: str, ctx: StreamContext, parser: StreamParser,
                stats: LineStats, render: Render, share: float) -> Iterator[Piece]:
     helper = _start_helper(fh, fmt, ctx, render, share)
     if helper is None:
-        events = parse_stream(fh, parser, stats) + parser.flush(force=True)
-        count_kinds(events, stats)
-        yield events
+        yield parse_to_end(fh, parser, stats)
         return
     try:
-        events = parse_stream(Head(fh, helper.cut), parser, stats) + parser.flush(force=True)
-        count_kinds(events, stats)
-        yield events
+        yield parse_to_end(Head(fh, helper.cut), parser, stats)
     except BaseException:
         _finish_helper(helper, LineStats())  # do not leave it behind
         raise
@@ -274,9 +273,7 @@ def _read_file(fh: BinaryIO, fmt: str, ctx: StreamContext, parser: StreamParser,
         yield tail
         return
     fh.seek(helper.cut)  # the helper failed: read on here, as if it had never been
-    rest = parse_stream(fh, parser, stats) + parser.flush(force=True)
-    count_kinds(rest, stats)
-    yield rest
+    yield parse_to_end(fh, parser, stats)
 
 
 def rows_to_events(payload: bytes) -> list[Event]:

@@ -51,8 +51,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     second that the helper spends parsing).  ``commands.cmd_replay`` undoes the early
     start if the validated config disagrees.
     """
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     from jfwatch.config_file import peek_timezone
     from jfwatch.piped import Backfill
 

@@ -34,7 +34,7 @@ from jfwatch.batch import (
     Positional,
     count_kinds,
     iter_parse,
-    parse_stream,
+    parse_to_end,
     plan_cut,
     read_pieces,
     resumed_parser,
@@ -131,9 +131,8 @@ class Backfill:
             own: list[Event] = []
             if self._cut is not None:  # the last part of the last file, parsed here meanwhile
                 parser = resumed_parser(self.fmt, self._context(self.files[-1]), self._cut)
-                own = parse_stream(Positional(self._handles[-1].fileno(), self._cut.offset),
-                                   parser, own_stats) + parser.flush(force=True)
-                count_kinds(own, own_stats)
+                own = parse_to_end(Positional(self._handles[-1].fileno(), self._cut.offset),
+                                   parser, own_stats)
             with os.fdopen(self._notes, "rb", buffering=0) as notes:
                 self._notes = -1
                 for payload in _spooled(notes, self._spool):
@@ -192,13 +191,6 @@ class Backfill:
             status = 0
         finally:
             os._exit(status)
-
-
-def stream_events(files: Sequence[str], fmt: str, tz: tzinfo, stats: LineStats,
-                  proxy_token_failures: bool = False
-                  ) -> Iterator[list[Event] | StartOver]:
-    """``Backfill.start(...).pieces(stats)``: the events of every file, in pieces."""
-    return Backfill.start(files, fmt, tz, proxy_token_failures).pieces(stats)
 
 
 def _worth_a_helper(files: Sequence[str]) -> bool:

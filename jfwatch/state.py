@@ -162,7 +162,6 @@ class StateStore:
                              (rule, key, value, when.isoformat()))
             return cur.rowcount == 1
 
-
     # -- housekeeping -------------------------------------------------------------
     def prune(self, now: datetime, *, outbox_days: int = 14, history_days: int = 180) -> int:
         """

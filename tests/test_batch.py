@@ -197,7 +197,7 @@ def pipe_small(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 def test_piped_events_are_what_one_parser_gives(big_log: Path, pipe_small: str) -> None:
     serial, serial_stats = _serial(big_log)
     stats = LineStats()
-    pieces = list(piped.stream_events([str(big_log)], "auto", UTC, stats))
+    pieces = list(piped.Backfill.start([str(big_log)], "auto", UTC).pieces(stats))
     assert len(pieces) > 2 and piped.START_OVER not in pieces  # in pieces, from the helper
     # The last OWN_SHARE of the file, parsed in this process, comes as the last piece.
     own_part = len(pieces[-1]) > len(serial) * piped.OWN_SHARE / 2
@@ -226,7 +226,7 @@ def test_a_killed_pipe_helper_starts_the_stream_over(big_log: Path, pipe_small: 
     serial, serial_stats = _serial(big_log)
     monkeypatch.setattr(piped, "_send", _killed_after(2))
     stats = LineStats()
-    pieces = list(piped.stream_events([str(big_log)], "auto", UTC, stats))
+    pieces = list(piped.Backfill.start([str(big_log)], "auto", UTC).pieces(stats))
     restart = pieces.index(piped.START_OVER)
     assert restart == 2  # two pieces arrived, then the helper died
     events = [e for p in pieces[restart + 1:] if isinstance(p, list) for e in p]

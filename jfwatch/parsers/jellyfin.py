@@ -402,9 +402,8 @@ class JellyfinParser:
         if m is None:
             return None
         day, clock, zone, _level, thread, _ctx, user, succeeded, disabled, ip_text = m.groups()
-        try:
-            when = datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
-        except ValueError:
+        when = _file_time(day, clock, zone)
+        if when is None:
             return None
         self._line_no += 1
         out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
@@ -420,14 +419,11 @@ class JellyfinParser:
     # -- header and time --------------------------------------------------------
     def _header(self, text: str, wrapper: str | None) -> _Header | None:
         if m := _FILE_HEADER.match(text):
-            day, clock, zone, thread = m.group("date", "time", "zone", "thread")
-            try:
-                # Serilog writes milliseconds; Python takes at most microseconds.
-                when = datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
-            except ValueError:
+            when = _file_time(*m.group("date", "time", "zone"))
+            if when is None:
                 return None
             self._date = when.date()
-            return _Header(when, "file", thread, text[m.end():])
+            return _Header(when, "file", m["thread"], text[m.end():])
         if m := _CONSOLE_HEADER.match(text):
             console_when = self._console_time(m["time"], wrapper)
             if console_when is None:
@@ -628,6 +624,15 @@ class JellyfinParser:
         while self._held and self._held[0].release_line <= self._line_no:
             out.append(self._held.popleft().event)
         return out
+
+
+def _file_time(day: str, clock: str, zone: str) -> datetime | None:
+    """The time of a file-sink header, or None if it is no real date."""
+    try:
+        # The header admits seven fraction digits (.NET ticks); Python takes six.
+        return datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
+    except ValueError:
+        return None
 
 
 def _unescape(value: str) -> str:
