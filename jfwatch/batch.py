@@ -60,6 +60,10 @@ class Head:
         self._left -= len(data)
         return data
 
+    def rewind(self, size: int) -> None:
+        self._stream.seek(-size, io.SEEK_CUR)
+        self._left += size
+
 
 class Positional:
     """
@@ -78,13 +82,16 @@ class Positional:
         self._pos += len(data)
         return data
 
+    def rewind(self, size: int) -> None:
+        self._pos -= size
+
 
 def iter_parse(stream: Readable, parser: StreamParser, stats: LineStats) -> Iterator[list[Event]]:
     """Parse a stream to its end (without the final flush), one block's events at a
     time, and count its lines."""
     for chunk in iter_chunks(stream):
         if isinstance(chunk, Block):
-            events, matched, lines = feed_block(parser, chunk.data)
+            events, matched, lines = feed_block(parser, chunk.data, chunk.end)
         else:
             decoded = [None if raw is None else decode(raw) for raw in chunk]
             valid = [line for line in decoded if line is not None]

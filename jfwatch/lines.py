@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, tzinfo
 from pathlib import Path
@@ -79,14 +80,28 @@ class Readable(Protocol):
 class Block:
     """
     Complete lines joined by newlines (no trailing newline), all valid: UTF-8, no NUL,
-    none over the cap.  Kept as bytes so that a bulk parser can search it without
-    decoding the lines it skips.
+    none over the cap: ``data[:end]``.  Kept as the bytes that were read, not a copy
+    (what follows ``end`` is the next block's, left there), so that a bulk parser can
+    search it in place without decoding the lines it skips.
     """
 
     data: bytes
+    end: int
+
+    def lines(self) -> list[str]:
+        return self.data[:self.end].decode().split("\n")
 
 
 BLOCK_BYTES = 4 << 20
+
+
+def _rewinder(stream: Readable) -> Callable[[int], object] | None:
+    """How to step a stream back by n bytes, if it can be: a block is then cut at its
+    last newline by re-reading the partial line, instead of copying the block."""
+    rewind: Callable[[int], object] | None = getattr(stream, "rewind", None)
+    if rewind is None and isinstance(stream, io.IOBase) and stream.seekable():
+        return lambda n: stream.seek(-n, io.SEEK_CUR)
+    return rewind
 
 
 def iter_chunks(stream: Readable, max_line: int = DEFAULT_MAX_LINE,
@@ -98,6 +113,10 @@ def iter_chunks(stream: Readable, max_line: int = DEFAULT_MAX_LINE,
     Block; any other block is yielded as its raw lines (None for an over-long one), so
     that bad lines are rejected one by one exactly as the line reader does.
     """
+    # Copying 4 MiB blocks (carry + data, data[:cut]) cost more than reading them: each
+    # copy is fresh memory, page-faulted in.  A seekable stream re-reads its partial
+    # last line instead.
+    rewind = _rewinder(stream)
     carry = b""
     while True:
         data = stream.read(block_bytes)
@@ -117,18 +136,23 @@ def iter_chunks(stream: Readable, max_line: int = DEFAULT_MAX_LINE,
                 continue
             carry = data
             continue
-        body, carry = data[:cut], data[cut + 1:]
-        yield from _block_or_lines(body, max_line)
+        if rewind is None:
+            carry = data[cut + 1:]
+        else:  # a carry is always the bytes just before this read: step back over both
+            carry = b""
+            if cut + 1 < len(data):
+                rewind(len(data) - cut - 1)
+        yield from _block_or_lines(data, cut, max_line)
     if carry.endswith(b"\n"):
-        carry = carry[:-1]  # complete lines left over after skipping a monster line
-        yield from _block_or_lines(carry, max_line)
+        # complete lines left over after skipping a monster line (maybe one empty line)
+        yield from _block_or_lines(carry, len(carry) - 1, max_line)
     elif carry:
-        yield from _block_or_lines(carry, max_line)
+        yield from _block_or_lines(carry, len(carry), max_line)
 
 
-def _may_hold_long_line(body: bytes, max_line: int) -> bool:
+def _may_hold_long_line(body: bytes, end: int, max_line: int) -> bool:
     """
-    Whether some line of ``body`` may be longer than ``max_line`` bytes.
+    Whether some line of ``body[:end]`` may be longer than ``max_line`` bytes.
 
     A line that long covers a whole aligned window of ``max_line // 2`` bytes, so a
     block in which every such window holds a newline has no over-long line.  This
@@ -136,21 +160,23 @@ def _may_hold_long_line(body: bytes, max_line: int) -> bool:
     """
     step = max(1, max_line // 2)
     find = body.find
-    return any(find(b"\n", at, at + step) == -1 for at in range(0, len(body) - step + 1, step))
+    return any(find(b"\n", at, at + step) == -1 for at in range(0, end - step + 1, step))
 
 
-def _block_or_lines(body: bytes, max_line: int) -> Iterator[Block | list[bytes | None]]:
-    too_long = len(body) > max_line and _may_hold_long_line(body, max_line) and \
-        max(map(len, body.split(b"\n"))) > max_line
-    if not too_long and b"\x00" not in body:
-        if body.isascii():
-            yield Block(body)
+def _block_or_lines(data: bytes, end: int, max_line: int) -> Iterator[Block | list[bytes | None]]:
+    """``data[:end]`` as one Block if every line in it is valid, else as its lines."""
+    too_long = end > max_line and _may_hold_long_line(data, end, max_line) and \
+        max(map(len, data[:end].split(b"\n"))) > max_line
+    if not too_long and data.find(b"\x00", 0, end) == -1:
+        # All ASCII is valid UTF-8; otherwise decode (without a copy) to check.
+        if data.isascii():
+            yield Block(data, end)
             return
         try:
-            body.decode("utf-8")
+            str(memoryview(data)[:end], "utf-8")
         except UnicodeDecodeError:
             pass
         else:
-            yield Block(body)
+            yield Block(data, end)
             return
-    yield [raw if len(raw) <= max_line else None for raw in body.split(b"\n")]
+    yield [raw if len(raw) <= max_line else None for raw in data[:end].split(b"\n")]

@@ -63,10 +63,11 @@ class AutoParser:
             return self._parsers[self._current.name].feed(line) if self._current else []
         return parser.feed(line)
 
-    def feed_block(self, block: bytes) -> BulkResult:
+    def feed_block(self, block: bytes, end: int | None = None) -> BulkResult:
         """Bulk-parse when the block's first and last lines all belong to one bulk-capable format."""
-        head = block[:20_000].decode(errors="ignore").split("\n")[:50]
-        tail = block[-20_000:].decode(errors="ignore").split("\n")[-50:]
+        end = len(block) if end is None else end
+        head = block[:min(end, 20_000)].decode(errors="ignore").split("\n")[:50]
+        tail = block[max(0, end - 20_000):end].decode(errors="ignore").split("\n")[-50:]
         specs = {spec.name for line in head + tail for spec in PARSERS.values() if spec.sniff(line)}
         if len(specs) == 1:
             name = specs.pop()
@@ -75,9 +76,9 @@ class AutoParser:
             bulk = getattr(self._parsers[name], "feed_block", None)
             if bulk is not None:
                 self._current = PARSERS[name]
-                result: BulkResult = bulk(block)
+                result: BulkResult = bulk(block, end)
                 return result
-        return _line_by_line(self, block.decode().split("\n"))
+        return _line_by_line(self, block[:end].decode().split("\n"))
 
     def flush(self, *, force: bool) -> list[Event]:
         return [e for p in self._parsers.values() for e in p.flush(force=force)]
@@ -107,16 +108,17 @@ def _line_by_line(parser: StreamParser, lines: list[str]) -> BulkResult:
     return BulkResult(events, matched, len(lines))
 
 
-def feed_block(parser: StreamParser, block: bytes) -> BulkResult:
+def feed_block(parser: StreamParser, block: bytes, end: int | None = None) -> BulkResult:
     """
-    Parse a block of valid lines (``lines.Block``): at once when the parser has a bulk
-    path (``feed_block``), which is what makes backfill and replay fast, else line by line.
+    Parse a block of valid lines, ``block[:end]`` (``lines.Block``): at once when the
+    parser has a bulk path (``feed_block``), which is what makes backfill and replay
+    fast, else line by line.
     """
     bulk = getattr(parser, "feed_block", None)
     if bulk is not None:
-        result: BulkResult = bulk(block)
+        result: BulkResult = bulk(block, end)
         return result
-    return _line_by_line(parser, block.decode().split("\n"))
+    return _line_by_line(parser, block[:end].decode().split("\n"))
 
 
 def feed_lines(parser: StreamParser, lines: list[str]) -> tuple[list[Event], int]:

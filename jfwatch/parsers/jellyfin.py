@@ -98,15 +98,16 @@ _NEEDLES: Final = (
 )
 
 
-def _needle_hits(block: bytes) -> list[int]:
-    """Every position of every needle in the block, in order (bytes.find is a fast search)."""
+def _needle_hits(block: bytes, end: int | None = None) -> list[int]:
+    """Every position of every needle in ``block[:end]``, in order (bytes.find is a fast search)."""
     hits: list[int] = []
     find = block.find
+    end = len(block) if end is None else end
     for needle in _NEEDLES:
-        at = find(needle)
+        at = find(needle, 0, end)
         while at != -1:
             hits.append(at)
-            at = find(needle, at + 1)
+            at = find(needle, at + 1, end)
     hits.sort()
     return hits
 
@@ -351,9 +352,9 @@ class JellyfinParser:
             self._matched_lines += 1
         return out + own
 
-    def feed_block(self, block: bytes) -> BulkResult:
+    def feed_block(self, block: bytes, size: int | None = None) -> BulkResult:
         """
-        Parse many complete lines (valid UTF-8, joined by newlines) at once.
+        Parse many complete lines (valid UTF-8, joined by newlines), ``block[:size]``, at once.
 
         Equivalent to feeding each line, but only lines holding a needle are decoded
         and looked at in Python; the rest are skipped by a few fast substring searches
@@ -364,12 +365,13 @@ class JellyfinParser:
         out: list[Event] = []
         first_line, first_matched = self._line_no, self._matched_lines
         count, find, rfind = block.count, block.find, block.rfind
-        pos, size = 0, len(block)
-        hits = _needle_hits(block)
+        pos = 0
+        size = len(block) if size is None else size
+        hits = _needle_hits(block, size)
         i, n_hits = 0, len(hits)
         while pos <= size:
             if self._style is None or self._opener is not None:
-                end = find(b"\n", pos)
+                end = find(b"\n", pos, size)
                 end = size if end == -1 else end
                 out += self.feed(block[pos:end].decode())
                 pos = end + 1
@@ -377,14 +379,14 @@ class JellyfinParser:
             while i < n_hits and hits[i] < pos:
                 i += 1  # a second needle on a line already parsed
             if i == n_hits:
-                self._line_no += count(b"\n", pos) + 1
+                self._line_no += count(b"\n", pos, size) + 1
                 out += self._age_held()
                 break
             at = hits[i]
             newline = rfind(b"\n", pos, at)
             start = pos if newline == -1 else newline + 1
             self._line_no += count(b"\n", pos, start)
-            end = find(b"\n", at)
+            end = find(b"\n", at, size)
             end = size if end == -1 else end
             line = block[start:end].decode()
             fast = self._fast_auth(line) if self._quoted and self._style == "file" else None
