@@ -13,7 +13,7 @@ import functools
 import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -69,22 +69,20 @@ class NetSet:
 
     def __init__(self, nets: Iterable[Network]) -> None:
         self.nets = tuple(nets)
-        self._cache: dict[IPAddress, bool] = {}
-        self._last_ip: object = None
-        self._last_hit = False
+        # By the address object's id, with the object itself (alive, so its id stays
+        # its own): an address hashes in Python code, an int in C.
+        self._cache: dict[int, tuple[object, bool]] = {}
 
     def __contains__(self, ip: object) -> bool:
-        if ip is self._last_ip:  # several rules ask about the same event's address in a row
-            return self._last_hit
+        cached = self._cache.get(id(ip))
+        if cached is not None and cached[0] is ip:
+            return cached[1]
         if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
             return False
-        hit = self._cache.get(ip)
-        if hit is None:
-            hit = any(ip.version == n.version and ip in n for n in self.nets)
-            if len(self._cache) >= self._CACHE_MAX:
-                self._cache.clear()
-            self._cache[ip] = hit
-        self._last_ip, self._last_hit = ip, hit
+        hit = any(ip.version == n.version and ip in n for n in self.nets)
+        if len(self._cache) >= self._CACHE_MAX:
+            self._cache.clear()
+        self._cache[id(ip)] = (ip, hit)
         return hit
 
 
@@ -115,10 +113,10 @@ def compile_match(match: Match, settings: DetectorSettings, kind: str | None = N
     if match.kind is not None and kind is None:
         kinds = frozenset(str(k) for k in match.kind)
         checks.append(lambda e: e.kind in kinds)
-    for field in ("source", "service", "origin"):
-        allowed: list[str] | None = getattr(match, field)
+    for name in ("source", "service", "origin"):
+        allowed: list[str] | None = getattr(match, name)
         if allowed is not None:
-            checks.append(_field_in(field, frozenset(allowed)))
+            checks.append(_field_in(name, frozenset(allowed)))
     if match.user is not None:
         users = frozenset(u.casefold() for u in match.user)
         checks.append(lambda e: e.user is not None and e.user.casefold() in users)
@@ -194,14 +192,16 @@ class _Group:
 
     times: deque[int] | None = None
     distinct: dict[str, int] | None = None
-    samples: tuple[str, ...] = ()
+    samples: list[str] = field(default_factory=list)
     kinds: tuple[str, ...] = ()
     last_alert: int | None = None
 
     def sample(self, excerpt: str) -> None:
         """Keep the last _SAMPLES excerpts (this runs for every counted event)."""
-        s = self.samples
-        self.samples = (*s[1:], excerpt) if len(s) == _SAMPLES else (*s, excerpt)
+        samples = self.samples
+        samples.append(excerpt)
+        if len(samples) > _SAMPLES:
+            del samples[0]
 
     def clear(self) -> None:
         if self.times is not None:
@@ -567,7 +567,7 @@ class Detector:
             first_time=event.time - (now - first) * _MICROSECOND, last_time=event.time,
             tags=tuple(rule.actions.notify.tags) if rule.actions.notify else (),
             simulate=rule.simulate, ban_until=ban_until, not_banned_reason=reason,
-            users=users, kinds=kinds, samples=group.samples)
+            users=users, kinds=kinds, samples=tuple(group.samples))
         return [alert, *out]
 
     def _ban(self, rule: Rule, event: Event, active: BanRow | None
