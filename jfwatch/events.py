@@ -72,7 +72,8 @@ class Event:
         parts = _FIXED_PARTS.get(fixed)
         if parts is None:
             parts = _fixed_parts(fixed)
-        ip = "null" if self.ip is None else f'"{self.ip}"'
+        # str(), not a format field: an address formats through a Python __format__.
+        ip = "null" if self.ip is None else '"' + str(self.ip) + '"'
         user = "null" if self.user is None else _enc(self.user)
         return (f'{{"time": "{self.time.isoformat()}", {parts[0]}"ip": {ip}, "user": {user}, '
                 f'{parts[1]}"excerpt": {_enc(self.excerpt)}}}')

@@ -91,8 +91,12 @@ ODD_TEXT = st.text(alphabet=st.sampled_from(list('0123456789.:abf "\\()é\u0661\
                    max_size=16)
 
 
+# Around the 128 characters a username is cut to, with and without a space.
+LONG_NAMES = st.text(alphabet="ab ", min_size=126, max_size=131)
+
+
 @settings(max_examples=300, deadline=None)
-@given(users=st.lists(st.one_of(USERNAMES, ODD_TEXT), min_size=1, max_size=4),
+@given(users=st.lists(st.one_of(USERNAMES, ODD_TEXT, LONG_NAMES), min_size=1, max_size=4),
        ips=st.lists(st.one_of(st.just(REAL), ODD_TEXT), min_size=1, max_size=4),
        context=st.sampled_from(["Jellyfin.Server.Implementations.Users.UserManager", "Ünï.Côdé",
                                 "A", "x_1.y", ""]),

@@ -411,12 +411,17 @@ class JellyfinParser:
         out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
         self._date = when.date()
         self._matched_lines += 1
-        # The message starts where the template does: at the prefix before the quoted name.
-        header = _Header(when, "file", thread, line[m.start("user") - len(_AUTH_PREFIX) - 1:])
+        # What follows needs the header's time only (the message is the template's).
+        header = _Header(when, "file", thread, "")
         if succeeded:
             return out + self._success(header, line, user)
         kind, name = (EventKind.AUTH_BLOCKED, "disabled") if disabled else (EventKind.AUTH_FAILURE, "denied")
-        return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
+        if _looks_forged(user):
+            return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
+        # _failure of a plain username, written out: the most frequent event of all.
+        out.append(Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),
+                         clean_user(user), None, None, None, None, excerpt(line)))
+        return out
 
     # -- header and time --------------------------------------------------------
     def _header(self, text: str, wrapper: str | None) -> _Header | None:
@@ -558,7 +563,7 @@ class JellyfinParser:
 
     def _injection_hint(self, header: _Header, line: str, user: str,
                         ip: IPAddress | None) -> list[Event]:
-        if not _FORGERY_HINT.search(user):
+        if not _looks_forged(user):
             return []
         return [self._event(header, line, "injection", EventKind.INJECTION_SUSPECTED, ip=ip,
                             user=user, detail="username contains log template text")]
@@ -635,6 +640,14 @@ def _file_time(day: str, clock: str, zone: str) -> datetime | None:
         return datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
     except ValueError:
         return None
+
+
+def _looks_forged(user: str) -> bool:
+    """Whether a username holds fragments of Jellyfin's templates (``_FORGERY_HINT``)."""
+    # Every fragment has a space, a parenthesis or a control character: three quick
+    # scans spare most usernames the regex.
+    return (" " in user or "(" in user or not user.isprintable()) and \
+        _FORGERY_HINT.search(user) is not None
 
 
 def _unescape(value: str) -> str:
