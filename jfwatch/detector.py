@@ -254,7 +254,10 @@ class Detector:
         self._trusted = NetSet(settings.trusted_proxies)
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
-        self._steps = self._index_rules()
+        # Per kind, each step with the fields feed() reads, unpacked in one go.
+        self._steps = {kind: [(step, step.group, step.reset, step.match, step.handler)
+                              for step in steps]
+                       for kind, steps in self._index_rules().items()}
         # Groups by key text, then rule: the rules that group an event by the same key
         # share one look-up per event.  Least recently active keys first: when there
         # are more than max_groups groups, the oldest key goes with all its groups.
@@ -322,19 +325,17 @@ class Detector:
         now = (event.time - _EPOCH) // _MICROSECOND  # micros(), inlined: once per event
         self._touched.clear()
         keys = self._event_keys(event)
-        for step in steps:
-            key = keys.get(step.group)
+        for step, group_by, reset, match, handler in steps:
+            key = keys.get(group_by)
             if key is None:
                 continue  # the event lacks a field this rule groups by
-            reset = step.reset
             if reset is not False and (reset is True or reset(event)):
                 group = self._group(step.name, key, create=False)
                 if group is not None:
                     group.clear()
                 continue
-            match = step.match
             if match is True or (match is not False and match(event)):
-                decisions = step.handler(step, event, key, now)
+                decisions = handler(step, event, key, now)
                 if decisions:
                     out += decisions
         return out
@@ -417,8 +418,12 @@ class Detector:
 
     def _threshold(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
-        group = self._group(c.name, key, create=True)
-        assert group is not None
+        # _group's first look-up, written out: most events find their key looked up.
+        rules = self._touched.get(key)
+        group = None if rules is None else rules.get(c.name)
+        if group is None:
+            group = self._group(c.name, key, create=True)
+            assert group is not None
         if event.kind not in group.kinds:
             group.kinds = (*group.kinds, event.kind)
         last = group.last_alert
@@ -426,7 +431,10 @@ class Detector:
             # Until the cooldown's end minus the window no event can count towards the
             # next alert, so none is tracked (the bulk of a long attack).
             return []
-        group.sample(event.excerpt)
+        samples = group.samples  # group.sample(), written out: once per counted event
+        samples.append(event.excerpt)
+        if len(samples) > _SAMPLES:
+            del samples[0]
         threshold, distinct = c.threshold, c.distinct
         # Times older than the window are dropped only once there are ``threshold`` of
         # them: below that no alert is possible, counted exactly or not, and the
