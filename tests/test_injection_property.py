@@ -87,7 +87,7 @@ def test_console_newline_opener_is_flagged() -> None:
     assert events[0].ip is None
 
 
-ODD_TEXT = st.text(alphabet=st.sampled_from(list('0123456789.:abf "\\()é\u0661\u0662\u00a0\u2028\t_-[]')),
+ODD_TEXT = st.text(alphabet=st.sampled_from(list('0123456789.:abf "\\()é\u0661\u0662\u00a0\u2028\t\x01\x7f_-[]')),
                    max_size=16)
 
 

@@ -131,9 +131,10 @@ _SUCCEEDED_TAIL: Final = " has succeeded."
 _FAST_FILE_AUTH = re.compile(
     _FILE_HEADER.pattern + re.escape(_AUTH_PREFIX) + r'"(?P<user>[^"\\]*)" (?:(?P<succeeded>has succeeded\.)|'
     r'has been denied (?:(?P<disabled>because this account is currently disabled) )?'
-    r'\(IP: "(?P<ip>[^\s"()\x80-\U0010ffff]+)"\)\.)$',
+    r'\(IP: "(?P<ip>[^\s"()\x00-\x1f\x7f-\U0010ffff]+)"\)\.)$',
     # ASCII classes are a quarter cheaper to match; a line with other digits, word or
     # space characters in these places simply takes the general path (which decides).
+    # Outside the username, a matching line has printable ASCII only.
     re.ASCII,
 )
 _RAW_SUCCEEDED = re.compile("^" + re.escape(_AUTH_PREFIX) + _R_VALUE + r" has succeeded\.$")
@@ -202,6 +203,7 @@ class _Header:
     style: str  # "file" or "console"
     thread: str | None
     message: str
+    printable: bool = False  # the whole line is known to hold no control character
 
 
 @dataclass(slots=True)
@@ -405,14 +407,15 @@ class JellyfinParser:
             return None
         day, clock, zone, _level, thread, _ctx, user, succeeded, disabled, ip_text = m.groups()
         when = _file_time(day, clock, zone)
-        if when is None:
-            return None
+        if when is None or not user.isprintable():
+            return None  # the general path decides (and escapes control characters)
         self._line_no += 1
         out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
         self._date = when.date()
         self._matched_lines += 1
         # What follows needs the header's time only (the message is the template's).
-        header = _Header(when, "file", thread, "")
+        # The username is printable, and so the whole line (see _FAST_FILE_AUTH).
+        header = _Header(when, "file", thread, "", printable=True)
         if succeeded:
             return out + self._success(header, line, user)
         kind, name = (EventKind.AUTH_BLOCKED, "disabled") if disabled else (EventKind.AUTH_FAILURE, "denied")
@@ -420,7 +423,7 @@ class JellyfinParser:
             return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
         # _failure of a plain username, written out: the most frequent event of all.
         out.append(Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),
-                         clean_user(user), None, None, None, None, excerpt(line)))
+                         clean_user(user), None, None, None, None, excerpt(line, printable=True)))
         return out
 
     # -- header and time --------------------------------------------------------
@@ -471,7 +474,7 @@ class JellyfinParser:
                ip: IPAddress | None = None, user: str | None = None,
                detail: str | None = None, path: str | None = None) -> Event:
         return Event(header.when, NAME, kind, _ORIGINS[pattern], "jellyfin", ip, clean_user(user),
-                     None, path, None, detail, excerpt(line))
+                     None, path, None, detail, excerpt(line, printable=header.printable))
 
     def _message(self, header: _Header, line: str) -> list[Event]:
         msg = header.message
