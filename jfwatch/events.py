@@ -79,8 +79,10 @@ class Event:
                 f'{parts[1]}"excerpt": {_enc(self.excerpt)}}}')
 
     def to_row(self) -> EventRow:
-        """Plain values, cheap to pickle: how a helper process hands events over."""
-        return (self.time, self.source, self.kind.value, self.origin, self.service,
+        """Plain values, cheap to pickle: how a helper process hands events over.  The
+        kind goes as itself: pickle writes each member once per dump, where ``.value``
+        is a Python-level property read for every event."""
+        return (self.time, self.source, self.kind, self.origin, self.service,
                 None if self.ip is None else str(self.ip), self.user, self.method, self.path,
                 self.status, self.detail, self.excerpt)
 

@@ -49,7 +49,7 @@ from jfwatch.parsers._common import StreamContext
 PIPE_MIN_BYTES = 4 << 20
 # How much of a large last file this process parses itself: about what makes its own
 # share (that part plus detecting everything) take as long as the helper's parsing.
-OWN_SHARE = 0.10
+OWN_SHARE = 0.15
 _OFFSET = struct.Struct("<q")  # announced through the pipe: the spool's end after a piece
 
 
