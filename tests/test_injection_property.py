@@ -87,8 +87,9 @@ def test_console_newline_opener_is_flagged() -> None:
     assert events[0].ip is None
 
 
-ODD_TEXT = st.text(alphabet=st.sampled_from(list('0123456789.:abf "\\()é\u0661\u0662\u00a0\u2028\t\x01\x7f_-[]')),
-                   max_size=16)
+ODD_TEXT = st.text(
+    alphabet=st.sampled_from(list('0123456789.:abf "\\()é\u0661\u0662\u00a0\u2028\t\x01\x7f_-[]')),
+    max_size=16)
 
 
 # Around the 128 characters a username is cut to, with and without a space.
