@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from json.encoder import encode_basestring as _enc
@@ -75,7 +75,7 @@ class Event:
         # str(), not a format field: an address formats through a Python __format__.
         ip = "null" if self.ip is None else '"' + str(self.ip) + '"'
         user = "null" if self.user is None else _enc(self.user)
-        return (f'{{"time": "{self.time.isoformat()}", {parts[0]}"ip": {ip}, "user": {user}, '
+        return (f'{{"time": "{iso_time(self.time)}", {parts[0]}"ip": {ip}, "user": {user}, '
                 f'{parts[1]}"excerpt": {_enc(self.excerpt)}}}')
 
     def to_row(self) -> EventRow:
@@ -108,6 +108,32 @@ class Event:
             "detail": self.detail,
             "excerpt": self.excerpt,
         }
+
+
+_TWO_DIGITS = tuple(f"{i:02d}" for i in range(100))
+_OFFSET_TEXTS: dict[timezone, str] = {}  # "+00:00", "-05:30" by fixed-offset zone
+
+
+def iso_time(t: datetime) -> str:
+    """
+    ``t.isoformat()``, a third cheaper for the fixed-offset zones log timestamps parse
+    to: isoformat formats through C's sprintf, which was a twentieth of ``jfwatch
+    parse``.  Other zones (and years before 1000) take isoformat itself; a test
+    checks both agree.
+    """
+    tz, year = t.tzinfo, t.year
+    if type(tz) is not timezone or year < 1000:
+        return t.isoformat()
+    offset = _OFFSET_TEXTS.get(tz)
+    if offset is None:
+        if len(_OFFSET_TEXTS) >= 1024:  # offsets are few; never grow without bound
+            _OFFSET_TEXTS.clear()
+        # Whatever follows the seconds of a whole-second time is the offset.
+        offset = _OFFSET_TEXTS[tz] = datetime(2000, 1, 1, tzinfo=tz).isoformat()[19:]
+    two, us = _TWO_DIGITS, t.microsecond
+    fraction = f".{us:06d}" if us else ""
+    return (f"{year}-{two[t.month]}-{two[t.day]}T{two[t.hour]}:{two[t.minute]}:"
+            f"{two[t.second]}{fraction}{offset}")
 
 
 def _text(value: str | None) -> str:
