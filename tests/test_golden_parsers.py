@@ -86,7 +86,7 @@ _OFFSETS = st.timedeltas(min_value=timedelta(hours=-23, minutes=-59),
 def test_event_time_text_is_isoformat(naive: datetime, zone: tzinfo) -> None:
     """The JSON writer's own time formatter equals isoformat: any fixed offset (seconds
     and microseconds included), zero microseconds, years before 1000, other zones."""
-    from jfwatch.events import iso_time
+    from jfwatch.isotime import iso_time
 
     t = naive.replace(tzinfo=zone)
     assert iso_time(t) == t.isoformat()
