@@ -6,14 +6,11 @@ it.  Like fail2ban's "Regex has no samples", a parser pattern without a sample f
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from jfwatch.lines import context_for
 from jfwatch.parsers import PARSERS, create_parser
@@ -72,21 +69,3 @@ def test_json_line_is_exactly_json_dumps() -> None:
     assert len(events) > 100
     for event in events:
         assert event.json_line() == json.dumps(event.to_json(), ensure_ascii=False)
-
-
-_OFFSETS = st.timedeltas(min_value=timedelta(hours=-23, minutes=-59),
-                         max_value=timedelta(hours=23, minutes=59))
-
-
-@settings(max_examples=500, deadline=None)
-@given(naive=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30)),
-       zone=st.one_of(_OFFSETS.map(timezone), st.just(UTC),
-                      st.sampled_from(["Europe/Berlin", "America/St_Johns", "Asia/Kolkata"])
-                      .map(ZoneInfo)))
-def test_event_time_text_is_isoformat(naive: datetime, zone: tzinfo) -> None:
-    """The JSON writer's own time formatter equals isoformat: any fixed offset (seconds
-    and microseconds included), zero microseconds, years before 1000, other zones."""
-    from jfwatch.isotime import iso_time
-
-    t = naive.replace(tzinfo=zone)
-    assert iso_time(t) == t.isoformat()
