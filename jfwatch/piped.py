@@ -32,9 +32,8 @@ from typing import BinaryIO
 from jfwatch.batch import (
     Cut,
     Positional,
-    count_kinds,
-    iter_parse,
     parse_to_end,
+    pieces_to_end,
     plan_cut,
     read_pieces,
     resumed_parser,
@@ -181,12 +180,8 @@ class Backfill:
             for i, (name, handle) in enumerate(zip(self.files, self._handles, strict=True)):
                 parser = create_parser(self.fmt, self._context(name))
                 end = cut.offset if cut is not None and i == len(self.files) - 1 else None
-                for events in iter_parse(Positional(handle.fileno(), 0, end), parser, stats):
-                    count_kinds(events, stats)
+                for events in pieces_to_end(Positional(handle.fileno(), 0, end), parser, stats):
                     _send(notify, spool, "events", [e.to_row() for e in events])
-                final = parser.flush(force=True)
-                count_kinds(final, stats)
-                _send(notify, spool, "events", [e.to_row() for e in final])
             _send(notify, spool, "stats", stats)
             status = 0
         finally:
