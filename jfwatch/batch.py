@@ -35,7 +35,7 @@ SPLIT_MIN_BYTES = 32 << 20
 _PROBE_BYTES = 1 << 20  # read to learn the stream's style before cutting
 _WINDOW_BYTES = 4 << 20  # searched for a quiet point around the middle
 
-# What the helper hands back: the JSON lines of its events, or the events themselves.
+# How the helper hands back each piece of its events: as JSON lines, or as the events.
 Render = Callable[[list[Event]], bytes]
 
 
@@ -253,7 +253,7 @@ def _finish_helper(helper: _Helper, stats: LineStats) -> list[bytes] | None:
     return [bytes(piece) for piece in rendered]
 
 
-Piece = list[Event] | bytes  # events parsed here, or what the helper rendered
+Piece = list[Event] | bytes  # a block's events parsed here, or a piece the helper rendered
 
 
 def read_pieces(files: Sequence[str], fmt: str, tz: tzinfo, stats: LineStats,
