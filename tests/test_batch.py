@@ -80,7 +80,7 @@ def split_small(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     cuts: list[int] = []
     finish = batch._finish_helper
 
-    def recording(helper: batch._Helper, stats: LineStats) -> bytes | None:
+    def recording(helper: batch._Helper, stats: LineStats) -> list[bytes] | None:
         cuts.append(helper.cut)
         return finish(helper, stats)
 
