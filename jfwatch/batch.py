@@ -13,10 +13,12 @@ reason, this process parses the rest itself.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import os
 import pickle
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -237,8 +239,15 @@ def _start_helper(fh: BinaryIO, fmt: str, ctx: StreamContext, render: Render,
         os._exit(status)
 
 
-def _finish_helper(helper: _Helper, stats: LineStats) -> list[bytes] | None:
-    """The helper's rendered pieces, its counts added to ``stats``; None if it failed."""
+def _finish_helper(helper: _Helper, stats: LineStats, stop: bool = False) -> list[bytes] | None:
+    """
+    The helper's rendered pieces, its counts added to ``stats``; None if it failed.
+    ``stop``: no one will read them (``jfwatch parse | head`` ended early), so kill it
+    rather than wait for it to parse the rest of the file.
+    """
+    if stop:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper.pid, signal.SIGKILL)
     _, status = os.waitpid(helper.pid, 0)
     try:
         if status != 0:
@@ -291,7 +300,7 @@ def _read_file(fh: BinaryIO, fmt: str, ctx: StreamContext, parser: StreamParser,
     try:
         yield from pieces_to_end(Head(fh, helper.cut), parser, stats)
     except BaseException:
-        _finish_helper(helper, LineStats())  # do not leave it behind
+        _finish_helper(helper, LineStats(), stop=True)  # do not leave it behind
         raise
     tail = _finish_helper(helper, stats)
     if tail is not None:

@@ -6,6 +6,7 @@ files or lines given out of order equals replay of everything sorted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -162,6 +163,30 @@ def test_jfwatch_parse_of_a_split_file(big_log: Path, tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
     assert len(outputs[0][0].splitlines()) > 1000
     assert all(json.loads(line)["source"] == "jellyfin" for line in outputs[0][0].splitlines())
+
+
+def test_jfwatch_parse_ended_early_stops_its_helper(big_log: Path) -> None:
+    """
+    ``jfwatch parse big.log | head``: when the reader goes, the helper is killed, not
+    waited for.  Here the helper would sleep for an hour before handing anything back,
+    so without the kill the command would hang until the timeout fails the test.
+    """
+    code = ("import sys, time, jfwatch.batch as b; b.SPLIT_MIN_BYTES = 1 << 20\n"
+            "render = b.render_json\n"
+            "b.render_json = lambda events: time.sleep(3600) or render(events)\n"
+            "from jfwatch.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, "parse", str(big_log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own group: the helper too
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["source"] == "jellyfin"
+        proc.stdout.close()  # as head does after its lines
+        assert proc.wait(timeout=60) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left, a sleeping helper included
+        proc.wait()
 
 
 def _decisions(decisions: list[Decision]) -> list[str]:
