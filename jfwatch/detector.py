@@ -235,13 +235,14 @@ class _Step:
     """A rule as the events of one kind see it: its matches narrowed to that kind."""
 
     c: _CompiledRule
-    name: str  # the rule's, with group and handler: read for every event
-    group: str
-    handler: Callable[[_Step, Event, str, int], list[Decision]]
-    reset: Narrowed  # this kind clears the group
-    match: Narrowed  # this kind goes to the handler (a sequence: ``first`` or ``then``)
     first: Narrowed  # sequence rules only
     then: Narrowed
+
+
+# What feed() reads of a rule for each event of one kind, unpacked in one go: the step,
+# its group key name, ``reset`` (this kind clears the group), ``match`` (this kind goes
+# to the handler; a sequence's ``first`` or ``then``) and the handler.
+_Entry = tuple[_Step, str, Narrowed, Narrowed, Callable[[_Step, Event, str, int], list[Decision]]]
 
 
 class Detector:
@@ -254,10 +255,7 @@ class Detector:
         self._trusted = NetSet(settings.trusted_proxies)
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
-        # Per kind, each step with the fields feed() reads, unpacked in one go.
-        self._steps = {kind: [(step, step.group, step.reset, step.match, step.handler)
-                              for step in steps]
-                       for kind, steps in self._index_rules().items()}
+        self._steps = self._index_rules()
         # Groups by key text, then rule: the rules that group an event by the same key
         # share one look-up per event.  Least recently active keys first: when there
         # are more than max_groups groups, the oldest key goes with all its groups.
@@ -282,12 +280,12 @@ class Detector:
                              window, cooldown, rule.threshold, rule.distinct, first_count,
                              max(0, cooldown - window))
 
-    def _index_rules(self) -> dict[str, list[_Step]]:
+    def _index_rules(self) -> dict[str, list[_Entry]]:
         """For each kind, the rules its events can concern, narrowed to that kind."""
         from jfwatch.events import EventKind
 
         s = self.settings
-        steps: dict[str, list[_Step]] = {}
+        steps: dict[str, list[_Entry]] = {}
         for kind in map(str, EventKind):
             steps[kind] = []
             for c in self.rules:
@@ -303,8 +301,7 @@ class Detector:
                 else:
                     match = compile_match(rule.match, s, kind)
                 if reset is not False or match is not False:
-                    steps[kind].append(_Step(c, c.name, c.group, c.handler, reset, match,
-                                             first, then))
+                    steps[kind].append((_Step(c, first, then), c.group, reset, match, c.handler))
         return steps
 
     @property
@@ -330,7 +327,7 @@ class Detector:
             if key is None:
                 continue  # the event lacks a field this rule groups by
             if reset is not False and (reset is True or reset(event)):
-                group = self._group(step.name, key, create=False)
+                group = self._group(step.c.name, key, create=False)
                 if group is not None:
                     group.clear()
                 continue
