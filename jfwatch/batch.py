@@ -239,16 +239,22 @@ def _start_helper(fh: BinaryIO, fmt: str, ctx: StreamContext, render: Render,
         os._exit(status)
 
 
+def reap(pid: int, kill: bool) -> int:
+    """Wait for a helper process to end, killing it first if ``kill`` (no one will read
+    what it parses); its exit status."""
+    if kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
+
+
 def _finish_helper(helper: _Helper, stats: LineStats, stop: bool = False) -> list[bytes] | None:
     """
     The helper's rendered pieces, its counts added to ``stats``; None if it failed.
     ``stop``: no one will read them (``jfwatch parse | head`` ended early), so kill it
     rather than wait for it to parse the rest of the file.
     """
-    if stop:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(helper.pid, signal.SIGKILL)
-    _, status = os.waitpid(helper.pid, 0)
+    status = reap(helper.pid, kill=stop)
     try:
         if status != 0:
             return None

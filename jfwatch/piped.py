@@ -18,10 +18,8 @@ caller did with the earlier pieces is void.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import signal
 import struct
 import sys
 import tempfile
@@ -36,6 +34,7 @@ from jfwatch.batch import (
     pieces_to_end,
     plan_cut,
     read_pieces,
+    reap,
     resumed_parser,
     rows_to_events,
 )
@@ -154,10 +153,7 @@ class Backfill:
         """Reap the helper (killing it first if ``stop``); its exit status."""
         status = 0
         if self._pid is not None:
-            if stop:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._pid, signal.SIGKILL)  # no one will read what it parses
-            _, status = os.waitpid(self._pid, 0)
+            status = reap(self._pid, kill=stop)
             self._pid = None
         if self._notes >= 0:
             os.close(self._notes)
