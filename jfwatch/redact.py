@@ -20,6 +20,7 @@ _URL_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 EXCERPT_LIMIT = 400
+USER_LIMIT = 128
 
 
 def redact(text: str) -> str:
@@ -58,4 +59,4 @@ def clean_user(user: str | None) -> str | None:
     if user is None:
         return None
     user = strip_control(user)
-    return user if len(user) <= 128 else user[:128] + "…"
+    return user if len(user) <= USER_LIMIT else user[:USER_LIMIT] + "…"

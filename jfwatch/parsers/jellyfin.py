@@ -35,7 +35,7 @@ from typing import Final
 
 from jfwatch.events import Event, EventKind, IPAddress
 from jfwatch.parsers._common import BulkResult, StreamContext, parse_ip, parse_iso
-from jfwatch.redact import clean_user, excerpt
+from jfwatch.redact import EXCERPT_LIMIT, USER_LIMIT, clean_user, excerpt, redact
 
 NAME: Final = "jellyfin"
 
@@ -81,21 +81,20 @@ _AUTH_TEMPLATES: Final = (
      r" is not allowed at this time due parental restrictions \(IP: {ip}\)\.$"),
 )
 _AUTH_PREFIX: Final = "Authentication request for "
-# Every message _message() looks at contains one of these.
-_MARKERS: Final = (
-    "Authentication request", "Disabling user", "CustomAuthentication", "Blocking request to",
-    "Invalid username or password entered", "[2FA]", "Replay attempt detected",
-    "Rejecting authentication for user", "Creating new access token for user",
-)
-_INTERESTING = re.compile("|".join(re.escape(m) for m in _MARKERS))
-# What the bulk path searches for: every marker contains one of these needles.  One
-# pass over a block costs the same whatever the needle, so markers that share a word
-# share a pass ("uthenticat" finds the three authentication markers).
+# Every message _message() looks at contains one of these needles, and a line without
+# any is skipped: by a substring search over whole blocks in the bulk path, by
+# _INTERESTING line by line.  Each needle is a pass over every block, and a pass costs
+# less the longer the needle and the rarer its letters (bytes.find skips ahead by the
+# needle's length wherever a byte is not in it): "unsuccessful login attempts" for a
+# lockout is two thirds of "Disabling user".  "uthenticatio" serves the three
+# authentication templates ("Authentication request", "CustomAuthentication",
+# "Rejecting authentication for user").
 _NEEDLES: Final = (
-    b"uthenticat", b"Disabling user", b"Blocking request to",
-    b"Invalid username or password entered", b"[2FA]", b"Replay attempt detected",
-    b"Creating new access token for user",
+    b"uthenticatio", b"unsuccessful login attempts", b"due to IP filtering rule, reason: ",
+    b"Invalid username or password entered", b"[2FA]", b"Replay attempt detected for user '",
+    b"Creating new access token for user ",
 )
+_INTERESTING = re.compile("|".join(re.escape(n.decode()) for n in _NEEDLES))
 
 
 def _needle_hits(block: bytes, end: int | None = None) -> list[int]:
@@ -413,17 +412,20 @@ class JellyfinParser:
         out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
         self._date = when.date()
         self._matched_lines += 1
-        # What follows needs the header's time only (the message is the template's).
-        # The username is printable, and so the whole line (see _FAST_FILE_AUTH).
-        header = _Header(when, "file", thread, "", printable=True)
-        if succeeded:
-            return out + self._success(header, line, user)
         kind, name = (EventKind.AUTH_BLOCKED, "disabled") if disabled else (EventKind.AUTH_FAILURE, "denied")
-        if _looks_forged(user):
+        # The username is printable, and so the whole line (see _FAST_FILE_AUTH): no
+        # control characters to escape in either.
+        if succeeded or ((" " in user or "(" in user) and _FORGERY_HINT.search(user)):
+            # What follows needs the header's time only (the message is the template's).
+            header = _Header(when, "file", thread, "", printable=True)
+            if succeeded:
+                return out + self._success(header, line, user)
             return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
-        # _failure of a plain username, written out: the most frequent event of all.
+        # _failure of a plain username (_looks_forged is false), written out: the most
+        # frequent event of all.
         out.append(Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),
-                         clean_user(user), None, None, None, None, excerpt(line, printable=True)))
+                         user if len(user) <= USER_LIMIT else clean_user(user), None, None, None,
+                         None, redact(line) if len(line) <= EXCERPT_LIMIT else excerpt(line, printable=True)))
         return out
 
     # -- header and time --------------------------------------------------------
