@@ -27,15 +27,19 @@ from datetime import tzinfo
 from typing import IO, BinaryIO
 
 from jfwatch.events import Event
-from jfwatch.lines import Block, LineStats, Readable, context_for, decode, iter_chunks
+from jfwatch.lines import BLOCK_BYTES, Block, LineStats, Readable, context_for, decode, iter_chunks
 from jfwatch.parsers import AutoParser, create_parser, feed_block, feed_lines
 from jfwatch.parsers._common import StreamContext, StreamParser
 from jfwatch.parsers.jellyfin import JellyfinParser, quiet_cut
 
 # Below this a second process costs more than it saves.
 SPLIT_MIN_BYTES = 32 << 20
-_PROBE_BYTES = 1 << 20  # read to learn the stream's style before cutting
-_WINDOW_BYTES = 4 << 20  # searched for a quiet point around the middle
+# Read to learn the stream's style before cutting, in steps: the first lines of most
+# logs tell, and parsing all of it cost 25 ms before the helper could start.
+_PROBE_BYTES, _PROBE_STEP = 1 << 20, 64 << 10
+# Searched for a quiet point around the middle: a small window first (there usually is
+# one), then a large one.
+_WINDOWS = (512 << 10, 4 << 20)
 
 # How the helper hands back each piece of its events: as JSON lines, or as the events.
 Render = Callable[[list[Event]], bytes]
@@ -88,10 +92,11 @@ class Positional:
         self._pos -= size
 
 
-def iter_parse(stream: Readable, parser: StreamParser, stats: LineStats) -> Iterator[list[Event]]:
+def iter_parse(stream: Readable, parser: StreamParser, stats: LineStats,
+               block_bytes: int = BLOCK_BYTES) -> Iterator[list[Event]]:
     """Parse a stream to its end (without the final flush), one block's events at a
     time, and count its lines."""
-    for chunk in iter_chunks(stream):
+    for chunk in iter_chunks(stream, block_bytes=block_bytes):
         if isinstance(chunk, Block):
             events, matched, lines = feed_block(parser, chunk.data, chunk.end)
         else:
@@ -117,14 +122,6 @@ def quiet_collector() -> None:
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
-
-
-def parse_stream(stream: Readable, parser: StreamParser, stats: LineStats) -> list[Event]:
-    """Parse a stream to its end (without the final flush) and count its lines."""
-    out: list[Event] = []
-    for events in iter_parse(stream, parser, stats):
-        out.extend(events)
-    return out
 
 
 def pieces_to_end(stream: Readable, parser: StreamParser, stats: LineStats
@@ -182,18 +179,24 @@ def plan_cut(fh: BinaryIO, fmt: str, ctx: StreamContext, share: float) -> Cut | 
     probe = create_parser(fmt, ctx)
     head = fh.read(_PROBE_BYTES)
     fh.seek(0)
-    parse_stream(io.BytesIO(head[:head.rfind(b"\n") + 1]), probe, LineStats())
-    learnt_by = _jellyfin(probe)
-    learnt = learnt_by.learnt() if learnt_by is not None else None
+    learnt = None
+    for _ in iter_parse(io.BytesIO(head[:head.rfind(b"\n") + 1]), probe, LineStats(), _PROBE_STEP):
+        learnt_by = _jellyfin(probe)
+        learnt = learnt_by.learnt() if learnt_by is not None else None
+        if learnt is not None:
+            break
     if learnt is None:
         return None
     target = int(size * share)
-    low = max(len(head), target - _WINDOW_BYTES // 2)
-    fh.seek(low)
-    window = fh.read(_WINDOW_BYTES)
-    fh.seek(0)
-    found = quiet_cut(window, max(0, target - low))
-    return None if found is None else Cut(low + found[0], learnt, found[1])
+    for window_bytes in _WINDOWS:
+        low = max(len(head), target - window_bytes // 2)
+        fh.seek(low)
+        window = fh.read(window_bytes)
+        fh.seek(0)
+        found = quiet_cut(window, max(0, target - low))
+        if found is not None:
+            return Cut(low + found[0], learnt, found[1])
+    return None
 
 
 def resumed_parser(fmt: str, ctx: StreamContext, cut: Cut) -> StreamParser:
