@@ -203,6 +203,7 @@ class _Header:
     thread: str | None
     message: str
     printable: bool = False  # the whole line is known to hold no control character
+    time_text: str | None = None  # when.isoformat(), for a file-sink header (_file_time)
 
 
 @dataclass(slots=True)
@@ -405,9 +406,10 @@ class JellyfinParser:
         if m is None:
             return None
         day, clock, zone, _level, thread, _ctx, user, succeeded, disabled, ip_text = m.groups()
-        when = _file_time(day, clock, zone)
-        if when is None or not user.isprintable():
+        timed = _file_time(day, clock, zone)
+        if timed is None or not user.isprintable():
             return None  # the general path decides (and escapes control characters)
+        when, time_text = timed
         self._line_no += 1
         out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
         self._date = when.date()
@@ -417,25 +419,28 @@ class JellyfinParser:
         # control characters to escape in either.
         if succeeded or ((" " in user or "(" in user) and _FORGERY_HINT.search(user)):
             # What follows needs the header's time only (the message is the template's).
-            header = _Header(when, "file", thread, "", printable=True)
+            header = _Header(when, "file", thread, "", printable=True, time_text=time_text)
             if succeeded:
                 return out + self._success(header, line, user)
             return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
         # _failure of a plain username (_looks_forged is false), written out: the most
         # frequent event of all.
-        out.append(Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),
-                         user if len(user) <= USER_LIMIT else clean_user(user), None, None, None,
-                         None, redact(line) if len(line) <= EXCERPT_LIMIT else excerpt(line, printable=True)))
+        event = Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),
+                      user if len(user) <= USER_LIMIT else clean_user(user), None, None, None,
+                      None, redact(line) if len(line) <= EXCERPT_LIMIT else excerpt(line, printable=True))
+        event.time_text = time_text
+        out.append(event)
         return out
 
     # -- header and time --------------------------------------------------------
     def _header(self, text: str, wrapper: str | None) -> _Header | None:
         if m := _FILE_HEADER.match(text):
-            when = _file_time(*m.group("date", "time", "zone"))
-            if when is None:
+            timed = _file_time(*m.group("date", "time", "zone"))
+            if timed is None:
                 return None
+            when, time_text = timed
             self._date = when.date()
-            return _Header(when, "file", m["thread"], text[m.end():])
+            return _Header(when, "file", m["thread"], text[m.end():], time_text=time_text)
         if m := _CONSOLE_HEADER.match(text):
             console_when = self._console_time(m["time"], wrapper)
             if console_when is None:
@@ -475,8 +480,10 @@ class JellyfinParser:
     def _event(self, header: _Header, line: str, pattern: str, kind: EventKind, *,
                ip: IPAddress | None = None, user: str | None = None,
                detail: str | None = None, path: str | None = None) -> Event:
-        return Event(header.when, NAME, kind, _ORIGINS[pattern], "jellyfin", ip, clean_user(user),
-                     None, path, None, detail, excerpt(line, printable=header.printable))
+        event = Event(header.when, NAME, kind, _ORIGINS[pattern], "jellyfin", ip, clean_user(user),
+                      None, path, None, detail, excerpt(line, printable=header.printable))
+        event.time_text = header.time_text
+        return event
 
     def _message(self, header: _Header, line: str) -> list[Event]:
         msg = header.message
@@ -638,13 +645,21 @@ class JellyfinParser:
         return out
 
 
-def _file_time(day: str, clock: str, zone: str) -> datetime | None:
-    """The time of a file-sink header, or None if it is no real date."""
+def _file_time(day: str, clock: str, zone: str) -> tuple[datetime, str] | None:
+    """
+    The time of a file-sink header and its ``isoformat()`` text, or None if it is no
+    real date.  The text is built from the header's own: isoformat writes six fraction
+    digits, or none for a whole second (the header admits up to seven, .NET ticks);
+    a zone of ``-00:00`` or with 60 minutes or more, which isoformat writes otherwise,
+    takes isoformat itself.  A test checks the text is isoformat's.
+    """
+    fraction = clock[9:15]  # Python takes six of the seven digits
+    text = f"{day}T{clock[:8]}{'.' + fraction.ljust(6, '0') if fraction.strip('0') else ''}{zone}"
     try:
-        # The header admits seven fraction digits (.NET ticks); Python takes six.
-        return datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
+        when = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return when, (when.isoformat() if zone[4] > "5" or zone == "-00:00" else text)
 
 
 def _looks_forged(user: str) -> bool:
