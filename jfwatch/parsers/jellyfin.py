@@ -55,15 +55,15 @@ _MONTHS = {m: i for i, m in enumerate(
 # logging.json: "[{Timestamp:yyyy-MM-dd HH:mm:ss.fff zzz}] [{Level:u3}] [{ThreadId}] {SourceContext}: "
 # and the console's "[{Timestamp:HH:mm:ss(.fff)}]".  ThreadId and SourceContext are
 # optional (older default templates, see 20250420060000_CreateUserLoggingConfigFile.cs).
+# Level, thread and source context are matched over, not kept: no event carries them.
 _FILE_HEADER = re.compile(
     r"^\[(?P<date>\d{4}-\d{2}-\d{2}) (?P<time>\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?) "
-    r"(?P<zone>[+-]\d{2}:\d{2})\] \[(?P<level>[A-Z]{3})\] "
-    r"(?:\[?(?P<thread>\d+)\]? )?(?:(?P<ctx>[A-Za-z_][\w.]*\w): ?)?"
+    r"(?P<zone>[+-]\d{2}:\d{2})\] \[[A-Z]{3}\] (?:\[?\d+\]? )?(?:[A-Za-z_][\w.]*\w: ?)?"
 )
 _CONSOLE_HEADER = re.compile(
-    r"^\[(?P<time>\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?)\] \[(?P<level>[A-Z]{3})\] "
+    r"^\[(?P<time>\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?)\] \[[A-Z]{3}\] "
 )
-_PREAMBLE = re.compile(r"^(?:\[?(?P<thread>\d+)\]? )?(?:(?P<ctx>[A-Za-z_][\w.]*\w): ?)?")
+_PREAMBLE = re.compile(r"^(?:\[?\d+\]? )?(?:[A-Za-z_][\w.]*\w: ?)?")
 
 _IP = r"(?P<ip>[^\s\"()]+)"
 # A quoted value ends at the first unescaped quote (unrolled: one pass, no backtracking).
@@ -130,10 +130,11 @@ _SUCCEEDED_TAIL: Final = " has succeeded."
 _FAST_FILE_AUTH = re.compile(
     _FILE_HEADER.pattern + re.escape(_AUTH_PREFIX) + r'"(?P<user>[^"\\]*)" (?:(?P<succeeded>has succeeded\.)|'
     r'has been denied (?:(?P<disabled>because this account is currently disabled) )?'
-    r'\(IP: "(?P<ip>[^\s"()\x00-\x1f\x7f-\U0010ffff]+)"\)\.)$',
+    r'\(IP: "(?P<ip>[!#-\'*-~]+)"\)\.)$',
     # ASCII classes are a quarter cheaper to match; a line with other digits, word or
     # space characters in these places simply takes the general path (which decides).
-    # Outside the username, a matching line has printable ASCII only.
+    # Outside the username, a matching line has printable ASCII only: the address is
+    # any of it but a space, quote or parenthesis, as _IP in a quoted stream.
     re.ASCII,
 )
 _RAW_SUCCEEDED = re.compile("^" + re.escape(_AUTH_PREFIX) + _R_VALUE + r" has succeeded\.$")
@@ -200,7 +201,6 @@ def sniff(line: str) -> bool:
 class _Header:
     when: datetime
     style: str  # "file" or "console"
-    thread: str | None
     message: str
     printable: bool = False  # the whole line is known to hold no control character
     time_text: str | None = None  # when.isoformat(), for a file-sink header (_file_time)
@@ -405,7 +405,7 @@ class JellyfinParser:
         m = _FAST_FILE_AUTH.match(line)
         if m is None:
             return None
-        day, clock, zone, _level, thread, _ctx, user, succeeded, disabled, ip_text = m.groups()
+        day, clock, zone, user, succeeded, disabled, ip_text = m.groups()
         timed = _file_time(day, clock, zone)
         if timed is None or not user.isprintable():
             return None  # the general path decides (and escapes control characters)
@@ -419,7 +419,7 @@ class JellyfinParser:
         # control characters to escape in either.
         if succeeded or ((" " in user or "(" in user) and _FORGERY_HINT.search(user)):
             # What follows needs the header's time only (the message is the template's).
-            header = _Header(when, "file", thread, "", printable=True, time_text=time_text)
+            header = _Header(when, "file", "", printable=True, time_text=time_text)
             if succeeded:
                 return out + self._success(header, line, user)
             return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
@@ -440,15 +440,14 @@ class JellyfinParser:
                 return None
             when, time_text = timed
             self._date = when.date()
-            return _Header(when, "file", m["thread"], text[m.end():], time_text=time_text)
+            return _Header(when, "file", text[m.end():], time_text=time_text)
         if m := _CONSOLE_HEADER.match(text):
             console_when = self._console_time(m["time"], wrapper)
             if console_when is None:
                 return None
             rest = text[m.end():]
             pre = _PREAMBLE.match(rest)
-            thread = pre["thread"] if pre else None
-            return _Header(console_when, "console", thread, rest[pre.end():] if pre else rest)
+            return _Header(console_when, "console", rest[pre.end():] if pre else rest)
         return None
 
     def _console_time(self, clock: str, wrapper: str | None) -> datetime | None:
