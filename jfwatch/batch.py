@@ -114,11 +114,12 @@ def iter_parse(stream: Readable, parser: StreamParser, stats: LineStats,
 
 def quiet_collector() -> None:
     """
-    Collector settings for ``replay``: what is loaded so far (modules, config, rules)
-    lives to the end, so it is frozen out of collection, which also keeps a forked
-    helper from copying those pages; the events and detector groups that follow are
-    acyclic, so collections are made rare.  (Measured: about 5% off replay's time,
-    nothing for ``parse``, which holds far fewer objects.)
+    Collector settings for ``parse`` and ``replay``: what is loaded so far (modules,
+    config, rules) lives to the end, so it is frozen out of collection, which also
+    keeps a forked helper from copying those pages; the events and detector groups that
+    follow are acyclic, and freed by their reference counts, so collections are made
+    rare.  (Measured: about 5% off replay's time; 3% fewer instructions for ``parse``,
+    whose young collections ran every few hundred events.)
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)

@@ -11,7 +11,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jfwatch import __version__
-from jfwatch.batch import read_pieces, render_json
+from jfwatch.batch import quiet_collector, read_pieces, render_json
 from jfwatch.lines import LineStats
 from jfwatch.parsers import FORMATS
 
@@ -30,6 +30,7 @@ def _summary(stats: LineStats) -> str:
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
+    quiet_collector()
     stats = LineStats()
     # The helper of a split file renders its JSON and hands it over: give it the smaller part.
     pieces = read_pieces(args.files, args.format, _tz(args.timezone), stats, render_json,
