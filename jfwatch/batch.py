@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import operator
 import os
 import pickle
 import signal
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -43,10 +45,14 @@ _WINDOWS = (512 << 10, 4 << 20)
 
 # How the helper hands back each piece of its events: as JSON lines, or as the events.
 Render = Callable[[list[Event]], bytes]
+_KIND_OF = operator.attrgetter("kind")
 
 
 def render_json(events: list[Event]) -> bytes:
-    return "".join(e.json_line() + "\n" for e in events).encode()
+    """One JSON line per event (``jfwatch parse``'s output)."""
+    if not events:
+        return b""
+    return ("\n".join([e.json_line() for e in events]) + "\n").encode()
 
 
 def render_events(events: list[Event]) -> bytes:
@@ -150,8 +156,9 @@ def parse_to_end(stream: Readable, parser: StreamParser, stats: LineStats) -> li
 
 
 def count_kinds(events: list[Event], stats: LineStats) -> None:
-    for event in events:
-        stats.events[event.kind] = stats.events.get(event.kind, 0) + 1
+    counts = stats.events
+    for kind, n in Counter(map(_KIND_OF, events)).items():  # counted in C
+        counts[kind] = counts.get(kind, 0) + n
 
 
 def _jellyfin(parser: StreamParser) -> JellyfinParser | None:

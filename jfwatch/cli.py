@@ -35,12 +35,9 @@ def cmd_parse(args: argparse.Namespace) -> int:
     # The helper of a split file renders its JSON and hands it over: give it the smaller part.
     pieces = read_pieces(args.files, args.format, _tz(args.timezone), stats, render_json,
                          args.token_failures, share=0.55)
-    for piece in pieces:
-        if isinstance(piece, bytes):  # a helper process's JSON lines
-            sys.stdout.flush()
-            sys.stdout.buffer.write(piece)
-        else:
-            sys.stdout.writelines(event.json_line() + "\n" for event in piece)
+    out = sys.stdout.buffer
+    for piece in pieces:  # a block's events, or a helper process's JSON lines for some
+        out.write(piece if isinstance(piece, bytes) else render_json(piece))
     print(_summary(stats), file=sys.stderr)
     return 0
 

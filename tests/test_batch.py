@@ -168,12 +168,14 @@ def test_jfwatch_parse_of_a_split_file(big_log: Path, tmp_path: Path) -> None:
 def test_jfwatch_parse_ended_early_stops_its_helper(big_log: Path) -> None:
     """
     ``jfwatch parse big.log | head``: when the reader goes, the helper is killed, not
-    waited for.  Here the helper would sleep for an hour before handing anything back,
-    so without the kill the command would hang until the timeout fails the test.
+    waited for.  Here the helper would sleep for an hour before handing anything back
+    (the parent renders its own part with the same function, and does not sleep), so
+    without the kill the command would hang until the timeout fails the test.
     """
-    code = ("import sys, time, jfwatch.batch as b; b.SPLIT_MIN_BYTES = 1 << 20\n"
-            "render = b.render_json\n"
-            "b.render_json = lambda events: time.sleep(3600) or render(events)\n"
+    code = ("import os, sys, time, jfwatch.batch as b; b.SPLIT_MIN_BYTES = 1 << 20\n"
+            "render, parent = b.render_json, os.getpid()\n"
+            "b.render_json = lambda events: (os.getpid() != parent and time.sleep(3600)) \\\n"
+            "    or render(events)\n"
             "from jfwatch.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "parse", str(big_log)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
