@@ -399,8 +399,9 @@ class JellyfinParser:
     def _fast_auth(self, line: str) -> list[Event] | None:
         """
         The file sink's three everyday authentication lines in one match (header,
-        preamble and template), then the same ``_success``/``_failure`` as the general
-        path; None for anything else.  Most events of a busy server's log are these lines.
+        preamble and template), then the events ``_success``/``_failure`` make on the
+        general path; None for anything else.  Most events of a busy server's log are
+        these lines.
         """
         m = _FAST_FILE_AUTH.match(line)
         if m is None:
@@ -414,22 +415,26 @@ class JellyfinParser:
         out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
         self._date = when.date()
         self._matched_lines += 1
-        kind, name = (EventKind.AUTH_BLOCKED, "disabled") if disabled else (EventKind.AUTH_FAILURE, "denied")
+        kind, name = (EventKind.AUTH_SUCCESS, "succeeded") if succeeded else \
+            (EventKind.AUTH_BLOCKED, "disabled") if disabled else (EventKind.AUTH_FAILURE, "denied")
         # The username is printable, and so the whole line (see _FAST_FILE_AUTH): no
         # control characters to escape in either.
-        if succeeded or ((" " in user or "(" in user) and _FORGERY_HINT.search(user)):
+        if (" " in user or "(" in user) and _FORGERY_HINT.search(user):
             # What follows needs the header's time only (the message is the template's).
             header = _Header(when, "file", "", printable=True, time_text=time_text)
             if succeeded:
                 return out + self._success(header, line, user)
             return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
-        # _failure of a plain username (_looks_forged is false), written out: the most
-        # frequent event of all.
-        event = Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),
+        # _success or _failure of a plain username (_looks_forged is false), written out:
+        # these are most of the events of a busy server's log.
+        event = Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),  # None if succeeded
                       user if len(user) <= USER_LIMIT else clean_user(user), None, None, None,
                       None, redact(line) if len(line) <= EXCERPT_LIMIT else excerpt(line, printable=True))
         event.time_text = time_text
-        out.append(event)
+        if succeeded:  # held, as _success holds it
+            self._held.append(_Held(event, self._line_no + _HOLD_LINES, time.monotonic() + _HOLD_SECONDS))
+        else:
+            out.append(event)
         return out
 
     # -- header and time --------------------------------------------------------
