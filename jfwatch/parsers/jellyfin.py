@@ -657,8 +657,11 @@ def _file_time(day: str, clock: str, zone: str) -> tuple[datetime, str] | None:
     a zone of ``-00:00`` or with 60 minutes or more, which isoformat writes otherwise,
     takes isoformat itself.  A test checks the text is isoformat's.
     """
-    fraction = clock[9:15]  # Python takes six of the seven digits
-    text = f"{day}T{clock[:8]}{'.' + fraction.ljust(6, '0') if fraction.strip('0') else ''}{zone}"
+    if len(clock) == 12 and clock[9:] != "000":  # Serilog's everyday .fff
+        text = f"{day}T{clock}000{zone}"
+    else:
+        fraction = clock[9:15]  # Python takes six of the seven digits
+        text = f"{day}T{clock[:8]}{'.' + fraction.ljust(6, '0') if fraction.strip('0') else ''}{zone}"
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
