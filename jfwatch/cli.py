@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jfwatch import __version__
@@ -38,11 +39,33 @@ def cmd_parse(args: argparse.Namespace) -> int:
     # helper's time includes pickling its part for the hand-over.
     pieces = read_pieces(args.files, args.format, _tz(args.timezone), stats, render_json,
                          args.token_failures, share=0.52)
-    out = sys.stdout.buffer
+    write = _writer(sys.stdout)
     for piece in pieces:  # a block's events, or a helper process's JSON lines for some
-        out.write(piece if isinstance(piece, bytes) else render_json(piece))
+        write(piece if isinstance(piece, bytes) else render_json(piece))
     print(_summary(stats), file=sys.stderr)
     return 0
+
+
+def _writer(stream: TextIO) -> Callable[[bytes], object]:
+    """
+    How to write whole pieces of output to ``stream``: by its file descriptor where it
+    has one.  A buffered write of a large piece into a pipe whose reader has gone ends
+    after what the pipe took, without an error (seen on CPython 3.11), so ``jfwatch
+    parse big.log | head`` would have gone on to parse (and wait for) the rest; a
+    write to the descriptor raises BrokenPipeError on the next try.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file: a test's capture, say
+        return stream.buffer.write
+    stream.flush()
+
+    def write_all(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    return write_all
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
