@@ -61,8 +61,9 @@ class Event:
     excerpt: str = ""
     # ``time.isoformat()``, set right after construction by a parser that read the time
     # as text (the file sink's header) and so had it at hand: formatting a time was a
-    # sixth of the cost of a JSON line.  Not an __init__ argument, so ``dataclasses.replace`` gives a copy
-    # without it (formatted from ``time`` when needed), never a stale one.
+    # sixth of the cost of a JSON line.  Not an __init__ argument, so
+    # ``dataclasses.replace`` gives a copy without it (formatted from ``time`` when
+    # needed), never a stale one.
     time_text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def json_line(self) -> str:

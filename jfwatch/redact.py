@@ -20,7 +20,7 @@ _URL_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 EXCERPT_LIMIT = 400
-USER_LIMIT = 128
+USER_LIMIT = 128  # characters of a username kept
 
 
 def redact(text: str) -> str:
@@ -54,9 +54,11 @@ def excerpt(line: str, *, printable: bool = False) -> str:
     return cut if printable or cut.isprintable() else strip_control(cut)
 
 
-def clean_user(user: str | None) -> str | None:
-    """Usernames are attacker input: escape control characters, bound the length."""
+def clean_user(user: str | None, *, printable: bool = False) -> str | None:
+    """Usernames are attacker input: escape control characters, bound the length.
+    ``printable``: as for ``excerpt``, the caller has proven there is none to escape."""
     if user is None:
         return None
-    user = strip_control(user)
+    if not printable:
+        user = strip_control(user)
     return user if len(user) <= USER_LIMIT else user[:USER_LIMIT] + "…"

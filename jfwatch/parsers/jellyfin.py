@@ -35,7 +35,7 @@ from typing import Final
 
 from jfwatch.events import Event, EventKind, IPAddress
 from jfwatch.parsers._common import BulkResult, StreamContext, parse_ip, parse_iso
-from jfwatch.redact import EXCERPT_LIMIT, USER_LIMIT, clean_user, excerpt, redact
+from jfwatch.redact import clean_user, excerpt
 
 NAME: Final = "jellyfin"
 
@@ -428,8 +428,8 @@ class JellyfinParser:
         # _success or _failure of a plain username (_looks_forged is false), written out:
         # these are most of the events of a busy server's log.
         event = Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),  # None if succeeded
-                      user if len(user) <= USER_LIMIT else clean_user(user), None, None, None,
-                      None, redact(line) if len(line) <= EXCERPT_LIMIT else excerpt(line, printable=True))
+                      clean_user(user, printable=True), None, None, None, None,
+                      excerpt(line, printable=True))
         event.time_text = time_text
         if succeeded:  # held, as _success holds it
             self._held.append(_Held(event, self._line_no + _HOLD_LINES, time.monotonic() + _HOLD_SECONDS))
