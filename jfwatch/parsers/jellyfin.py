@@ -419,7 +419,7 @@ class JellyfinParser:
             (EventKind.AUTH_BLOCKED, "disabled") if disabled else (EventKind.AUTH_FAILURE, "denied")
         # The username is printable, and so the whole line (see _FAST_FILE_AUTH): no
         # control characters to escape in either.
-        if (" " in user or "(" in user) and _FORGERY_HINT.search(user):
+        if _looks_forged(user):
             # What follows needs the header's time only (the message is the template's).
             header = _Header(when, "file", "", printable=True, time_text=time_text)
             if succeeded:
