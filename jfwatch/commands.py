@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,19 +114,40 @@ def replay(files: list[str], cfg: Config, rules: list[Rule], fmt: str, stats: Li
     tz = ZoneInfo(cfg.timezone)
     if backfill is None:
         backfill = Backfill.start(files, fmt, tz)
+    newest = newest_plausible_time(files)
     try:
-        return _replay(backfill, rules, settings_from_config(cfg), stats, state)
+        return _replay(backfill, rules, settings_from_config(cfg), stats, state, lambda: newest)
     finally:
         backfill.cancel()  # a no-op once all was read; otherwise the helper is not needed
 
 
+def newest_plausible_time(files: list[str]) -> datetime:
+    """
+    The time a replay takes as "now": no line was written after its file was last
+    modified, so a line dated later is forged or wrongly clocked (the detector takes
+    it at this time).  The newest modification time of the inputs, never later than
+    the wall clock; the wall clock when one input is stdin.
+    """
+    now = datetime.now(UTC)
+    newest = None
+    for name in files:
+        try:
+            modified = os.stat(name).st_mtime if name != "-" else None
+        except OSError:
+            modified = None
+        if modified is None:
+            return now
+        newest = modified if newest is None else max(newest, modified)
+    return now if newest is None else min(now, datetime.fromtimestamp(newest, UTC))
+
+
 def _replay(backfill: Backfill, rules: list[Rule], settings: DetectorSettings, stats: LineStats,
-            state: Path | None) -> list[Decision]:
+            state: Path | None, clock: Callable[[], datetime]) -> list[Decision]:
     from jfwatch.memory_state import MemoryState
     from jfwatch.piped import StartOver
 
     def in_memory() -> Detector:
-        return Detector(rules, settings, MemoryState())
+        return Detector(rules, settings, MemoryState(), clock)
 
     events: list[Event] = []  # every event so far, in file order: to sort or start over
     detector = None if state else in_memory()
@@ -151,10 +173,12 @@ def _replay(backfill: Backfill, rules: list[Rule], settings: DetectorSettings, s
     if detector is not None:
         for event in release.rest():
             decisions += detector.feed(event)
+        stats.future = detector.future_events
         return decisions
-    detector = Detector(rules, settings, StateStore(state) if state else MemoryState())
+    detector = Detector(rules, settings, StateStore(state) if state else MemoryState(), clock)
     for event in sorted(events, key=_time):  # stable: ties keep file order
         decisions += detector.feed(event)
+    stats.future = detector.future_events
     return decisions
 
 
@@ -227,6 +251,9 @@ def cmd_replay(args: argparse.Namespace, backfill: Backfill | None = None) -> in
         print(f"  {rule}: {n}", file=sys.stderr)
     print(f"Bans: {len(bans)} issued ({len({b.ip for b in bans})} addresses), "
           f"{len(unbans)} lifted", file=sys.stderr)
+    if stats.future:
+        print(f"Future-dated: {stats.future} event(s) dated after the newest input was "
+              "written, taken at that time", file=sys.stderr)
     return 0
 
 

@@ -84,8 +84,11 @@ class Config(Strict):
     allow: list[CIDR] = PRIVATE_RANGES
     trusted_proxies: list[CIDR] = []
     ipv6_prefix: int = Field(64, ge=8, le=128)
-    max_groups: int = Field(50_000, ge=100)
+    max_groups: int = Field(400_000, ge=100)
     max_line: int = Field(64 * 1024, ge=1024)
+    # Event time is attacker input: an event dated further ahead of the wall clock than
+    # this is counted as forged or wrongly clocked (any event ahead is taken at "now").
+    future_tolerance: Duration = Duration.parse("5m")
     # Optional JSON-lines copy of every event (SIEM export, debugging); written
     # exactly once per line even across crashes (its length is committed with offsets).
     events_file: Path | None = None

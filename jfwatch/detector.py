@@ -1,32 +1,46 @@
 """
 The detector: events in, alerts and ban decisions out.
 
-Single-threaded and driven by event time only (never the wall clock), so ``jfwatch
-replay`` of a log gives exactly what a live run gave.  State that must survive a
-restart (bans, escalation history, first-seen values) goes through the StateStore;
-per-group counters are in memory, capped, oldest evicted first.
+Single-threaded and driven by event time, so ``jfwatch replay`` of a log gives what a
+live run gave; but event time is attacker input (a forged header, a wrong clock), so it
+never runs ahead of a clock: the wall clock in the daemon, the newest plausible time in
+a replay.  State that must survive a restart (bans, escalation history, first-seen
+values) goes through the StateStore; per-group counters are in memory, capped, and at
+the cap the key with the least evidence leaves first.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-from collections import OrderedDict, deque
+import itertools
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from sys import intern
 from typing import Protocol
 
 from jfwatch.config import PRIVATE_RANGES, Config
 from jfwatch.decisions import Alert, Ban, Decision, Unban
-from jfwatch.events import Event, IPAddress
+from jfwatch.events import Event, EventKind, IPAddress
 from jfwatch.rules import Match, Rule
 from jfwatch.state import BanRow
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_SAMPLES = 3
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
-_KEYS_MAX = 65536  # cached group-key tables (one per address and user pair)
+_KEY_TEXTS_MAX = 4096  # cached group-key tables (one per address and user pair)
+# Evidence levels of a key (events counted, capped): eviction takes the lowest first.
+_LEVELS = 8
+
+
+# Event kinds as bits, in sorted order (the order an alert lists them in).
+_KIND_BITS = {kind: 1 << bit for bit, kind in enumerate(sorted(map(str, EventKind)))}
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 class DetectorState(Protocol):
@@ -52,10 +66,13 @@ class DetectorSettings:
     trusted_proxies: tuple[Network, ...] = ()
     private: tuple[Network, ...] = ()
     ipv6_prefix: int = 64
-    max_groups: int = 50_000
+    max_groups: int = 400_000
     ban_increment: bool = True
     ban_factor: float = 2.0
     ban_max: timedelta = timedelta(weeks=4)
+    # An event dated further ahead of the clock than this is counted as forged or
+    # wrongly clocked (anything ahead is taken at the clock's time either way).
+    future_tolerance: timedelta = timedelta(minutes=5)
 
 
 def networks(values: Iterable[str]) -> tuple[Network, ...]:
@@ -182,33 +199,47 @@ def micros(t: datetime | timedelta) -> int:
 @dataclass(slots=True)
 class _Group:
     """
-    Per-group state, kept small: a flood fills max_groups of these.  Times are event
-    times in microseconds since the epoch (``micros``).
+    One rule's state for one key, kept small: a flood fills max_groups of these.  Times
+    are event times in microseconds since the epoch (``micros``).
 
     ``times``: a threshold rule's last ``threshold`` event times (enough to decide), or a
-    sequence rule's first-step times.  ``distinct``: for ``distinct`` rules, the last
-    time each value was seen, oldest first.  Both O(1) per event, created on first use.
+    sequence rule's first-step times, oldest first, in a machine-integer array (a list
+    of ints costs four times as much, a deque ten times).  ``values``: for ``distinct``
+    rules, the last ``threshold`` distinct values, least recently seen first, each seen
+    last at the time at the same index of ``times``.  ``kinds``: the event kinds
+    counted, as bits of ``_KIND_BITS`` (a small int costs nothing, a tuple 50 bytes).
     """
 
-    times: deque[int] | None = None
-    distinct: dict[str, int] | None = None
-    samples: list[str] = field(default_factory=list)
-    kinds: tuple[str, ...] = ()
+    times: array[int] | None = None
+    values: list[str] | None = None
+    kinds: int = 0
     last_alert: int | None = None
-
-    def sample(self, excerpt: str) -> None:
-        """Keep the last _SAMPLES excerpts (this runs for every counted event)."""
-        samples = self.samples
-        samples.append(excerpt)
-        if len(samples) > _SAMPLES:
-            del samples[0]
 
     def clear(self) -> None:
         if self.times is not None:
-            self.times.clear()
-        if self.distinct is not None:
-            self.distinct.clear()
-        self.kinds = ()
+            del self.times[:]
+        if self.values is not None:
+            self.values.clear()
+        self.kinds = 0
+
+
+@dataclass(slots=True)
+class _Key:
+    """
+    What the detector tracks for one key (an address, an account, a pair): one group per
+    rule and how much evidence it holds.  No excerpt is kept: at 200 bytes a line it
+    would double the cost of a key, and a flood must fit (an alert carries the line
+    that fired it).
+
+    ``level`` is the number of events counted for this key, capped at ``_LEVELS - 1``
+    (zero again once its address is banned): at the cap the key with the least evidence
+    leaves first, so a flood of fresh addresses cannot push out one that is close to a
+    ban.  ``last`` is the time of its last event, for expiry.
+    """
+
+    groups: dict[str, _Group] = field(default_factory=dict)
+    level: int = 0
+    last: int = 0
 
 
 @dataclass(slots=True)
@@ -246,26 +277,37 @@ _Entry = tuple[_Step, str, Narrowed, Narrowed, Callable[[_Step, Event, str, int]
 
 
 class Detector:
-    """Feed events in time order; collect decisions."""
+    """
+    Feed events in time order; collect decisions.
 
-    def __init__(self, rules: list[Rule], settings: DetectorSettings, store: DetectorState
-                 ) -> None:
+    ``clock`` says what time it is at most (the wall clock in the daemon, the newest
+    plausible time in a replay): an event dated later is counted in ``future_events``
+    and taken as happening at the clock's time, so no log line can move windows,
+    cooldowns or ban expiry ahead of it.
+    """
+
+    def __init__(self, rules: list[Rule], settings: DetectorSettings, store: DetectorState,
+                 clock: Callable[[], datetime] = wall_clock) -> None:
         self.settings = settings
         self.store = store
+        self.clock = clock
         self._trusted = NetSet(settings.trusted_proxies)
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
         self._steps = self._index_rules()
-        # Groups by key text, then rule: the rules that group an event by the same key
-        # share one look-up per event.  Least recently active keys first: when there
-        # are more than max_groups groups, the oldest key goes with all its groups.
-        self._groups: OrderedDict[str, dict[str, _Group]] = OrderedDict()
+        # A key with no event for this long holds nothing any rule still needs.
+        self._horizon = max((max(c.window, c.cooldown) for c in self.rules), default=0)
+        self._keys: dict[str, _Key] = {}
+        # Keys by evidence level, each least recently active first (dicts keep order).
+        self._levels: list[dict[str, None]] = [{} for _ in range(_LEVELS)]
         self._group_count = 0
-        self._touched: dict[str, dict[str, _Group]] = {}  # this event's keys, looked up
+        self._touched: dict[str, _Key] = {}  # this event's keys, looked up and counted
         # Group key texts per (address, user): attackers repeat themselves, and the
         # texts are built once instead of for every event.
-        self._keys: dict[tuple[IPAddress | None, str | None], dict[str, str]] = {}
+        self._key_texts: dict[tuple[IPAddress | None, str | None], dict[str, str]] = {}
         self.evictions = 0
+        self.expired_keys = 0
+        self.future_events = 0
         self.now: datetime | None = None
         # The earliest ban end, cached: asking SQLite on every event costs a query each.
         self._next_expiry: datetime | None = store.next_expiry()
@@ -282,8 +324,6 @@ class Detector:
 
     def _index_rules(self) -> dict[str, list[_Entry]]:
         """For each kind, the rules its events can concern, narrowed to that kind."""
-        from jfwatch.events import EventKind
-
         s = self.settings
         steps: dict[str, list[_Entry]] = {}
         for kind in map(str, EventKind):
@@ -310,8 +350,13 @@ class Detector:
 
     # -- public -----------------------------------------------------------------
     def feed(self, event: Event) -> list[Decision]:
-        """Process one event; windows and expiry use ``event.time``."""
+        """Process one event; windows use ``event.time``, never later than the clock."""
         out: list[Decision] = []
+        clock = self.clock()
+        if event.time > clock:
+            if event.time - clock > self.settings.future_tolerance:
+                self.future_events += 1
+            event = replace(event, time=clock.astimezone(event.time.tzinfo))
         if self._next_expiry is not None and self._next_expiry <= event.time:
             out += self.expire(event.time)
         elif self.now is None or event.time > self.now:
@@ -319,7 +364,7 @@ class Detector:
         steps = self._steps.get(event.kind)
         if not steps:
             return out
-        now = (event.time - _EPOCH) // _MICROSECOND  # micros(), inlined: once per event
+        now = micros(event.time)
         self._touched.clear()
         keys = self._event_keys(event)
         for step, group_by, reset, match, handler in steps:
@@ -327,7 +372,7 @@ class Detector:
             if key is None:
                 continue  # the event lacks a field this rule groups by
             if reset is not False and (reset is True or reset(event)):
-                group = self._group(step.c.name, key, create=False)
+                group = self._group(step.c.name, key, now, create=False)
                 if group is not None:
                     group.clear()
                 continue
@@ -343,7 +388,7 @@ class Detector:
         rules; a combination whose field is missing is absent.
         """
         pair = (event.ip, event.user)
-        keys = self._keys.get(pair)
+        keys = self._key_texts.get(pair)
         if keys is not None:
             return keys
         ip = event.ip
@@ -357,13 +402,14 @@ class Detector:
             keys["user"] = "user=" + event.user.casefold()
             if ip is not None:
                 keys["ip|user"] = f"{keys['ip']}|{keys['user']}"
-        if len(self._keys) >= _KEYS_MAX:
-            self._keys.clear()
-        self._keys[pair] = keys
+        if len(self._key_texts) >= _KEY_TEXTS_MAX:
+            self._key_texts.clear()
+        self._key_texts[pair] = keys
         return keys
 
     def expire(self, now: datetime) -> list[Unban]:
-        """Lift bans whose time is over (in event time for replay, wall time when idle)."""
+        """Lift bans whose time is over (never later than the clock says it is)."""
+        now = min(now, self.clock())
         if self.now is None or now > self.now:
             self.now = now
         if self._next_expiry is None or self._next_expiry > now:
@@ -383,102 +429,131 @@ class Detector:
             return "allow-listed"
         return None
 
-    # -- rules ------------------------------------------------------------------
+    # -- groups -----------------------------------------------------------------
 
-    def _group(self, rule: str, key: str, create: bool) -> _Group | None:
-        rules = self._touched.get(key)
-        if rules is None:
-            rules = self._groups.get(key)
-            if rules is not None:
-                self._groups.move_to_end(key)
-            elif create:
-                rules = self._groups[key] = {}
-            else:
+    def _touch(self, key: str, now: int, create: bool) -> _Key | None:
+        """The key's state, counted once per event: one more level of evidence, and
+        last in its level's order."""
+        tracked = self._touched.get(key)
+        if tracked is not None:
+            return tracked
+        tracked = self._keys.get(key)
+        if tracked is None:
+            if not create:
                 return None
-            self._touched[key] = rules
-        group = rules.get(rule)
+            tracked = self._keys[key] = _Key()
+        else:
+            del self._levels[tracked.level][key]
+            tracked.level = min(tracked.level + 1, _LEVELS - 1)
+        self._levels[tracked.level][key] = None
+        tracked.last = now
+        self._touched[key] = tracked
+        return tracked
+
+    def _group(self, rule: str, key: str, now: int, create: bool) -> _Group | None:
+        tracked = self._touch(key, now, create)
+        if tracked is None:
+            return None
+        group = tracked.groups.get(rule)
         if group is None and create:
-            group = rules[rule] = _Group()
+            group = tracked.groups[rule] = _Group()
             self._group_count += 1
-            while self._group_count > self.settings.max_groups and len(self._groups) > 1:
-                oldest, evicted = self._groups.popitem(last=False)
-                self._touched.pop(oldest, None)
-                self._group_count -= len(evicted)
-                self.evictions += len(evicted)
+            if self._group_count > self.settings.max_groups:
+                self._make_room(now)
         return group
 
+    def _make_room(self, now: int) -> None:
+        """
+        Back under max_groups.  First keys idle past every rule's window and cooldown
+        (they hold nothing any rule needs), then the newest key of the lowest evidence
+        level, never a key of the current event: first come, first served among equals.
+
+        So a flood of fresh addresses cannot push out a key that has gathered more
+        evidence, nor, in round-robin order, keep every key from reaching its second
+        event (evicting the oldest would drop each address just before it returns).
+        Beyond the cap, the addresses tracked first are banned and leave (a banned key
+        drops to level zero), and newcomers take their places.
+        """
+        stale = now - self._horizon
+        for level in self._levels:
+            while self._group_count > self.settings.max_groups and level:
+                oldest = next(iter(level))
+                if self._keys[oldest].last >= stale:
+                    break
+                self._drop(oldest)
+                self.expired_keys += 1
+        for level in self._levels:
+            for victim in list(itertools.islice(reversed(level), len(self._touched) + 1)):
+                if self._group_count <= self.settings.max_groups:
+                    return
+                if victim not in self._touched:
+                    self.evictions += len(self._keys[victim].groups)
+                    self._drop(victim)
+
+    def _drop(self, key: str) -> None:
+        tracked = self._keys.pop(key)
+        del self._levels[tracked.level][key]
+        self._group_count -= len(tracked.groups)
+
+    def _demote(self, key: str) -> None:
+        """A key whose address is now banned holds no evidence worth keeping: the ban is
+        in the state.  It goes to the front of the line for eviction."""
+        tracked = self._keys.get(key)
+        if tracked is not None and tracked.level:
+            del self._levels[tracked.level][key]
+            tracked.level = 0
+            self._levels[0][key] = None
+
+    # -- rules ------------------------------------------------------------------
+
     def _trigger(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
-        group = self._group(step.c.name, key, create=True)
+        group = self._group(step.c.name, key, now, create=True)
         assert group is not None
-        group.sample(event.excerpt)
-        return self._fire(step.c, event, now, group, 1, now, users=(), kinds=(event.kind,))
+        return self._fire(step.c, event, key, now, group, 1, now, users=(),
+                          kinds=(event.kind,))
 
     def _threshold(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
-        # _group's first look-up, written out: most events find their key looked up.
-        rules = self._touched.get(key)
-        group = None if rules is None else rules.get(c.name)
-        if group is None:
-            group = self._group(c.name, key, create=True)
-            assert group is not None
-        if event.kind not in group.kinds:
-            group.kinds = (*group.kinds, event.kind)
+        group = self._group(c.name, key, now, create=True)
+        assert group is not None
+        group.kinds |= _KIND_BITS[event.kind]
         last = group.last_alert
         if c.idle and last is not None and now < last + c.idle:
             # Until the cooldown's end minus the window no event can count towards the
             # next alert, so none is tracked (the bulk of a long attack).
             return []
-        samples = group.samples  # group.sample(), written out: once per counted event
-        samples.append(event.excerpt)
-        if len(samples) > _SAMPLES:
-            del samples[0]
         threshold, distinct = c.threshold, c.distinct
-        # Times older than the window are dropped only once there are ``threshold`` of
-        # them: below that no alert is possible, counted exactly or not, and the
-        # collection cannot grow past it.
+        times = group.times
+        if times is None:
+            times = group.times = array("q")
+        # Only the last ``threshold`` times (of distinct values) are kept: whether that
+        # many fell within the window decides, and no flood can grow a group past it.
         if distinct is not None:
-            value = (event.user or "").casefold() if distinct == "user" else \
-                (str(event.ip) if event.ip else "")
+            # Interned: the same names and addresses recur across thousands of groups.
+            value = intern((event.user or "").casefold() if distinct == "user" else
+                           (str(event.ip) if event.ip else ""))
             if not value:
                 return []
-            seen = group.distinct
-            if seen is None:
-                seen = group.distinct = {}
-            # Re-inserted, so the dict runs from the least recently seen value (it holds
-            # at most ``threshold``: a plain dict's deleted slots stay few).
-            seen.pop(value, None)
-            seen[value] = now
-            if len(seen) < threshold:
-                return []
-            horizon = now - c.window
-            oldest = next(iter(seen))
-            while seen[oldest] < horizon:
-                del seen[oldest]
-                oldest = next(iter(seen))
-            count = len(seen)
-        else:
-            times = group.times
-            if times is None:
-                times = group.times = deque(maxlen=threshold)
-            times.append(now)
-            if len(times) < threshold:
-                return []
-            horizon = now - c.window
-            while times[0] < horizon:
-                times.popleft()
-            count = len(times)
-        if count < threshold:
+            if group.values is None:
+                group.values = []
+            values = group.values
+            if value in values:
+                seen = values.index(value)
+                del values[seen], times[seen]
+            values.append(value)
+        times.append(now)
+        if len(times) > threshold:
+            del times[0]
+            if group.values is not None:
+                del group.values[0]
+        if len(times) < threshold or times[0] < now - c.window:
             return []
         if last is not None and c.cooldown and now - last < c.cooldown:
             return []  # one alert per cooldown: the window slides on, nothing is said
-        if group.distinct is not None:
-            first = min(group.distinct.values())
-            users = tuple(sorted(group.distinct))[:10] if distinct == "user" else ()
-        else:
-            assert group.times is not None
-            first, users = group.times[0], ()
-        kinds = tuple(sorted(group.kinds))
-        out = self._fire(c, event, now, group, count, first, users=users, kinds=kinds)
+        users = tuple(sorted(group.values))[:10] if distinct == "user" and group.values else ()
+        kinds = tuple(kind for kind, bit in _KIND_BITS.items() if group.kinds & bit)
+        out = self._fire(c, event, key, now, group, threshold, times[0], users=users,
+                         kinds=kinds)
         if out:
             group.clear()
         return out
@@ -488,30 +563,32 @@ class Detector:
         horizon = now - c.window
         then, first_step = step.then, step.first
         if then is True or (then is not False and then(event)):
-            group = self._group(c.name, key, create=False)
-            if group is None:
+            group = self._group(c.name, key, now, create=False)
+            if group is None or group.times is None:
                 return []
             firsts = group.times
-            while firsts and firsts[0] < horizon:
-                firsts.popleft()
-            if firsts is None or len(firsts) < c.first_count:
+            stale = bisect_left(firsts, horizon)
+            if stale:
+                del firsts[:stale]
+            if len(firsts) < c.first_count or not firsts:
                 return []
             count, first = len(firsts), firsts[0]
-            firsts.clear()
-            group.sample(event.excerpt)
-            return self._fire(c, event, now, group, count + 1, first, users=(),
+            del firsts[:]
+            return self._fire(c, event, key, now, group, count + 1, first, users=(),
                               kinds=(event.kind,))
         if first_step is True or (first_step is not False and first_step(event)):
-            group = self._group(c.name, key, create=True)
+            group = self._group(c.name, key, now, create=True)
             assert group is not None
             times = group.times
             if times is None:
-                # Bounded for floods; large enough that the alert reports the real count.
-                times = group.times = deque(maxlen=max(c.first_count, _SEQUENCE_MAX))
+                times = group.times = array("q")
             times.append(now)
-            group.sample(event.excerpt)
-            while times[0] < horizon:  # ends at the time just appended
-                times.popleft()
+            # Bounded for floods; large enough that the alert reports the real count.
+            if len(times) > max(c.first_count, _SEQUENCE_MAX):
+                del times[0]
+            stale = bisect_left(times, horizon)
+            if stale:
+                del times[:stale]
         return []
 
     def _new_value(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
@@ -528,10 +605,9 @@ class Detector:
         is_new = self.store.remember(c.name, key, value, event.time)
         if not (is_new and known_before):
             return []  # the very first value of a group is its baseline, not news
-        group = self._group(c.name, key, create=True)
+        group = self._group(c.name, key, now, create=True)
         assert group is not None
-        group.sample(event.excerpt)
-        return self._fire(c, event, now, group, 1, now, users=(), kinds=(event.kind,))
+        return self._fire(c, event, key, now, group, 1, now, users=(), kinds=(event.kind,))
 
     # -- firing -----------------------------------------------------------------
     def _key_fields(self, group_by: tuple[str, ...], event: Event) -> dict[str, str]:
@@ -539,8 +615,8 @@ class Detector:
         keys = self._event_keys(event)
         return {name: keys[name].partition("=")[2] for name in group_by}
 
-    def _fire(self, c: _CompiledRule, event: Event, now: int, group: _Group, count: int,
-              first: int, *, users: tuple[str, ...], kinds: tuple[str, ...]
+    def _fire(self, c: _CompiledRule, event: Event, key: str, now: int, group: _Group,
+              count: int, first: int, *, users: tuple[str, ...], kinds: tuple[str, ...]
               ) -> list[Decision]:
         rule = c.rule
         if group.last_alert is not None and c.cooldown and now - group.last_alert < c.cooldown:
@@ -561,6 +637,7 @@ class Detector:
             if ban is not None:
                 out.append(ban)
                 ban_until = ban.until
+                self._demote(key)
             elif reason is None and active is not None:
                 ban_until = active.until
         alert = Alert(
@@ -572,7 +649,8 @@ class Detector:
             first_time=event.time - (now - first) * _MICROSECOND, last_time=event.time,
             tags=tuple(rule.actions.notify.tags) if rule.actions.notify else (),
             simulate=rule.simulate, ban_until=ban_until, not_banned_reason=reason,
-            users=users, kinds=kinds, samples=tuple(group.samples))
+            users=users, kinds=kinds,
+            samples=(event.excerpt,))
         return [alert, *out]
 
     def _ban(self, rule: Rule, event: Event, active: BanRow | None
@@ -601,7 +679,7 @@ class Detector:
         return Ban(ip, rule.name, event.time, until, level), None
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)
 def _v6_prefix(ip: IPAddress, prefix: int) -> str:
     """The /prefix network of an IPv6 address as text (cached: formatting IPv6 is slow)."""
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
@@ -613,4 +691,4 @@ def settings_from_config(cfg: Config) -> DetectorSettings:
         allow=networks(cfg.allow), trusted_proxies=networks(cfg.trusted_proxies),
         private=networks(PRIVATE_RANGES), ipv6_prefix=cfg.ipv6_prefix,
         max_groups=cfg.max_groups, ban_increment=cfg.ban.increment,
-        ban_factor=cfg.ban.factor, ban_max=cfg.ban.max)
+        ban_factor=cfg.ban.factor, ban_max=cfg.ban.max, future_tolerance=cfg.future_tolerance)

@@ -25,6 +25,7 @@ class LineStats:
     unmatched: int = 0
     rejected: int = 0
     events: dict[str, int] = field(default_factory=dict)
+    future: int = 0  # events dated ahead of the clock (replay: of the newest input)
 
     def add(self, other: LineStats) -> None:
         """Count in what another reader (a helper process) counted."""

@@ -32,6 +32,9 @@ class Metrics:
         self.groups = Gauge("jfwatch_tracked_groups", "Detector groups in memory", registry=r)
         self.evictions = Counter("jfwatch_group_evictions", "Groups evicted at the cap",
                                  registry=r)
+        self.future_events = Counter(
+            "jfwatch_future_events", "Events dated ahead of the wall clock (forged or wrongly "
+            "clocked lines), taken at the current time", registry=r)
         self.last_event = Gauge("jfwatch_last_event_timestamp_seconds",
                                 "Time of the newest event per source", ["source"], registry=r)
         self.lag = Gauge("jfwatch_tail_lag_bytes", "Bytes written but not yet read",

@@ -36,6 +36,7 @@ class Pipeline:
         self._events_path = config.events_file
         self._restore_export()
         self._evictions_seen = 0
+        self._future_seen = 0
         # Bans that were over before they could be written (backfill of old logs): their
         # BAN and UNBAN lines would only be noise for Fail2Ban.
         self._skipped_bans: set[str] = set()
@@ -58,6 +59,7 @@ class Pipeline:
     def reload(self, config: Config, rules: list[Rule]) -> None:
         self.config = config
         self.detector = Detector(rules, settings_from_config(config), self.store)
+        self._evictions_seen = self._future_seen = 0
 
     def _restore_export(self) -> None:
         """Cut the event export back to what the committed offsets account for."""
@@ -160,4 +162,11 @@ class Pipeline:
         if delta:
             self.metrics.evictions.inc(delta)
             self._evictions_seen = self.detector.evictions
+        future = self.detector.future_events - self._future_seen
+        if future:
+            self.metrics.future_events.inc(future)
+            self._future_seen = self.detector.future_events
+            self.log.warning("future_dated_events", count=future,
+                             tolerance=self.config.future_tolerance.total_seconds(),
+                             handling="taken at the current time; bans expire on the wall clock")
 
