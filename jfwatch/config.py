@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from jfwatch.config_file import DEFAULT_TIMEZONE, config_path
-from jfwatch.durations import Duration
+from jfwatch.durations import Duration, between
 from jfwatch.errors import ConfigError
 from jfwatch.parsers import FORMATS
 from jfwatch.yamlerrors import describe, load_yaml
@@ -52,25 +52,25 @@ class BanPolicy(Strict):
     """Escalation for repeat offenders, like Fail2Ban's bantime.increment."""
 
     increment: bool = True
-    factor: float = Field(2.0, ge=1.0)
-    max: Duration = Duration.parse("4w")
+    factor: float = Field(2.0, ge=1.0, le=10.0, allow_inf_nan=False)
+    max: Annotated[Duration, between("1m", "365d")] = Duration.parse("4w")
 
 
 class NotifyConfig(Strict):
     urls: list[SecretStr] = []
     config_file: Path | None = None
     rdns: bool = False
-    max_per_rule_per_hour: int = Field(10, ge=1)
+    max_per_rule_per_hour: int = Field(10, ge=1, le=3600)
     quiet_hours: str | None = Field(None, pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")
-    retry_max: Duration = Duration.parse("1h")
-    give_up_after: Duration = Duration.parse("2d")
+    retry_max: Annotated[Duration, between("1s", "1d")] = Duration.parse("1h")
+    give_up_after: Annotated[Duration, between("1m", "30d")] = Duration.parse("2d")
 
 
 class MetricsConfig(Strict):
     enabled: bool = True
     listen: str = "127.0.0.1"
     port: int = Field(9725, ge=0, le=65535)
-    stale_after: Duration = Duration.parse("10m")
+    stale_after: Annotated[Duration, between("10s", "7d")] = Duration.parse("10m")
 
 
 class Config(Strict):
@@ -84,11 +84,12 @@ class Config(Strict):
     allow: list[CIDR] = PRIVATE_RANGES
     trusted_proxies: list[CIDR] = []
     ipv6_prefix: int = Field(64, ge=8, le=128)
-    max_groups: int = Field(400_000, ge=100)
-    max_line: int = Field(64 * 1024, ge=1024)
+    # About 550 bytes a group: the default holds a 100,000-address flood in < 250 MB.
+    max_groups: int = Field(400_000, ge=100, le=5_000_000)
+    max_line: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     # Event time is attacker input: an event dated further ahead of the wall clock than
     # this is counted as forged or wrongly clocked (any event ahead is taken at "now").
-    future_tolerance: Duration = Duration.parse("5m")
+    future_tolerance: Annotated[Duration, between("0s", "1d")] = Duration.parse("5m")
     # Optional JSON-lines copy of every event (SIEM export, debugging); written
     # exactly once per line even across crashes (its length is committed with offsets).
     events_file: Path | None = None

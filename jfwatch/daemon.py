@@ -125,15 +125,18 @@ class Daemon:
         self.log.info("stopped")
 
     def _reload(self) -> None:
+        if self.reload is None:
+            return
         try:
-            if self.reload is None:
-                return
             config, rules = self.reload()
+            self.pipeline.reload(config, rules)
         except ConfigError as exc:
             self.log.error("reload_failed_keeping_old_config", problems=exc.problems)
             return
+        except Exception as exc:  # noqa: BLE001 - a reload must never end the daemon
+            self.log.error("reload_failed_keeping_old_config", problems=[repr(exc)])
+            return
         self.rules = rules
-        self.pipeline.reload(config, rules)
         self.log.info("reloaded", rules=len(rules))
         # Rules, allow-list, proxies and detector limits apply at once; these hold open
         # files, threads or sockets and change only with a restart.

@@ -6,11 +6,14 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from pydantic import GetCoreSchemaHandler
+from pydantic import AfterValidator, GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+# Longer than any setting allows (each field has its own range): past this a number is
+# refused before it can overflow a timedelta (OverflowError is not a ValueError).
+_LONGEST = 100 * 365 * 86400
 
 
 class Duration(timedelta):
@@ -19,11 +22,15 @@ class Duration(timedelta):
     @classmethod
     def parse(cls, text: str | float) -> Duration:
         if isinstance(text, int | float):
-            return cls(seconds=float(text))
-        compact = text.replace(" ", "")
-        if not compact or _PART.sub("", compact):
-            raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 10m, 4h, 1d, 2w)")
-        return cls(seconds=sum(float(n) * _UNITS[u] for n, u in _PART.findall(compact)))
+            seconds = float(text)
+        else:
+            compact = text.replace(" ", "")
+            if not compact or _PART.sub("", compact):
+                raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 10m, 4h, 1d, 2w)")
+            seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(compact))
+        if not 0 <= seconds <= _LONGEST:  # also false for NaN
+            raise ValueError(f"duration {text!r} is out of range (0s to 100 years)")
+        return cls(seconds=seconds)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler
@@ -50,3 +57,15 @@ def format_duration(value: timedelta) -> str:
         if n:
             parts.append(f"{n}{unit}")
     return "".join(parts)
+
+
+def between(low: str, high: str) -> AfterValidator:
+    """A field's range, checked after parsing: ``Annotated[Duration, between("1s", "1d")]``."""
+    lo, hi = Duration.parse(low), Duration.parse(high)
+
+    def check(value: Duration) -> Duration:
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {low} and {high}, not {format_duration(value)}")
+        return value
+
+    return AfterValidator(check)

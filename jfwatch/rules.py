@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jfwatch.durations import Duration
+from jfwatch.durations import Duration, between
 from jfwatch.errors import ConfigError
 from jfwatch.events import EventKind
 from jfwatch.yamlerrors import describe, load_yaml
@@ -24,6 +24,8 @@ Severity = Literal["info", "low", "medium", "high", "critical"]
 GroupField = Literal["ip", "user"]
 # Symbolic address sets filled from the config, so rules need not repeat it.
 SYMBOLIC_NETS = ("@trusted_proxies", "@private", "@allow")
+# A group keeps its last ``threshold`` times: the bound keeps every group small.
+MAX_THRESHOLD = 10_000
 
 
 class Strict(BaseModel):
@@ -67,7 +69,7 @@ class Match(Strict):
 class Step(Match):
     """A sequence step: a match plus how many such events it needs."""
 
-    count: int = Field(1, ge=1)
+    count: int = Field(1, ge=1, le=MAX_THRESHOLD)
 
 
 class NotifyAction(Strict):
@@ -75,7 +77,7 @@ class NotifyAction(Strict):
 
 
 class BanAction(Strict):
-    duration: Duration
+    duration: Annotated[Duration, between("1s", "365d")]
 
 
 class Actions(Strict):
@@ -92,14 +94,14 @@ class Rule(Strict):
     enabled: bool = True
     match: Match = Match()
     group_by: list[GroupField] = ["ip"]
-    threshold: int = Field(1, ge=1)
-    window: Duration = Duration.parse("10m")
+    threshold: int = Field(1, ge=1, le=MAX_THRESHOLD)
+    window: Annotated[Duration, between("1s", "30d")] = Duration.parse("10m")
     distinct: GroupField | None = None
     first: Step | None = None
     then: Match | None = None
     field: GroupField | None = None
     reset_on: Match | None = None
-    cooldown: Duration = Duration.parse("0s")
+    cooldown: Annotated[Duration, between("0s", "30d")] = Duration.parse("0s")
     severity: Severity = "medium"
     simulate: bool = False
     actions: Actions = Actions()

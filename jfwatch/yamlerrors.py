@@ -9,40 +9,65 @@ import yaml
 from pydantic import ValidationError
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Config and rule files are a few KiB; a larger one is a mistake or an attack.
+MAX_BYTES = 1024 * 1024
 
 
-def _walk(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
+class _AliasError(ValueError):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def _walk(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int],
+          seen: set[int], where: int = 1) -> None:
+    """
+    Record each field's line.  A node reached twice is an alias (``*name``, ``<<:``):
+    refused, since a few nested aliases ("billion laughs") expand to gigabytes in
+    any walk over the data, and no jfwatch setting needs one.
+    """
+    if id(node) in seen:
+        raise _AliasError(where)  # an alias's node is the anchor's: name where it is used
+    seen.add(id(node))
+    line = out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            out[(*path, key.value)] = key.start_mark.line + 1
-            _walk(value, (*path, key.value), out)
+            key_line = out[(*path, key.value)] = key.start_mark.line + 1
+            _walk(key, (*path, key.value, "<key>"), out, seen, key_line)
+            _walk(value, (*path, key.value), out, seen, key_line)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*path, i), out)
+            _walk(item, (*path, i), out, seen, line)
 
 
 def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
     """Return (data, {field path: line}); raise ValueError with file:line on bad YAML."""
     try:
-        text = path.read_text("utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read: {exc}") from exc
-    # One pass: compose the node tree (for line numbers) and build the data from it,
-    # with libyaml when PyYAML has it (every command loads a dozen rule files).
+    if len(raw) > MAX_BYTES:
+        raise ValueError(f"{path}:1: file is larger than {MAX_BYTES // 1024} KiB")
+    # Compose the node tree (for line numbers and the alias check), then build the data
+    # from it, with libyaml when PyYAML has it (every command loads a dozen rule files).
     loader = _LOADER(text)
+    lines: dict[tuple[Any, ...], int] = {}
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _walk(node, (), lines, set())
         data = None if node is None else loader.construct_document(node)
+    except _AliasError as exc:
+        raise ValueError(f"{path}:{exc.line}: YAML aliases and merge keys (*name, <<) are not "
+                         "allowed: write the value out") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ValueError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
     finally:
         loader.dispose()
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _walk(node, (), lines)
     return data, lines
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -53,3 +54,49 @@ def test_user_rule_overrides_and_disables(tmp_path: Path) -> None:
     after = _check("--config", str(cfg)).stdout
     count = lambda s: int(s.split(" rule(s)")[0].rsplit(" ", 1)[1])  # noqa: E731
     assert count(after) == count(before) - 1
+
+
+def test_out_of_range_numbers_are_file_line_errors(tmp_path: Path) -> None:
+    """Numbers that once passed and then crashed the daemon (OverflowError, a traceback
+    with exit 1) are errors with file:line and exit 2, all of them at once."""
+    rules = tmp_path / "rules.d"
+    rules.mkdir()
+    (rules / "huge.yaml").write_text(
+        "name: huge\ndescription: hostile numbers\ntype: threshold\n"
+        "threshold: 99999999999999999999999999\nwindow: 99999999999999w\ncooldown: -1s\n"
+        "actions:\n  ban: {duration: 1e400s}\n")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"rules_dirs: [{rules}]\nban: {{max: 99999999999999w, factor: .inf}}\n"
+                   "max_groups: 10000000000\nmax_line: 0\nfuture_tolerance: 30d\n")
+    result = _check("--config", str(cfg))
+    assert result.returncode == 2, result.stderr
+    err = result.stderr
+    assert "Traceback" not in err
+    for where in (f"{cfg}:2: ban.max", f"{cfg}:2: ban.factor", f"{cfg}:3: max_groups",
+                  f"{cfg}:4: max_line", f"{cfg}:5: future_tolerance",
+                  f"{rules / 'huge.yaml'}:4: threshold", f"{rules / 'huge.yaml'}:5: window",
+                  f"{rules / 'huge.yaml'}:6: cooldown",
+                  f"{rules / 'huge.yaml'}:8: actions.ban.duration"):
+        assert where in err, (where, err)
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    """A 283-byte "billion laughs" file in a rules directory is refused in under a
+    second, naming the line of the first alias; so is an alias in the config."""
+    rules = tmp_path / "rules.d"
+    rules.mkdir()
+    levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefghij", "bcdefghijk", strict=True):
+        levels.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    (rules / "bomb.yaml").write_text("\n".join(levels) + "\n")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"rules_dirs: [{rules}]\n")
+    began = time.monotonic()
+    result = _check("--config", str(cfg))
+    assert time.monotonic() - began < 5  # the interpreter's start included; the check is ms
+    assert result.returncode == 2
+    assert f"{rules / 'bomb.yaml'}:2: YAML aliases" in result.stderr
+    cfg.write_text("allow: &nets [10.0.0.0/8]\ntrusted_proxies: *nets\n")
+    result = _check("--config", str(cfg))
+    assert result.returncode == 2
+    assert f"{cfg}:2: YAML aliases" in result.stderr

@@ -78,3 +78,31 @@ def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmp_path: Path) -> 
     run.wait_for(lambda: '"restart_needed"' in run.log_text() and '"notify"' in run.log_text(),
                  what="notice that notify changes need a restart")
     assert run.stop() == 0
+
+
+def test_sighup_with_hostile_config_keeps_the_daemon_running(tmp_path: Path) -> None:
+    """Overflowing numbers and an alias bomb sent through SIGHUP: each reload is refused
+    with the file and line, the old config stays, and lines are still read."""
+    run, log = start_daemon(tmp_path)
+    good = run.config.read_text()
+    assert run.proc is not None
+    rules = tmp_path / "rules.d"
+    rules.mkdir()
+    hostile = [
+        good + "ban: {max: 99999999999999w}\n",
+        good + "max_groups: 99999999999999999999999999\n",
+        good + f"rules_dirs: [{rules}]\n",
+    ]
+    (rules / "bomb.yaml").write_text(
+        'a: &a ["x","x","x","x","x","x","x","x"]\n'
+        + "".join(f"{n}: &{n} [" + ",".join([f"*{p}"] * 8) + "]\n"
+                  for p, n in zip("abcdefgh", "bcdefghi", strict=True)))
+    for number, text in enumerate(hostile, start=1):
+        run.config.write_text(text)
+        run.proc.send_signal(signal.SIGHUP)
+        run.wait_for(lambda n=number: run.log_text().count("reload_failed_keeping_old_config") >= n,
+                     what=f"reload error {number}")
+        append(log, denied(f"after-{number}"))
+        run.wait_for(lambda n=number: run.users()[f"after-{n}"] == 1, what=f"line {number}")
+    assert "bomb.yaml:2: YAML aliases" in run.log_text()
+    assert run.stop() == 0
