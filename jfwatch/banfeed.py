@@ -10,9 +10,11 @@ ipset or ``cscli decisions import``.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
+import stat
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +51,29 @@ def format_line(decision: Ban | Unban, pid: int, written: datetime) -> str:
     return f"{stamp} jfwatch[{pid}]: UNBAN {addr} rule={decision.rule}\n"
 
 
+FEED_MODE = 0o640  # Fail2Ban (root or the adm group) reads it; nobody else needs to
+
+
+def open_for_append(path: Path, mode: int = FEED_MODE) -> int:
+    """
+    Open (creating) a file jfwatch appends to, refusing a symlink or anything but a
+    regular file in its place: whoever can plant a link there must not get BAN lines
+    written into a file of their choosing, nor block the daemon with a FIFO.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"{path} is a symlink: refusing to write through it "
+                                     "(remove the link; jfwatch creates the file itself)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file: refusing to write to it")
+    return fd
+
+
 class BanFeed:
     """Appends decisions to the feed and keeps the banned list file current."""
 
@@ -56,11 +81,15 @@ class BanFeed:
         self.path, self.list_path = path, list_path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.pid = os.getpid()
+        # Created (empty) at once, so that Fail2Ban's jail finds its log from the first
+        # start, and checked at once, so that a planted symlink stops the start with a
+        # clear error instead of at the first ban.
+        os.close(open_for_append(path))
 
     def write(self, decision: Ban | Unban, written: datetime) -> None:
         line = format_line(decision, self.pid, written)
         # O_APPEND: one write per line, so fail2ban never sees half a line.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = open_for_append(self.path)
         try:
             os.write(fd, line.encode("ascii"))
         finally:
@@ -71,11 +100,13 @@ class BanFeed:
             return
         self.list_path.parent.mkdir(parents=True, exist_ok=True)
         body = "".join(f"{feed_address(a)}\n" for a in sorted(set(addresses)))
+        # A fresh file renamed over the list: a symlink in its place is replaced, never
+        # followed.
         fd, tmp = tempfile.mkstemp(dir=self.list_path.parent, prefix=".banned.")
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(body)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, FEED_MODE)
             os.replace(tmp, self.list_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

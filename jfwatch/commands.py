@@ -92,6 +92,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     where = str(used) if used else "built-in defaults"
     print(f"config OK ({where}): {len(cfg.sources)} source(s), {len(rules)} rule(s) enabled, "
           f"{len(cfg.notify.urls)} notification URL(s)")
+    secrets = [path for path, holds in ((used, bool(cfg.notify.urls)),
+                                        (cfg.notify.config_file, True)) if path and holds]
+    for path in secrets:
+        try:
+            readable_by_others = os.stat(path).st_mode & 0o004
+        except OSError:
+            continue
+        if readable_by_others:
+            print(f"warning: {path} holds notification secrets (tokens in Apprise URLs) and "
+                  f"is readable by every user: chmod 0640 {path}", file=sys.stderr)
     return 0
 
 

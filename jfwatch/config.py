@@ -87,6 +87,9 @@ class Config(Strict):
     # About 550 bytes a group: the default holds a 100,000-address flood in < 250 MB.
     max_groups: int = Field(400_000, ge=100, le=5_000_000)
     max_line: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    # Files followed at once (each holds a descriptor), shared among the sources: a glob
+    # matching more follows the most recently modified and reports the rest.
+    max_open_files: int = Field(256, ge=8, le=4096)
     # Event time is attacker input: an event dated further ahead of the wall clock than
     # this is counted as forged or wrongly clocked (any event ahead is taken at "now").
     future_tolerance: Annotated[Duration, between("0s", "1d")] = Duration.parse("5m")

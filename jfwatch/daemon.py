@@ -32,7 +32,7 @@ from jfwatch.pipeline import Pipeline
 from jfwatch.rules import Rule
 from jfwatch.sources import Source, find_by_identity, sibling_paths
 from jfwatch.state import StateStore
-from jfwatch.tail import DRAIN_GRACE, Follower, Identity, Line, identity_of
+from jfwatch.tail import DRAIN_GRACE, Follower, Identity, Line, identity_of, open_regular
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 COMMIT_EVERY = 30.0
@@ -49,6 +49,7 @@ class _Tracked:
     parser: StreamParser
     uncommitted_end: int | None = None
     last_commit: float = field(default_factory=time.monotonic)
+    problem: str | None = None  # the follower's, as last reported
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Daemon:
         self.tracked: dict[str, _Tracked] = {}
         self._hup = False
         self._problems: dict[str, str | None] = {}
+        self._skipped_reported: dict[str, int] = {}
         # Files finished after a rotation: (identity, offset read), bounded.
         self._retired: list[tuple[Identity, int]] = []
 
@@ -165,9 +167,11 @@ class Daemon:
                     self.store.forget_offset(path)
 
     def _scan(self) -> None:
+        budget = max(1, self.config.max_open_files // max(1, len(self.sources)))
         for src in self.sources:
             src.watch()
-            paths = src.scan()
+            paths = src.scan(budget)
+            self._report_budget(src, budget, paths)
             if src.problem != self._problems.get(src.config.path):
                 self._problems[src.config.path] = src.problem
                 if src.problem:
@@ -190,11 +194,34 @@ class Daemon:
                 self._track(src, path, offset)
             src.started = True
 
+    def _report_budget(self, src: Source, budget: int, wanted: list[str]) -> None:
+        """Say when a glob matches more files than may be open, and stop following the
+        older ones once they are drained and quiet (their offsets are remembered)."""
+        skipped = len(src.skipped)
+        self.pipeline.files_skipped(src.config.path, skipped)
+        if skipped != self._skipped_reported.get(src.config.path, 0):
+            self._skipped_reported[src.config.path] = skipped
+            if skipped:
+                self.log.warning("too_many_files", path=src.config.path, following=budget,
+                                 skipped=skipped, oldest_skipped=src.skipped[0],
+                                 fix="narrow the glob, or raise max_open_files")
+        keep = set(wanted)
+        for path, tracked in list(self.tracked.items()):
+            if tracked.source is src and path not in keep and not tracked.parser.holding \
+                    and tracked.uncommitted_end is None \
+                    and tracked.follower.idle_seconds() > DRAIN_GRACE:
+                ident = tracked.follower.identity
+                if ident is not None:
+                    self._retired = [*self._retired, (ident, tracked.follower.offset)][-1000:]
+                tracked.follower.close()
+                del self.tracked[path]
+                self.pipeline.forget_file(path)
+
     def _known_offset(self, path: str) -> int | None:
         """-1 if another follower is draining this file, its read offset if it was read
         under another name before, None for a file never seen."""
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:
                 ident = identity_of(fh)
         except OSError:
             return -1
@@ -218,6 +245,10 @@ class Daemon:
         busy = False
         for path, tracked in list(self.tracked.items()):
             chunk = tracked.follower.read()
+            if tracked.follower.problem != tracked.problem:
+                tracked.problem = tracked.follower.problem
+                if tracked.problem:
+                    self.log.warning("file_not_followed", path=path, problem=tracked.problem)
             if tracked.follower.retired:
                 self._retired = (self._retired + tracked.follower.retired)[-1000:]
                 tracked.follower.retired.clear()

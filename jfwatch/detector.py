@@ -33,6 +33,7 @@ _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
 _KEY_TEXTS_MAX = 4096  # cached group-key tables (one per address and user pair)
 # Evidence levels of a key (events counted, capped): eviction takes the lowest first.
 _LEVELS = 8
+_TOP_RANK = 2 * (_LEVELS - 1)
 
 
 # Event kinds as bits, in sorted order (the order an alert lists them in).
@@ -231,14 +232,16 @@ class _Key:
     would double the cost of a key, and a flood must fit (an alert carries the line
     that fired it).
 
-    ``level`` is the number of events counted for this key, capped at ``_LEVELS - 1``
-    (zero again once its address is banned): at the cap the key with the least evidence
-    leaves first, so a flood of fresh addresses cannot push out one that is close to a
+    ``rank`` orders keys for eviction, lowest first: twice the number of events
+    counted for this key (capped at ``_LEVELS - 1``; zero again once its address is
+    banned), plus one if a rule that bans groups by it.  So at the cap a flood of fresh
+    addresses cannot push out a key that is closer to a ban, and among equals a key
+    that could only ever raise an alert (a one-off username) goes before one that can
     ban.  ``last`` is the time of its last event, for expiry.
     """
 
     groups: dict[str, _Group] = field(default_factory=dict)
-    level: int = 0
+    rank: int = 0
     last: int = 0
 
 
@@ -259,6 +262,7 @@ class _CompiledRule:
     # Until last_alert + idle no event can count towards the next alert (0: no such
     # stretch, the cooldown is not longer than the window).
     idle: int
+    bans: bool  # the rule has a ban action (its keys are evicted last among equals)
 
 
 @dataclass(slots=True)
@@ -298,8 +302,8 @@ class Detector:
         # A key with no event for this long holds nothing any rule still needs.
         self._horizon = max((max(c.window, c.cooldown) for c in self.rules), default=0)
         self._keys: dict[str, _Key] = {}
-        # Keys by evidence level, each least recently active first (dicts keep order).
-        self._levels: list[dict[str, None]] = [{} for _ in range(_LEVELS)]
+        # Keys by rank, each least recently active first (dicts keep order).
+        self._ranks: list[dict[str, None]] = [{} for _ in range(_TOP_RANK + 2)]
         self._group_count = 0
         self._touched: dict[str, _Key] = {}  # this event's keys, looked up and counted
         # Group key texts per (address, user): attackers repeat themselves, and the
@@ -320,7 +324,7 @@ class Detector:
         group_by = tuple(sorted(set(rule.group_by)))
         return _CompiledRule(rule, rule.name, group_by, "|".join(group_by), handler,
                              window, cooldown, rule.threshold, rule.distinct, first_count,
-                             max(0, cooldown - window))
+                             max(0, cooldown - window), rule.actions.ban is not None)
 
     def _index_rules(self) -> dict[str, list[_Entry]]:
         """For each kind, the rules its events can concern, narrowed to that kind."""
@@ -372,7 +376,7 @@ class Detector:
             if key is None:
                 continue  # the event lacks a field this rule groups by
             if reset is not False and (reset is True or reset(event)):
-                group = self._group(step.c.name, key, now, create=False)
+                group = self._group(step.c, key, now, create=False)
                 if group is not None:
                     group.clear()
                 continue
@@ -443,21 +447,26 @@ class Detector:
                 return None
             tracked = self._keys[key] = _Key()
         else:
-            del self._levels[tracked.level][key]
-            tracked.level = min(tracked.level + 1, _LEVELS - 1)
-        self._levels[tracked.level][key] = None
+            del self._ranks[tracked.rank][key]
+            if tracked.rank < _TOP_RANK:
+                tracked.rank += 2
+        self._ranks[tracked.rank][key] = None
         tracked.last = now
         self._touched[key] = tracked
         return tracked
 
-    def _group(self, rule: str, key: str, now: int, create: bool) -> _Group | None:
+    def _group(self, c: _CompiledRule, key: str, now: int, create: bool) -> _Group | None:
         tracked = self._touch(key, now, create)
         if tracked is None:
             return None
-        group = tracked.groups.get(rule)
+        group = tracked.groups.get(c.name)
         if group is None and create:
-            group = tracked.groups[rule] = _Group()
+            group = tracked.groups[c.name] = _Group()
             self._group_count += 1
+            if c.bans and not tracked.rank & 1:
+                del self._ranks[tracked.rank][key]
+                tracked.rank += 1
+                self._ranks[tracked.rank][key] = None
             if self._group_count > self.settings.max_groups:
                 self._make_room(now)
         return group
@@ -475,14 +484,14 @@ class Detector:
         drops to level zero), and newcomers take their places.
         """
         stale = now - self._horizon
-        for level in self._levels:
+        for level in self._ranks:
             while self._group_count > self.settings.max_groups and level:
                 oldest = next(iter(level))
                 if self._keys[oldest].last >= stale:
                     break
                 self._drop(oldest)
                 self.expired_keys += 1
-        for level in self._levels:
+        for level in self._ranks:
             for victim in list(itertools.islice(reversed(level), len(self._touched) + 1)):
                 if self._group_count <= self.settings.max_groups:
                     return
@@ -492,29 +501,29 @@ class Detector:
 
     def _drop(self, key: str) -> None:
         tracked = self._keys.pop(key)
-        del self._levels[tracked.level][key]
+        del self._ranks[tracked.rank][key]
         self._group_count -= len(tracked.groups)
 
     def _demote(self, key: str) -> None:
         """A key whose address is now banned holds no evidence worth keeping: the ban is
         in the state.  It goes to the front of the line for eviction."""
         tracked = self._keys.get(key)
-        if tracked is not None and tracked.level:
-            del self._levels[tracked.level][key]
-            tracked.level = 0
-            self._levels[0][key] = None
+        if tracked is not None and tracked.rank:
+            del self._ranks[tracked.rank][key]
+            tracked.rank = 0
+            self._ranks[0][key] = None
 
     # -- rules ------------------------------------------------------------------
 
     def _trigger(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
-        group = self._group(step.c.name, key, now, create=True)
+        group = self._group(step.c, key, now, create=True)
         assert group is not None
         return self._fire(step.c, event, key, now, group, 1, now, users=(),
                           kinds=(event.kind,))
 
     def _threshold(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
-        group = self._group(c.name, key, now, create=True)
+        group = self._group(c, key, now, create=True)
         assert group is not None
         group.kinds |= _KIND_BITS[event.kind]
         last = group.last_alert
@@ -563,7 +572,7 @@ class Detector:
         horizon = now - c.window
         then, first_step = step.then, step.first
         if then is True or (then is not False and then(event)):
-            group = self._group(c.name, key, now, create=False)
+            group = self._group(c, key, now, create=False)
             if group is None or group.times is None:
                 return []
             firsts = group.times
@@ -577,7 +586,7 @@ class Detector:
             return self._fire(c, event, key, now, group, count + 1, first, users=(),
                               kinds=(event.kind,))
         if first_step is True or (first_step is not False and first_step(event)):
-            group = self._group(c.name, key, now, create=True)
+            group = self._group(c, key, now, create=True)
             assert group is not None
             times = group.times
             if times is None:
@@ -605,7 +614,7 @@ class Detector:
         is_new = self.store.remember(c.name, key, value, event.time)
         if not (is_new and known_before):
             return []  # the very first value of a group is its baseline, not news
-        group = self._group(c.name, key, now, create=True)
+        group = self._group(c, key, now, create=True)
         assert group is not None
         return self._fire(c, event, key, now, group, 1, now, users=(), kinds=(event.kind,))
 

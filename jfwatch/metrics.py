@@ -5,6 +5,7 @@ Prometheus metrics (own registry, ``jfwatch_`` prefix) and the HTTP endpoint wit
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,45 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from jfwatch import __version__
+
+# A scrape takes milliseconds; Prometheus scrapes with one connection at a time.
+MAX_CONNECTIONS = 16
+REQUEST_TIMEOUT = 5.0
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """
+    At most MAX_CONNECTIONS requests served at once, each dropped after REQUEST_TIMEOUT
+    seconds of silence; connections beyond that are closed as soon as they are accepted.
+    Idle connections thus cannot pile up threads and descriptors until the daemon can no
+    longer open its logs.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 family: socket.AddressFamily) -> None:
+        self.address_family = family
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Metrics:
@@ -39,6 +79,9 @@ class Metrics:
                                 "Time of the newest event per source", ["source"], registry=r)
         self.lag = Gauge("jfwatch_tail_lag_bytes", "Bytes written but not yet read",
                          ["file"], registry=r)
+        self.files_skipped = Gauge("jfwatch_files_skipped",
+                                   "Matching files not followed (beyond max_open_files)",
+                                   ["source"], registry=r)
         self.source_up = Gauge("jfwatch_source_readable", "1 if the source can be read",
                                ["source"], registry=r)
         Info("jfwatch_build", "Build information", registry=r).info({"version": __version__})
@@ -71,6 +114,8 @@ class Metrics:
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT  # a silent client is dropped, not waited for
+
             def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
                     body, code, ctype = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
@@ -88,7 +133,8 @@ class Metrics:
             def log_message(self, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._server = _BoundedServer((host, port), Handler, family)
         threading.Thread(target=self._server.serve_forever, name="jfwatch-metrics",
                          daemon=True).start()
         return int(self._server.server_address[1])

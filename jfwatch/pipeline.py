@@ -86,6 +86,9 @@ class Pipeline:
     def tail_lag(self, path: str, lag: int) -> None:
         self.metrics.lag.labels(path).set(lag)
 
+    def files_skipped(self, source: str, count: int) -> None:
+        self.metrics.files_skipped.labels(source).set(count)
+
     def forget_file(self, path: str) -> None:
         """A file that is gone keeps no series (daily log names would pile up)."""
         self.metrics.lag.remove(path)
@@ -148,7 +151,11 @@ class Pipeline:
             self._skipped_bans.discard(d.ip)
             return
         self._skipped_bans.discard(d.ip)
-        self.feed.write(d, now)
+        try:
+            self.feed.write(d, now)
+        except OSError as exc:
+            # Reported, never fatal: the ban stays in the state and the banned list.
+            self.log.error("ban_feed_write_failed", path=str(self.feed.path), problem=str(exc))
 
     def _refresh_bans(self) -> None:
         bans = self.store.bans()

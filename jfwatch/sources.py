@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Source:
     observer: Any = None
     problem: str | None = None
     started: bool = False
+    skipped: list[str] = field(default_factory=list)  # matching files beyond the budget
 
     @property
     def directory(self) -> str:
@@ -75,9 +77,18 @@ class Source:
             self.observer.join(timeout=2)
             self.observer = None
 
-    def scan(self) -> list[str]:
-        """Current matching files, oldest name first; sets ``problem`` when unreadable."""
+    def scan(self, budget: int) -> list[str]:
+        """
+        The matching regular files to follow, oldest name first; sets ``problem`` when
+        the source is unreadable and ``skipped`` to what lies beyond the budget.
+
+        Each followed file holds a descriptor, so at most ``budget`` are followed: the
+        most recently modified ones (a glob over years of daily logs must not exhaust
+        the process's descriptors and leave today's log unread).  The rest are counted
+        and reported, never silently dropped.
+        """
         directory = self.directory
+        self.skipped = []
         if not os.path.isdir(directory):
             self.problem = f"directory {directory} does not exist (yet)"
             return []
@@ -87,17 +98,29 @@ class Source:
         paths = sorted(glob.glob(self.config.path)) if glob.has_magic(self.config.path) \
             else ([self.config.path] if os.path.exists(self.config.path) else [])
         unreadable = [p for p in paths if not os.access(p, os.R_OK)]
-        self.problem = f"cannot read {', '.join(unreadable)}" if unreadable else None
-        return [p for p in paths if p not in unreadable and os.path.isfile(p)]
+        self.problem = f"cannot read {', '.join(unreadable[:5])}" if unreadable else None
+        regular = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and path not in unreadable:
+                regular.append((st.st_mtime, path))
+        if len(regular) > budget:
+            regular.sort(reverse=True)  # newest first (ties: later name first)
+            self.skipped = sorted(path for _, path in regular[budget:])
+            regular = regular[:budget]
+        return sorted(path for _, path in regular)
 
 
 def find_by_identity(paths: list[str], saved: Identity) -> str | None:
     """The file among ``paths`` that is the one we were reading (it may have been renamed)."""
-    from jfwatch.tail import identity_of
+    from jfwatch.tail import identity_of, open_regular
 
     for path in paths:
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:
                 if identity_of(fh).same_file(saved):
                     return path
         except OSError:

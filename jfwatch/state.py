@@ -6,6 +6,7 @@ do not block each other.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class StateStore:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _private(self.path)
         self._local = threading.local()
         self._memory: sqlite3.Connection | None = None
         self.db.executescript(_SCHEMA)
@@ -176,6 +178,19 @@ class StateStore:
             gone += db.execute("DELETE FROM ban_history WHERE last < ? AND ip NOT IN "
                                "(SELECT ip FROM bans)", (history_cut,)).rowcount
         return int(gone)
+
+
+def _private(path: str) -> None:
+    """
+    The state holds offsets, bans and queued alert texts: readable by this user only
+    (0600).  Created before SQLite opens it (SQLite gives its -wal and -shm files the
+    database's mode), refusing a symlink in its place.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _ban(row: tuple[str, str, str, str, int]) -> BanRow:

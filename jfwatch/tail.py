@@ -11,6 +11,7 @@ and those lines must not be lost.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -32,6 +33,28 @@ class Identity:
         # A fingerprint taken while the file was shorter is a prefix of the later one.
         short, long_ = sorted((self.fingerprint, other.fingerprint), key=len)
         return long_.startswith(short)
+
+
+class NotRegularFile(OSError):
+    """A FIFO, socket or device where a log should be: never read (it could block)."""
+
+
+def open_regular(path: str) -> BinaryIO:
+    """
+    Open a log for reading without ever blocking: ``O_NONBLOCK`` makes a FIFO without
+    a writer open at once (a plain open would wait forever, and with it every source),
+    and anything but a regular file is refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"{path} is not a regular file (a FIFO, socket or device): "
+                                 "not followed")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def fingerprint(fh: BinaryIO) -> bytes:
@@ -128,14 +151,19 @@ class Follower:
         # Rotated-away files this follower finished with, and how far they were read,
         # so that a glob that also matches rotated names does not read them again.
         self.retired: list[tuple[Identity, int]] = []
+        self.problem: str | None = None  # why the path cannot be read now, if it cannot
         self._open(offset)
 
     def _open(self, offset: int) -> None:
         try:
-            fh = open(self.path, "rb")  # noqa: SIM115 - kept open across calls
+            fh = open_regular(self.path)
+        except NotRegularFile as exc:
+            self._cur, self.identity, self.problem = None, None, str(exc)
+            return
         except OSError:
             self._cur, self.identity = None, None
             return
+        self.problem = None
         size = os.fstat(fh.fileno()).st_size
         if offset > size:
             offset = 0  # truncated while we were away

@@ -27,7 +27,8 @@ def denied(user: str, ip: str = "203.0.113.7", ts: str = "2026-05-01 10:00:00.00
 class DaemonRun:
     def __init__(self, work: Path, *, watch_mode: str = "auto", start: str = "end",
                  pattern: str = "logs/log_*.log", metrics_port: int | None = None,
-                 extra: str = "", drop_root_file_access: bool = False) -> None:
+                 extra: str = "", drop_root_file_access: bool = False,
+                 max_open_fds: int | None = None) -> None:
         self.work = work
         self.events_file = work / "out" / "events.jsonl"
         (work / "out").mkdir(parents=True, exist_ok=True)
@@ -39,6 +40,7 @@ class DaemonRun:
             f"list_path: out/banned.txt}}\nevents_file: out/events.jsonl\nmetrics: {metrics}\n"
             + extra)
         self.drop_root_file_access = drop_root_file_access
+        self.max_open_fds = max_open_fds  # RLIMIT_NOFILE for the daemon (None: inherited)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = work / "daemon.log"
 
@@ -50,6 +52,8 @@ class DaemonRun:
             # Root ignores permission bits; without these capabilities it obeys them,
             # like the unprivileged service user would.
             prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+        if self.max_open_fds is not None:
+            prefix = ["prlimit", f"--nofile={self.max_open_fds}", "--", *prefix]
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "jfwatch", "run", "--config", str(self.config)],
             cwd=self.work, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"),  # noqa: SIM115

@@ -16,13 +16,13 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from daemon_helper import append, denied, start_daemon
-
 from jfwatch.decisions import Ban, Unban
 from jfwatch.detector import Detector, DetectorSettings
 from jfwatch.events import Event, EventKind
 from jfwatch.memory_state import MemoryState
 from jfwatch.rules import load_rules
+
+from daemon_helper import append, denied, start_daemon
 
 CONTEXT = "Jellyfin.Server.Implementations.Users.UserManager"
 # A username holding a newline and a 2099 header: in the file sink its second half
