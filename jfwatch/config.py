@@ -70,7 +70,7 @@ class MetricsConfig(Strict):
     enabled: bool = True
     listen: str = "127.0.0.1"
     port: int = Field(9725, ge=0, le=65535)
-    stale_after: Annotated[Duration, between("10s", "7d")] = Duration.parse("10m")
+    stale_after: Annotated[Duration, between("1s", "7d")] = Duration.parse("10m")
 
 
 class Config(Strict):
