@@ -70,6 +70,7 @@ class Daemon:
         self._hup = False
         self._problems: dict[str, str | None] = {}
         self._skipped_reported: dict[str, int] = {}
+        self._irregular_reported: set[str] = set()
         # Files finished after a rotation: (identity, offset read), bounded.
         self._retired: list[tuple[Identity, int]] = []
 
@@ -197,6 +198,11 @@ class Daemon:
     def _report_budget(self, src: Source, budget: int, wanted: list[str]) -> None:
         """Say when a glob matches more files than may be open, and stop following the
         older ones once they are drained and quiet (their offsets are remembered)."""
+        for path in src.irregular:
+            if path not in self._irregular_reported:
+                self._irregular_reported.add(path)
+                self.log.warning("file_not_followed", path=path,
+                                 problem="not a regular file (a FIFO, socket or device)")
         skipped = len(src.skipped)
         self.pipeline.files_skipped(src.config.path, skipped)
         if skipped != self._skipped_reported.get(src.config.path, 0):

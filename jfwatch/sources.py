@@ -52,6 +52,7 @@ class Source:
     problem: str | None = None
     started: bool = False
     skipped: list[str] = field(default_factory=list)  # matching files beyond the budget
+    irregular: list[str] = field(default_factory=list)  # matching FIFOs, sockets, devices
 
     @property
     def directory(self) -> str:
@@ -100,12 +101,15 @@ class Source:
         unreadable = [p for p in paths if not os.access(p, os.R_OK)]
         self.problem = f"cannot read {', '.join(unreadable[:5])}" if unreadable else None
         regular = []
+        self.irregular = []
         for path in paths:
             try:
                 st = os.stat(path)
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode) and path not in unreadable:
+            if not stat.S_ISREG(st.st_mode):
+                self.irregular.append(path)  # a FIFO could block a reader: reported, skipped
+            elif path not in unreadable:
                 regular.append((st.st_mtime, path))
         if len(regular) > budget:
             regular.sort(reverse=True)  # newest first (ties: later name first)

@@ -44,6 +44,11 @@ def test_fifo_swapped_in_stops_nothing(tmp_path: Path) -> None:
                  what="the FIFO reported")
     append(other, denied("after"))
     run.wait_users(Counter({"before": 1, "after": 1}))
+    # A FIFO that matches the glob from the start is reported too, never opened.
+    os.mkfifo(log.parent / "log_20260503.log")
+    run.wait_for(lambda: "log_20260503.log" in run.log_text(), what="the new FIFO reported")
+    append(other, denied("still"))
+    run.wait_users(Counter({"before": 1, "after": 1, "still": 1}))
     began = time.monotonic()
     assert run.stop(signal.SIGTERM) == 0
     assert time.monotonic() - began < 5
