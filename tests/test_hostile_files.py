@@ -154,3 +154,20 @@ def test_check_config_warns_about_readable_secrets(tmp_path: Path) -> None:
     quiet = subprocess.run([sys.executable, "-m", "jfwatch", "check-config", "--config", str(cfg)],
                            capture_output=True, text=True, timeout=60, check=False)
     assert "warning" not in quiet.stderr
+
+
+def test_metrics_listen_on_ipv6_loopback() -> None:
+    """``metrics.listen: "::1"`` serves (it used to raise an address-family error)."""
+    from jfwatch.metrics import Metrics
+
+    if not socket.has_ipv6:
+        import pytest
+
+        pytest.skip("no IPv6 on this host")
+    metrics = Metrics()
+    port = metrics.serve("::1", 0)
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{port}/health", timeout=5) as resp:
+            assert resp.read() == b"ok\n"
+    finally:
+        metrics.stop()
