@@ -21,6 +21,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from daemon_helper import DaemonRun, append, denied, start_daemon
 
 
@@ -161,8 +162,6 @@ def test_metrics_listen_on_ipv6_loopback() -> None:
     from jfwatch.metrics import Metrics
 
     if not socket.has_ipv6:
-        import pytest
-
         pytest.skip("no IPv6 on this host")
     metrics = Metrics()
     port = metrics.serve("::1", 0)
