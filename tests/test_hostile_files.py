@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from daemon_helper import DaemonRun, append, denied, start_daemon
 
 
