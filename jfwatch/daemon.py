@@ -172,7 +172,7 @@ class Daemon:
         for src in self.sources:
             src.watch()
             paths = src.scan(budget)
-            self._report_budget(src, budget, paths)
+            self._report_budget(src, budget)
             if src.problem != self._problems.get(src.config.path):
                 self._problems[src.config.path] = src.problem
                 if src.problem:
@@ -195,7 +195,7 @@ class Daemon:
                 self._track(src, path, offset)
             src.started = True
 
-    def _report_budget(self, src: Source, budget: int, wanted: list[str]) -> None:
+    def _report_budget(self, src: Source, budget: int) -> None:
         """Say when a glob matches more files than may be open, and stop following the
         older ones once they are drained and quiet (their offsets are remembered)."""
         for path in src.irregular:
@@ -211,9 +211,9 @@ class Daemon:
                 self.log.warning("too_many_files", path=src.config.path, following=budget,
                                  skipped=skipped, oldest_skipped=src.skipped[0],
                                  fix="narrow the glob, or raise max_open_files")
-        keep = set(wanted)
+        beyond = set(src.skipped)  # not files that are gone or unreadable: _read_all's job
         for path, tracked in list(self.tracked.items()):
-            if tracked.source is src and path not in keep and not tracked.parser.holding \
+            if tracked.source is src and path in beyond and not tracked.parser.holding \
                     and tracked.uncommitted_end is None \
                     and tracked.follower.idle_seconds() > DRAIN_GRACE:
                 ident = tracked.follower.identity
