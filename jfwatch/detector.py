@@ -310,9 +310,7 @@ class Detector:
         # texts are built once instead of for every event.
         self._key_texts: dict[tuple[IPAddress | None, str | None], dict[str, str]] = {}
         self.evictions = 0
-        self.expired_keys = 0
         self.future_events = 0
-        self.now: datetime | None = None
         # The earliest ban end, cached: asking SQLite on every event costs a query each.
         self._next_expiry: datetime | None = store.next_expiry()
 
@@ -363,8 +361,6 @@ class Detector:
             event = replace(event, time=clock.astimezone(event.time.tzinfo))
         if self._next_expiry is not None and self._next_expiry <= event.time:
             out += self.expire(event.time)
-        elif self.now is None or event.time > self.now:
-            self.now = event.time
         steps = self._steps.get(event.kind)
         if not steps:
             return out
@@ -414,8 +410,6 @@ class Detector:
     def expire(self, now: datetime) -> list[Unban]:
         """Lift bans whose time is over (never later than the clock says it is)."""
         now = min(now, self.clock())
-        if self.now is None or now > self.now:
-            self.now = now
         if self._next_expiry is None or self._next_expiry > now:
             return []
         out = []
@@ -437,7 +431,7 @@ class Detector:
 
     def _touch(self, key: str, now: int, create: bool) -> _Key | None:
         """The key's state, counted once per event: one more level of evidence, and
-        last in its level's order."""
+        last in its rank's order."""
         tracked = self._touched.get(key)
         if tracked is not None:
             return tracked
@@ -446,11 +440,9 @@ class Detector:
             if not create:
                 return None
             tracked = self._keys[key] = _Key()
+            self._ranks[0][key] = None
         else:
-            del self._ranks[tracked.rank][key]
-            if tracked.rank < _TOP_RANK:
-                tracked.rank += 2
-        self._ranks[tracked.rank][key] = None
+            self._rerank(key, tracked, min(tracked.rank + 2, _TOP_RANK + (tracked.rank & 1)))
         tracked.last = now
         self._touched[key] = tracked
         return tracked
@@ -464,9 +456,7 @@ class Detector:
             group = tracked.groups[c.name] = _Group()
             self._group_count += 1
             if c.bans and not tracked.rank & 1:
-                del self._ranks[tracked.rank][key]
-                tracked.rank += 1
-                self._ranks[tracked.rank][key] = None
+                self._rerank(key, tracked, tracked.rank + 1)
             if self._group_count > self.settings.max_groups:
                 self._make_room(now)
         return group
@@ -474,14 +464,15 @@ class Detector:
     def _make_room(self, now: int) -> None:
         """
         Back under max_groups.  First keys idle past every rule's window and cooldown
-        (they hold nothing any rule needs), then the newest key of the lowest evidence
-        level, never a key of the current event: first come, first served among equals.
+        (they hold nothing any rule needs), then the newest key of the lowest rank
+        (``_Key``), never a key of the current event: first come, first served among
+        equals.
 
         So a flood of fresh addresses cannot push out a key that has gathered more
         evidence, nor, in round-robin order, keep every key from reaching its second
         event (evicting the oldest would drop each address just before it returns).
         Beyond the cap, the addresses tracked first are banned and leave (a banned key
-        drops to level zero), and newcomers take their places.
+        drops to rank zero), and newcomers take their places.
         """
         stale = now - self._horizon
         for level in self._ranks:
@@ -490,7 +481,6 @@ class Detector:
                 if self._keys[oldest].last >= stale:
                     break
                 self._drop(oldest)
-                self.expired_keys += 1
         for level in self._ranks:
             for victim in list(itertools.islice(reversed(level), len(self._touched) + 1)):
                 if self._group_count <= self.settings.max_groups:
@@ -508,10 +498,14 @@ class Detector:
         """A key whose address is now banned holds no evidence worth keeping: the ban is
         in the state.  It goes to the front of the line for eviction."""
         tracked = self._keys.get(key)
-        if tracked is not None and tracked.rank:
-            del self._ranks[tracked.rank][key]
-            tracked.rank = 0
-            self._ranks[0][key] = None
+        if tracked is not None:
+            self._rerank(key, tracked, 0)
+
+    def _rerank(self, key: str, tracked: _Key, rank: int) -> None:
+        """Move a key to another rank, as its most recently active key there."""
+        del self._ranks[tracked.rank][key]
+        tracked.rank = rank
+        self._ranks[rank][key] = None
 
     # -- rules ------------------------------------------------------------------
 
@@ -579,7 +573,7 @@ class Detector:
             stale = bisect_left(firsts, horizon)
             if stale:
                 del firsts[:stale]
-            if len(firsts) < c.first_count or not firsts:
+            if len(firsts) < c.first_count:  # first_count >= 1: never an empty array
                 return []
             count, first = len(firsts), firsts[0]
             del firsts[:]
