@@ -172,7 +172,8 @@ class Daemon:
         for src in self.sources:
             src.watch()
             paths = src.scan(budget)
-            self._report_budget(src, budget)
+            self._report_skipped(src, budget)
+            self._let_go_beyond_budget(src)
             if src.problem != self._problems.get(src.config.path):
                 self._problems[src.config.path] = src.problem
                 if src.problem:
@@ -195,9 +196,9 @@ class Daemon:
                 self._track(src, path, offset)
             src.started = True
 
-    def _report_budget(self, src: Source, budget: int) -> None:
-        """Say when a glob matches more files than may be open, and stop following the
-        older ones once they are drained and quiet (their offsets are remembered)."""
+    def _report_skipped(self, src: Source, budget: int) -> None:
+        """Say (once) which matching files are not followed: FIFOs, sockets and devices,
+        and files beyond the budget of open files."""
         for path in src.irregular:
             if path not in self._irregular_reported:
                 self._irregular_reported.add(path)
@@ -211,6 +212,10 @@ class Daemon:
                 self.log.warning("too_many_files", path=src.config.path, following=budget,
                                  skipped=skipped, oldest_skipped=src.skipped[0],
                                  fix="narrow the glob, or raise max_open_files")
+
+    def _let_go_beyond_budget(self, src: Source) -> None:
+        """Stop following files now beyond the budget once they are drained and quiet;
+        their offsets are remembered, should they be followed again."""
         beyond = set(src.skipped)  # not files that are gone or unreadable: _read_all's job
         for path, tracked in list(self.tracked.items()):
             if tracked.source is src and path in beyond and not tracked.parser.holding \
@@ -218,10 +223,14 @@ class Daemon:
                     and tracked.follower.idle_seconds() > DRAIN_GRACE:
                 ident = tracked.follower.identity
                 if ident is not None:
-                    self._retired = [*self._retired, (ident, tracked.follower.offset)][-1000:]
+                    self._retire([(ident, tracked.follower.offset)])
                 tracked.follower.close()
                 del self.tracked[path]
                 self.pipeline.forget_file(path)
+
+    def _retire(self, finished: list[tuple[Identity, int]]) -> None:
+        """Remember files no longer followed and how far they were read (the last 1,000)."""
+        self._retired = (self._retired + finished)[-1000:]
 
     def _known_offset(self, path: str) -> int | None:
         """-1 if another follower is draining this file, its read offset if it was read
@@ -256,7 +265,7 @@ class Daemon:
                 if tracked.problem:
                     self.log.warning("file_not_followed", path=path, problem=tracked.problem)
             if tracked.follower.retired:
-                self._retired = (self._retired + tracked.follower.retired)[-1000:]
+                self._retire(tracked.follower.retired)
                 tracked.follower.retired.clear()
             if chunk.lines:
                 busy = True
