@@ -1,5 +1,5 @@
 """Allow ``python -m jfwatch``."""
 
-from jfwatch.cli import main
+from jfwatch.engine.cli import main
 
 raise SystemExit(main())

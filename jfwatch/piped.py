@@ -39,7 +39,7 @@ from jfwatch.batch import (
     rows_to_events,
 )
 from jfwatch.events import Event, EventRow
-from jfwatch.lines import LineStats, context_for
+from jfwatch.sources.lines import LineStats, context_for
 from jfwatch.parsers import create_parser
 from jfwatch.parsers._common import StreamContext
 

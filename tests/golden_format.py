@@ -42,7 +42,7 @@ def attribute(parser: Any, samples: list[Sample]) -> list[list[dict[str, Any]]]:
     (a success waiting for a TOTP rejection, an injection opener) come out later and
     are matched to their line through the excerpt, oldest unclaimed line first.
     """
-    from jfwatch.redact import excerpt  # local: keeps this module importable alone
+    from jfwatch.parsers.redact import excerpt  # local: keeps this module importable alone
 
     owners: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):

@@ -20,12 +20,12 @@ import pytest
 
 from jfwatch import batch, piped
 from jfwatch.batch import read_events, read_pieces, render_json
-from jfwatch.config import Config
-from jfwatch.decisions import Decision
+from jfwatch.config.model import Config
+from jfwatch.detect.decisions import Decision
 from jfwatch.events import Event
-from jfwatch.lines import LineStats
+from jfwatch.sources.lines import LineStats
 from jfwatch.parsers.jellyfin import QUIET_LINES, quiet_cut
-from jfwatch.rules import load_rules
+from jfwatch.detect.rules import load_rules
 
 UM = "Jellyfin.Server.Implementations.Users.UserManager"
 UID = "6e1f0a52-9d4b-4f7e-8a3c-2b1d0c9e8f7a"
@@ -154,7 +154,7 @@ def test_a_failing_helper_changes_nothing(big_log: Path, split_small: list[int])
 def test_jfwatch_parse_of_a_split_file(big_log: Path, tmp_path: Path) -> None:
     """The command as a user runs it: same JSON lines with and without the helper."""
     code = ("import sys, jfwatch.batch as b; b.SPLIT_MIN_BYTES = int(sys.argv[1]); "
-            "from jfwatch.cli import main; sys.exit(main(sys.argv[2:]))")
+            "from jfwatch.engine.cli import main; sys.exit(main(sys.argv[2:]))")
     outputs = []
     for threshold in (1 << 20, 1 << 40):
         proc = subprocess.run([sys.executable, "-c", code, str(threshold), "parse", str(big_log)],
@@ -176,7 +176,7 @@ def test_jfwatch_parse_ended_early_stops_its_helper(big_log: Path) -> None:
             "render, parent = b.render_json, os.getpid()\n"
             "b.render_json = lambda events: (os.getpid() != parent and time.sleep(3600)) \\\n"
             "    or render(events)\n"
-            "from jfwatch.cli import main; sys.exit(main(sys.argv[1:]))")
+            "from jfwatch.engine.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "parse", str(big_log)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # its own group: the helper too
@@ -197,7 +197,7 @@ def _decisions(decisions: list[Decision]) -> list[str]:
 
 def test_replay_of_files_out_of_order_equals_replay_in_order(tmp_path: Path,
                                                              split_small: list[int]) -> None:
-    from jfwatch.commands import replay
+    from jfwatch.engine.commands import replay
 
     early = _log(tmp_path / "log_20260102.log", 30_000, datetime(2026, 1, 2, tzinfo=UTC))
     late = _log(tmp_path / "log_20260103.log", 30_000, datetime(2026, 1, 3, tzinfo=UTC))
@@ -263,7 +263,7 @@ def test_a_killed_pipe_helper_starts_the_stream_over(big_log: Path, pipe_small: 
 
 def test_replay_with_a_killed_helper_equals_replay_without(big_log: Path, pipe_small: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from jfwatch.commands import replay
+    from jfwatch.engine.commands import replay
 
     rules = load_rules([])
     whole = replay([str(big_log)], Config(), rules, "auto", LineStats())
@@ -281,7 +281,7 @@ def test_replay_keeps_event_time_order_across_pieces(tmp_path: Path, pipe_small:
     far older than everything before it makes detection start over, sorted.  Both equal
     sorting everything first.
     """
-    from jfwatch.commands import replay
+    from jfwatch.engine.commands import replay
 
     rules = load_rules([])
     log = _log(tmp_path / "log_20260102.log", 60_000, datetime(2026, 1, 2, tzinfo=UTC))
@@ -309,7 +309,7 @@ def test_replay_command_with_its_early_helper(big_log: Path, tmp_path: Path) -> 
     output equals the pipeline's without it, and a bad config still only yields its
     errors (the helper is stopped, nothing is printed on stdout).
     """
-    from jfwatch.commands import replay
+    from jfwatch.engine.commands import replay
 
     config = tmp_path / "jfwatch.yml"
     config.write_text("timezone: Europe/Berlin\nrules_dirs: []\n")

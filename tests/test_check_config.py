@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jfwatch.errors import ConfigError
-from jfwatch.rules import load_rules
+from jfwatch.config.errors import ConfigError
+from jfwatch.detect.rules import load_rules
 
 
 def _check(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,11 +10,11 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from jfwatch.decisions import Alert, Ban, Unban
-from jfwatch.detector import Detector, DetectorSettings, networks
+from jfwatch.detect.decisions import Alert, Ban, Unban
+from jfwatch.detect.detector import Detector, DetectorSettings, networks
 from jfwatch.events import Event, EventKind
-from jfwatch.rules import Rule
-from jfwatch.state import StateStore
+from jfwatch.detect.rules import Rule
+from jfwatch.detect.state import StateStore
 
 from conftest import ROOT
 
@@ -196,10 +196,10 @@ def test_flood_of_a_million_addresses_is_bounded() -> None:
     script = textwrap.dedent("""
         import ipaddress, resource
         from datetime import UTC, datetime, timedelta
-        from jfwatch.detector import Detector, DetectorSettings
+        from jfwatch.detect.detector import Detector, DetectorSettings
         from jfwatch.events import Event, EventKind
-        from jfwatch.rules import load_rules
-        from jfwatch.state import StateStore
+        from jfwatch.detect.rules import load_rules
+        from jfwatch.detect.state import StateStore
         rules = load_rules([])
         det = Detector(rules, DetectorSettings(), StateStore(":memory:"))
         t0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from jfwatch.lines import context_for
+from jfwatch.sources.lines import context_for
 from jfwatch.parsers import PARSERS, create_parser
 
 from golden_format import attribute, read_samples
@@ -63,7 +63,7 @@ def test_json_line_is_exactly_json_dumps() -> None:
     import json
 
     from jfwatch.batch import read_events
-    from jfwatch.lines import LineStats
+    from jfwatch.sources.lines import LineStats
 
     events = read_events([str(p) for p in FILES], "auto", UTC, LineStats())
     assert len(events) > 100

@@ -160,7 +160,7 @@ def test_check_config_warns_about_readable_secrets(tmp_path: Path) -> None:
 
 def test_metrics_listen_on_ipv6_loopback() -> None:
     """``metrics.listen: "::1"`` serves (it used to raise an address-family error)."""
-    from jfwatch.metrics import Metrics
+    from jfwatch.actions.metrics import Metrics
 
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")

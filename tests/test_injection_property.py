@@ -10,7 +10,7 @@ from datetime import UTC
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jfwatch.lines import context_for
+from jfwatch.sources.lines import context_for
 from jfwatch.parsers import create_parser
 
 REAL = "203.0.113.200"

@@ -7,7 +7,7 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jfwatch.lines import Block, decode, iter_chunks
+from jfwatch.sources.lines import Block, decode, iter_chunks
 
 MAX = 20
 PIECES = st.sampled_from([b"\n", b"ok line", b"\xff\xfe", b"\x00", b"A" * 25, b"A" * 90,

@@ -120,7 +120,7 @@ def test_promtool_accepts_the_scrape_and_the_rules(tmp_path: Path) -> None:
 
 
 def _exported_names() -> set[str]:
-    from jfwatch.metrics import Metrics
+    from jfwatch.actions.metrics import Metrics
 
     names = set()
     for family in Metrics().registry.collect():

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from jfwatch.config import NotifyConfig
-from jfwatch.decisions import Alert
-from jfwatch.notify import Outbox, render
-from jfwatch.state import StateStore
+from jfwatch.config.model import NotifyConfig
+from jfwatch.detect.decisions import Alert
+from jfwatch.actions.notify import Outbox, render
+from jfwatch.detect.state import StateStore
 
 from http_receiver import Receiver, free_port
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from jfwatch.commands import replay
-from jfwatch.config import Config
-from jfwatch.decisions import Alert, Ban, Unban
-from jfwatch.lines import LineStats
-from jfwatch.rules import load_rules, shipped_rules_dir
+from jfwatch.engine.commands import replay
+from jfwatch.config.model import Config
+from jfwatch.detect.decisions import Alert, Ban, Unban
+from jfwatch.sources.lines import LineStats
+from jfwatch.detect.rules import load_rules, shipped_rules_dir
 
 from conftest import ROOT
 

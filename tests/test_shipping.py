@@ -120,7 +120,7 @@ def test_container_entrypoint_checks_then_runs(tmp_path: Path) -> None:
 
 def test_example_config_is_valid_and_complete() -> None:
     """contrib/jfwatch.example.yml validates and mentions every top-level option."""
-    from jfwatch.config import Config
+    from jfwatch.config.model import Config
 
     example = ROOT / "contrib" / "jfwatch.example.yml"
     result = subprocess.run([sys.executable, "-m", "jfwatch", "check-config", "--config",

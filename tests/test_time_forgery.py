@@ -16,11 +16,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from jfwatch.decisions import Ban, Unban
-from jfwatch.detector import Detector, DetectorSettings
+from jfwatch.detect.decisions import Ban, Unban
+from jfwatch.detect.detector import Detector, DetectorSettings
 from jfwatch.events import Event, EventKind
-from jfwatch.memory_state import MemoryState
-from jfwatch.rules import load_rules
+from jfwatch.detect.memory_state import MemoryState
+from jfwatch.detect.rules import load_rules
 
 from daemon_helper import append, denied, start_daemon
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from jfwatch.events import Event, EventKind
 from jfwatch.parsers._common import StatelessParser, StreamContext, json_object, parse_ip, parse_iso
-from jfwatch.redact import clean_user, excerpt
+from jfwatch.parsers.redact import clean_user, excerpt
 
 NAME: Final = "authentik"
 PATTERNS: Final = ("login_failed", "mfa_failed", "invalid_identifier", "login")

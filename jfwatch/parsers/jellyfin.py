@@ -35,7 +35,7 @@ from typing import Final
 
 from jfwatch.events import Event, EventKind, IPAddress
 from jfwatch.parsers._common import BulkResult, StreamContext, parse_ip, parse_iso
-from jfwatch.redact import clean_user, excerpt
+from jfwatch.parsers.redact import clean_user, excerpt
 
 NAME: Final = "jellyfin"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from jfwatch.durations import format_duration
+from jfwatch.config.durations import format_duration
 from jfwatch.isotime import iso_time
 
 

@@ -18,8 +18,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from jfwatch.config import SourceConfig
-from jfwatch.tail import Identity
+from jfwatch.config.model import SourceConfig
+from jfwatch.sources.follow import Identity
 
 
 class _Wake(FileSystemEventHandler):
@@ -120,7 +120,7 @@ class Source:
 
 def find_by_identity(paths: list[str], saved: Identity) -> str | None:
     """The file among ``paths`` that is the one we were reading (it may have been renamed)."""
-    from jfwatch.tail import identity_of, open_regular
+    from jfwatch.sources.follow import identity_of, open_regular
 
     for path in paths:
         try:

@@ -22,11 +22,11 @@ from datetime import UTC, datetime, timedelta
 from sys import intern
 from typing import Protocol
 
-from jfwatch.config import PRIVATE_RANGES, Config
-from jfwatch.decisions import Alert, Ban, Decision, Unban
+from jfwatch.config.model import PRIVATE_RANGES, Config
+from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
 from jfwatch.events import Event, EventKind, IPAddress
-from jfwatch.rules import Match, Rule
-from jfwatch.state import BanRow
+from jfwatch.detect.rules import Match, Rule
+from jfwatch.detect.state import BanRow
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group

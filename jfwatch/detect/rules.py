@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jfwatch.durations import Duration, between
-from jfwatch.errors import ConfigError
+from jfwatch.config.durations import Duration, between
+from jfwatch.config.errors import ConfigError
 from jfwatch.events import EventKind
-from jfwatch.yamlerrors import describe, load_yaml
+from jfwatch.config.yaml_lines import describe, load_yaml
 
 Severity = Literal["info", "low", "medium", "high", "critical"]
 GroupField = Literal["ip", "user"]
@@ -129,7 +129,7 @@ def shipped_rules_dir() -> Path:
     packaged = Path(str(resources.files("jfwatch"))) / "_data" / "rules"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "rules"
+    return Path(__file__).resolve().parents[2] / "rules"
 
 
 def load_rule_file(path: Path) -> Rule:

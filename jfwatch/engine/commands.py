@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from jfwatch.config import Config, load_config
-from jfwatch.decisions import Alert, Ban, Decision, Unban
-from jfwatch.detector import Detector, DetectorSettings, settings_from_config
-from jfwatch.errors import ConfigError
+from jfwatch.config.model import Config, load_config
+from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
+from jfwatch.detect.detector import Detector, DetectorSettings, settings_from_config
+from jfwatch.config.errors import ConfigError
 from jfwatch.events import Event
-from jfwatch.lines import LineStats
-from jfwatch.rules import Rule, load_rules
-from jfwatch.state import StateStore
+from jfwatch.sources.lines import LineStats
+from jfwatch.detect.rules import Rule, load_rules
+from jfwatch.detect.state import StateStore
 
 if TYPE_CHECKING:
     from jfwatch.piped import Backfill
@@ -56,7 +56,7 @@ def load_all(config_path: Path | None, rules_dir: list[Path] | None
 
 def _raw_rule_dirs(config_path: Path | None) -> list[Path]:
     """``rules_dirs`` from a config file that failed validation, if it can be read."""
-    from jfwatch.yamlerrors import load_yaml
+    from jfwatch.config.yaml_lines import load_yaml
 
     if config_path is None:
         return []
@@ -153,7 +153,7 @@ def newest_plausible_time(files: list[str]) -> datetime:
 
 def _replay(backfill: Backfill, rules: list[Rule], settings: DetectorSettings, stats: LineStats,
             state: Path | None, clock: Callable[[], datetime]) -> list[Decision]:
-    from jfwatch.memory_state import MemoryState
+    from jfwatch.detect.memory_state import MemoryState
     from jfwatch.piped import StartOver
 
     def in_memory() -> Detector:
@@ -268,8 +268,8 @@ def cmd_replay(args: argparse.Namespace, backfill: Backfill | None = None) -> in
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jfwatch import log
-    from jfwatch.daemon import Daemon
+    from jfwatch.engine import log
+    from jfwatch.engine.daemon import Daemon
 
     log.configure(args.log_level)
     loaded = _load_or_report(args)
@@ -302,7 +302,7 @@ def cmd_bans(args: argparse.Namespace) -> int:
     if args.action == "unban":
         from datetime import UTC
 
-        from jfwatch.banfeed import BanFeed
+        from jfwatch.actions.banfeed import BanFeed
 
         row = store.remove_ban(args.ip)
         if row is None:
@@ -321,7 +321,7 @@ def cmd_bans(args: argparse.Namespace) -> int:
 
 
 def cmd_notify_test(args: argparse.Namespace) -> int:
-    from jfwatch.notify import Outbox
+    from jfwatch.actions.notify import Outbox
 
     loaded = _load_or_report(args)
     if isinstance(loaded, int):
@@ -338,6 +338,6 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from jfwatch.demo import run_demo
+    from jfwatch.engine.demo import run_demo
 
     return run_demo(keep=args.keep, port=args.port, pace=args.pace)

@@ -10,22 +10,22 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from jfwatch import log
-from jfwatch.banfeed import BanFeed
-from jfwatch.config import Config
-from jfwatch.decisions import Alert, Ban, Decision, Unban
-from jfwatch.detector import Detector, settings_from_config
+from jfwatch.engine import log
+from jfwatch.actions.banfeed import BanFeed
+from jfwatch.config.model import Config
+from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
+from jfwatch.detect.detector import Detector, settings_from_config
 from jfwatch.events import Event
-from jfwatch.metrics import Metrics
-from jfwatch.notify import Outbox
-from jfwatch.rules import Rule
-from jfwatch.state import StateStore
+from jfwatch.actions.metrics import Metrics
+from jfwatch.actions.notify import Outbox
+from jfwatch.detect.rules import Rule
+from jfwatch.detect.state import StateStore
 
 
 class Pipeline:
     def __init__(self, config: Config, rules: list[Rule], store: StateStore) -> None:
         self.config, self.store = config, store
-        self.log = log.get("jfwatch.pipeline")
+        self.log = log.get("jfwatch.engine.actions")
         self.detector = Detector(rules, settings_from_config(config), store)
         self.metrics = Metrics()
         self.metrics.stale_after = config.metrics.stale_after.total_seconds()

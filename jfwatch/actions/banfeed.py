@@ -19,7 +19,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from jfwatch.decisions import Ban, Unban
+from jfwatch.detect.decisions import Ban, Unban
 
 _RULE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 

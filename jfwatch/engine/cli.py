@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jfwatch import __version__
 from jfwatch.batch import quiet_collector, read_pieces, render_json
-from jfwatch.lines import LineStats
+from jfwatch.sources.lines import LineStats
 from jfwatch.parsers import FORMATS
 
 
@@ -75,7 +75,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     second that the helper spends parsing).  ``commands.cmd_replay`` undoes the early
     start if the validated config disagrees.
     """
-    from jfwatch.config_file import peek_timezone
+    from jfwatch.config.files import peek_timezone
     from jfwatch.piped import Backfill
 
     backfill = None
@@ -83,16 +83,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if zone is not None:
         with contextlib.suppress(ValueError, ZoneInfoNotFoundError):
             backfill = Backfill.start(args.files, args.format, ZoneInfo(zone))
-    from jfwatch import commands
+    from jfwatch.engine import commands
 
     return commands.cmd_replay(args, backfill)
 
 
 def _pipeline(name: str) -> Callable[[argparse.Namespace], int]:
-    """A handler from ``jfwatch.commands``, imported only when that command runs."""
+    """A handler from ``jfwatch.engine.commands``, imported only when that command runs."""
 
     def run(args: argparse.Namespace) -> int:
-        from jfwatch import commands
+        from jfwatch.engine import commands
 
         handler: Callable[[argparse.Namespace], int] = getattr(commands, name)
         return handler(args)

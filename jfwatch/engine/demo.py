@@ -27,7 +27,7 @@ _CLF_TS = re.compile(r"\[(\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2}) \+0000\]")
 
 def demo_dir() -> Path:
     packaged = Path(str(resources.files("jfwatch"))) / "_data" / "demo"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "demo"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "demo"
 
 
 def shift_line(line: str, delta: timedelta) -> str:

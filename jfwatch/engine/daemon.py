@@ -21,18 +21,18 @@ from pathlib import Path
 from types import FrameType
 from zoneinfo import ZoneInfo
 
-from jfwatch import log
-from jfwatch.config import Config, SourceConfig
-from jfwatch.errors import ConfigError
+from jfwatch.engine import log
+from jfwatch.config.model import Config, SourceConfig
+from jfwatch.config.errors import ConfigError
 from jfwatch.events import Event
-from jfwatch.lines import context_for, decode
+from jfwatch.sources.lines import context_for, decode
 from jfwatch.parsers import create_parser, feed_lines
 from jfwatch.parsers._common import StreamParser
-from jfwatch.pipeline import Pipeline
-from jfwatch.rules import Rule
-from jfwatch.sources import Source, find_by_identity, sibling_paths
-from jfwatch.state import StateStore
-from jfwatch.tail import DRAIN_GRACE, Follower, Identity, Line, identity_of, open_regular
+from jfwatch.engine.actions import Pipeline
+from jfwatch.detect.rules import Rule
+from jfwatch.sources.files import Source, find_by_identity, sibling_paths
+from jfwatch.detect.state import StateStore
+from jfwatch.sources.follow import DRAIN_GRACE, Follower, Identity, Line, identity_of, open_regular
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 COMMIT_EVERY = 30.0
@@ -62,7 +62,7 @@ class Daemon:
     wake: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.log = log.get("jfwatch.daemon")
+        self.log = log.get("jfwatch.engine.daemon")
         self.store = StateStore(self.config.state_dir / "state.db")
         self.pipeline = Pipeline(self.config, self.rules, self.store)
         self.sources = [Source(s, self.wake) for s in self.config.sources]

@@ -1,0 +1,1 @@
+"""Stage 4, actions: the ban feed, notifications and metrics."""
