@@ -29,10 +29,10 @@ from datetime import tzinfo
 from typing import IO, BinaryIO
 
 from jfwatch.events import Event
-from jfwatch.sources.lines import BLOCK_BYTES, Block, LineStats, Readable, context_for, decode, iter_chunks
 from jfwatch.parsers import AutoParser, create_parser, feed_block, feed_lines
 from jfwatch.parsers._common import StreamContext, StreamParser
 from jfwatch.parsers.jellyfin import JellyfinParser, quiet_cut
+from jfwatch.sources.lines import BLOCK_BYTES, Block, LineStats, Readable, context_for, decode, iter_chunks
 
 # Below this a second process costs more than it saves.
 SPLIT_MIN_BYTES = 32 << 20

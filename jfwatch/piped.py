@@ -39,9 +39,9 @@ from jfwatch.batch import (
     rows_to_events,
 )
 from jfwatch.events import Event, EventRow
-from jfwatch.sources.lines import LineStats, context_for
 from jfwatch.parsers import create_parser
 from jfwatch.parsers._common import StreamContext
+from jfwatch.sources.lines import LineStats, context_for
 
 # Below this much input, forking costs more than it saves.
 PIPE_MIN_BYTES = 4 << 20

@@ -22,10 +22,10 @@ from jfwatch import batch, piped
 from jfwatch.batch import read_events, read_pieces, render_json
 from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Decision
-from jfwatch.events import Event
-from jfwatch.sources.lines import LineStats
-from jfwatch.parsers.jellyfin import QUIET_LINES, quiet_cut
 from jfwatch.detect.rules import load_rules
+from jfwatch.events import Event
+from jfwatch.parsers.jellyfin import QUIET_LINES, quiet_cut
+from jfwatch.sources.lines import LineStats
 
 UM = "Jellyfin.Server.Implementations.Users.UserManager"
 UID = "6e1f0a52-9d4b-4f7e-8a3c-2b1d0c9e8f7a"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from jfwatch.detect.decisions import Alert, Ban, Unban
 from jfwatch.detect.detector import Detector, DetectorSettings, networks
-from jfwatch.events import Event, EventKind
 from jfwatch.detect.rules import Rule
 from jfwatch.detect.state import StateStore
+from jfwatch.events import Event, EventKind
 
 from conftest import ROOT
 

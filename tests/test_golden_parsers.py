@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from jfwatch.sources.lines import context_for
 from jfwatch.parsers import PARSERS, create_parser
+from jfwatch.sources.lines import context_for
 
 from golden_format import attribute, read_samples
 

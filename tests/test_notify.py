@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from jfwatch.actions.notify import Outbox, render
 from jfwatch.config.model import NotifyConfig
 from jfwatch.detect.decisions import Alert
-from jfwatch.actions.notify import Outbox, render
 from jfwatch.detect.state import StateStore
 
 from http_receiver import Receiver, free_port

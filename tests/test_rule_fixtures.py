@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from jfwatch.engine.commands import replay
 from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Unban
-from jfwatch.sources.lines import LineStats
 from jfwatch.detect.rules import load_rules, shipped_rules_dir
+from jfwatch.engine.commands import replay
+from jfwatch.sources.lines import LineStats
 
 from conftest import ROOT
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from jfwatch.detect.decisions import Ban, Unban
 from jfwatch.detect.detector import Detector, DetectorSettings
-from jfwatch.events import Event, EventKind
 from jfwatch.detect.memory_state import MemoryState
 from jfwatch.detect.rules import load_rules
+from jfwatch.events import Event, EventKind
 
 from daemon_helper import append, denied, start_daemon
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import apprise
 
-from jfwatch.engine import log
 from jfwatch.config.model import NotifyConfig
 from jfwatch.detect.decisions import Alert
-from jfwatch.parsers.redact import redact, strip_control
 from jfwatch.detect.state import StateStore
+from jfwatch.engine import log
+from jfwatch.parsers.redact import redact, strip_control
 
 _DIGEST_MAX_CHARS = 3000  # a digest lists the first alerts, then just counts
 _TYPES = {"critical": "failure", "high": "failure", "medium": "warning", "low": "warning",

@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from jfwatch.config.files import DEFAULT_TIMEZONE, config_path
 from jfwatch.config.durations import Duration, between
 from jfwatch.config.errors import ConfigError
-from jfwatch.parsers import FORMATS
+from jfwatch.config.files import DEFAULT_TIMEZONE, config_path
 from jfwatch.config.yaml_lines import describe, load_yaml
+from jfwatch.parsers import FORMATS
 
 PRIVATE_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
                   "169.254.0.0/16", "fc00::/7", "fe80::/10"]

@@ -24,9 +24,9 @@ from typing import Protocol
 
 from jfwatch.config.model import PRIVATE_RANGES, Config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
-from jfwatch.events import Event, EventKind, IPAddress
 from jfwatch.detect.rules import Match, Rule
 from jfwatch.detect.state import BanRow
+from jfwatch.events import Event, EventKind, IPAddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jfwatch.config.durations import Duration, between
 from jfwatch.config.errors import ConfigError
-from jfwatch.events import EventKind
 from jfwatch.config.yaml_lines import describe, load_yaml
+from jfwatch.events import EventKind
 
 Severity = Literal["info", "low", "medium", "high", "critical"]
 GroupField = Literal["ip", "user"]

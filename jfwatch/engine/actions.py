@@ -10,16 +10,16 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from jfwatch.engine import log
 from jfwatch.actions.banfeed import BanFeed
+from jfwatch.actions.metrics import Metrics
+from jfwatch.actions.notify import Outbox
 from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
 from jfwatch.detect.detector import Detector, settings_from_config
-from jfwatch.events import Event
-from jfwatch.actions.metrics import Metrics
-from jfwatch.actions.notify import Outbox
 from jfwatch.detect.rules import Rule
 from jfwatch.detect.state import StateStore
+from jfwatch.engine import log
+from jfwatch.events import Event
 
 
 class Pipeline:

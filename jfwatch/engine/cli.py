@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jfwatch import __version__
 from jfwatch.batch import quiet_collector, read_pieces, render_json
-from jfwatch.sources.lines import LineStats
 from jfwatch.parsers import FORMATS
+from jfwatch.sources.lines import LineStats
 
 
 def _tz(name: str | None) -> ZoneInfo:

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config, load_config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
 from jfwatch.detect.detector import Detector, DetectorSettings, settings_from_config
-from jfwatch.config.errors import ConfigError
-from jfwatch.events import Event
-from jfwatch.sources.lines import LineStats
 from jfwatch.detect.rules import Rule, load_rules
 from jfwatch.detect.state import StateStore
+from jfwatch.events import Event
+from jfwatch.sources.lines import LineStats
 
 if TYPE_CHECKING:
     from jfwatch.piped import Backfill

@@ -21,18 +21,18 @@ from pathlib import Path
 from types import FrameType
 from zoneinfo import ZoneInfo
 
-from jfwatch.engine import log
-from jfwatch.config.model import Config, SourceConfig
 from jfwatch.config.errors import ConfigError
+from jfwatch.config.model import Config, SourceConfig
+from jfwatch.detect.rules import Rule
+from jfwatch.detect.state import StateStore
+from jfwatch.engine import log
+from jfwatch.engine.actions import Pipeline
 from jfwatch.events import Event
-from jfwatch.sources.lines import context_for, decode
 from jfwatch.parsers import create_parser, feed_lines
 from jfwatch.parsers._common import StreamParser
-from jfwatch.engine.actions import Pipeline
-from jfwatch.detect.rules import Rule
 from jfwatch.sources.files import Source, find_by_identity, sibling_paths
-from jfwatch.detect.state import StateStore
 from jfwatch.sources.follow import DRAIN_GRACE, Follower, Identity, Line, identity_of, open_regular
+from jfwatch.sources.lines import context_for, decode
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 COMMIT_EVERY = 30.0
