@@ -54,3 +54,37 @@ def memo_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address
 def address(text: str) -> MemoIPv4Address | MemoIPv6Address:
     """A memoising address from its canonical text (our own output, never log input)."""
     return memo_address(ipaddress.ip_address(text))
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def canonical(addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+              ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """IPv4-mapped IPv6 as IPv4 (as Jellyfin itself does): one client, one address."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def network(text: str) -> Network:
+    """An address or network (``10.0.0.0/8``, ``2001:db8::1``); ValueError otherwise."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an address or network") from exc
+
+
+def networks(values: list[str] | tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(network(value) for value in values)
+
+
+def bad_networks(values: list[str]) -> list[str]:
+    """The values that are not an address or network (for a validator's message)."""
+    bad = []
+    for value in values:
+        try:
+            network(value)
+        except ValueError:
+            bad.append(value)
+    return bad

@@ -19,6 +19,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from jfwatch.addresses import canonical
 from jfwatch.detect.decisions import Ban, Unban
 
 _RULE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -26,10 +27,7 @@ _RULE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 def feed_address(ip: str) -> str:
     """Canonical address for the feed; IPv4-mapped IPv6 is written as IPv4."""
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return str(addr)
+    return str(canonical(ipaddress.ip_address(ip)))
 
 
 def format_line(decision: Ban | Unban, pid: int, written: datetime) -> str:

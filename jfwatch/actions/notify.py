@@ -17,10 +17,10 @@ from typing import Any
 
 import apprise
 
+from jfwatch import log
 from jfwatch.config.model import NotifyConfig
 from jfwatch.detect.decisions import Alert
 from jfwatch.detect.state import StateStore
-from jfwatch.engine import log
 from jfwatch.parsers.redact import redact, strip_control
 
 _DIGEST_MAX_CHARS = 3000  # a digest lists the first alerts, then just counts
@@ -55,7 +55,7 @@ class Outbox:
     def __init__(self, store: StateStore, cfg: NotifyConfig, server: str,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store, self.cfg, self.server, self.clock = store, cfg, server, clock
-        self.log = log.get("jfwatch.actions.notify")
+        self.log = log.get("jfwatch.notify")
         self.apprise = apprise.Apprise()
         for url in cfg.urls:
             self.apprise.add(url.get_secret_value())

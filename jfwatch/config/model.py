@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from jfwatch.addresses import bad_networks
 from jfwatch.config.durations import Duration, between
 from jfwatch.config.errors import ConfigError
-from jfwatch.config.files import DEFAULT_TIMEZONE, config_path
 from jfwatch.config.yaml_lines import describe, load_yaml
 from jfwatch.parsers import FORMATS
 
+DEFAULT_CONFIG = Path("/etc/jfwatch/jfwatch.yml")
+DEFAULT_TIMEZONE = "UTC"
 PRIVATE_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
                   "169.254.0.0/16", "fc00::/7", "fe80::/10"]
 
@@ -32,11 +34,6 @@ class SourceConfig(Strict):
     watch_mode: Literal["auto", "inotify", "poll"] = "auto"
     quoting: Literal["auto", "quoted", "raw"] = "auto"
     proxy_token_failures: bool = False
-
-
-def _cidr(value: str) -> str:
-    ipaddress.ip_network(value, strict=False)
-    return value
 
 
 CIDR = Annotated[str, Field(min_length=2)]
@@ -104,12 +101,7 @@ class Config(Strict):
     @field_validator("allow", "trusted_proxies")
     @classmethod
     def _networks(cls, values: list[str]) -> list[str]:
-        bad = []
-        for value in values:
-            try:
-                _cidr(value)
-            except ValueError:
-                bad.append(value)
+        bad = bad_networks(values)
         if bad:
             raise ValueError(f"not an address or network: {', '.join(bad)}")
         return values
@@ -124,6 +116,15 @@ class Config(Strict):
         except (KeyError, ValueError) as exc:
             raise ValueError(f"unknown timezone {value!r}") from exc
         return value
+
+
+def config_path(path: Path | None) -> Path | None:
+    """The file a command reads: the one given, else $JFWATCH_CONFIG, else the default
+    file if it exists; None means the built-in defaults."""
+    if path is None:
+        env = os.environ.get("JFWATCH_CONFIG")
+        path = Path(env) if env else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    return path
 
 
 def load_config(path: Path | None) -> tuple[Config, Path | None]:

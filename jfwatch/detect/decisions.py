@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jfwatch.config.durations import format_duration
-from jfwatch.isotime import iso_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +36,11 @@ class Alert:
     def to_json(self) -> dict[str, Any]:
         return {
             "type": "alert", "rule": self.rule, "severity": self.severity,
-            "time": iso_time(self.time), "key": self.key, "ip": self.ip, "user": self.user,
+            "time": self.time, "key": self.key, "ip": self.ip, "user": self.user,
             "count": self.count, "window": format_duration_s(self.window_seconds),
-            "first": iso_time(self.first_time), "last": iso_time(self.last_time),
+            "first": self.first_time, "last": self.last_time,
             "description": self.description, "tags": list(self.tags), "simulate": self.simulate,
-            "ban_until": iso_time(self.ban_until) if self.ban_until else None,
+            "ban_until": self.ban_until if self.ban_until else None,
             "not_banned_reason": self.not_banned_reason, "users": list(self.users),
             "kinds": list(self.kinds), "samples": list(self.samples),
         }
@@ -60,8 +59,8 @@ class Ban:
         return (self.until - self.time).total_seconds()
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "ban", "ip": self.ip, "rule": self.rule, "time": iso_time(self.time),
-                "until": iso_time(self.until),
+        return {"type": "ban", "ip": self.ip, "rule": self.rule, "time": self.time,
+                "until": self.until,
                 "duration": format_duration_s(self.duration_seconds), "level": self.level}
 
 
@@ -73,7 +72,7 @@ class Unban:
     reason: str = "expired"
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "unban", "ip": self.ip, "rule": self.rule, "time": iso_time(self.time),
+        return {"type": "unban", "ip": self.ip, "rule": self.rule, "time": self.time,
                 "reason": self.reason}
 
 

@@ -22,13 +22,13 @@ from datetime import UTC, datetime, timedelta
 from sys import intern
 from typing import Protocol
 
+from jfwatch.addresses import Network, network, networks
 from jfwatch.config.model import PRIVATE_RANGES, Config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
 from jfwatch.detect.rules import Match, Rule
 from jfwatch.detect.state import BanRow
 from jfwatch.events import Event, EventKind, IPAddress
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
 _KEY_TEXTS_MAX = 4096  # cached group-key tables (one per address and user pair)
 # Evidence levels of a key (events counted, capped): eviction takes the lowest first.
@@ -76,10 +76,6 @@ class DetectorSettings:
     future_tolerance: timedelta = timedelta(minutes=5)
 
 
-def networks(values: Iterable[str]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
-
-
 class NetSet:
     """A set of networks with a bounded membership cache (attackers repeat themselves)."""
 
@@ -87,20 +83,16 @@ class NetSet:
 
     def __init__(self, nets: Iterable[Network]) -> None:
         self.nets = tuple(nets)
-        # By the address object's id, with the object itself (alive, so its id stays
-        # its own): an address hashes in Python code, an int in C.
-        self._cache: dict[int, tuple[object, bool]] = {}
+        self._cache: dict[object, bool] = {}
 
     def __contains__(self, ip: object) -> bool:
-        cached = self._cache.get(id(ip))
-        if cached is not None and cached[0] is ip:
-            return cached[1]
-        if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            return False
-        hit = any(ip.version == n.version and ip in n for n in self.nets)
-        if len(self._cache) >= self._CACHE_MAX:
-            self._cache.clear()
-        self._cache[id(ip)] = (ip, hit)
+        hit = self._cache.get(ip)
+        if hit is None:
+            hit = isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address) and \
+                any(ip.version == n.version and ip in n for n in self.nets)
+            if len(self._cache) >= self._CACHE_MAX:
+                self._cache.clear()
+            self._cache[ip] = hit
         return hit
 
 
@@ -183,7 +175,7 @@ def _netset(values: list[str], settings: DetectorSettings) -> NetSet:
                 "@allow": settings.allow}
     out: list[Network] = []
     for v in values:
-        out += symbolic[v] if v in symbolic else (ipaddress.ip_network(v, strict=False),)
+        out += symbolic[v] if v in symbolic else (network(v),)
     return _shared_netset(tuple(out))
 
 

@@ -8,15 +8,16 @@ once as ``file:line: field: message``.
 
 from __future__ import annotations
 
-import ipaddress
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from jfwatch.addresses import bad_networks
 from jfwatch.config.durations import Duration, between
 from jfwatch.config.errors import ConfigError
+from jfwatch.config.model import Strict
 from jfwatch.config.yaml_lines import describe, load_yaml
 from jfwatch.events import EventKind
 
@@ -26,10 +27,6 @@ GroupField = Literal["ip", "user"]
 SYMBOLIC_NETS = ("@trusted_proxies", "@private", "@allow")
 # A group keeps its last ``threshold`` times: the bound keeps every group small.
 MAX_THRESHOLD = 10_000
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _as_list(value: object) -> object:
@@ -57,12 +54,9 @@ class Match(Strict):
     @field_validator("ip", "not_ip")
     @classmethod
     def _networks(cls, values: list[str] | None) -> list[str] | None:
-        for value in values or []:
-            if value not in SYMBOLIC_NETS:
-                try:
-                    ipaddress.ip_network(value, strict=False)
-                except ValueError as exc:
-                    raise ValueError(f"{value!r} is not a network or one of {SYMBOLIC_NETS}") from exc
+        bad = bad_networks([v for v in values or [] if v not in SYMBOLIC_NETS])
+        if bad:
+            raise ValueError(f"not a network or one of {SYMBOLIC_NETS}: {', '.join(bad)}")
         return values
 
 

@@ -1,7 +1,6 @@
 """
-The pipeline wiring: events go to the detector, decisions go to the actions (ban feed,
-notification outbox, metrics, optional event export).  The one place that knows every
-stage; the stages know nothing of each other.
+The daemon's sink: decisions go to the actions (ban feed, notification outbox,
+metrics), events to the metrics and the optional event export.
 """
 
 from __future__ import annotations
@@ -10,23 +9,24 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from jfwatch import log
 from jfwatch.actions.banfeed import BanFeed
 from jfwatch.actions.metrics import Metrics
 from jfwatch.actions.notify import Outbox
 from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
-from jfwatch.detect.detector import Detector, settings_from_config
-from jfwatch.detect.rules import Rule
+from jfwatch.detect.detector import Detector
 from jfwatch.detect.state import StateStore
-from jfwatch.engine import log
 from jfwatch.events import Event
+from jfwatch.sources.lines import LineStats
 
 
-class Pipeline:
-    def __init__(self, config: Config, rules: list[Rule], store: StateStore) -> None:
+class Actions:
+    """The engine's sink in the daemon (``engine.Sink``)."""
+
+    def __init__(self, config: Config, store: StateStore) -> None:
         self.config, self.store = config, store
-        self.log = log.get("jfwatch.engine.actions")
-        self.detector = Detector(rules, settings_from_config(config), store)
+        self.log = log.get("jfwatch.actions")
         self.metrics = Metrics()
         self.metrics.stale_after = config.metrics.stale_after.total_seconds()
         self.feed = BanFeed(config.ban_feed.path, config.ban_feed.list_path) \
@@ -56,9 +56,8 @@ class Pipeline:
         self.outbox.stop()
         self.metrics.stop()
 
-    def reload(self, config: Config, rules: list[Rule]) -> None:
+    def reload(self, config: Config) -> None:
         self.config = config
-        self.detector = Detector(rules, settings_from_config(config), self.store)
         self._evictions_seen = self._future_seen = 0
 
     def _restore_export(self) -> None:
@@ -77,8 +76,11 @@ class Pipeline:
         return {"events": self._events_path.stat().st_size if self._events_path.exists() else 0}
 
     # -- data --------------------------------------------------------------------
-    def line(self, source: str, outcome: str, count: int = 1) -> None:
-        self.metrics.lines.labels(source, outcome).inc(count)
+    def lines(self, source: str, counts: LineStats) -> None:
+        for outcome in ("matched", "unmatched", "rejected"):
+            n = getattr(counts, outcome)
+            if n:
+                self.metrics.lines.labels(source, outcome).inc(n)
 
     def source_health(self, source: str, readable: bool) -> None:
         self.metrics.source_health(source, readable)
@@ -94,24 +96,18 @@ class Pipeline:
         self.metrics.lag.remove(path)
 
     def events(self, source: str, events: list[Event]) -> None:
-        if not events:
-            return
-        export = []
         for event in events:
             self.metrics.events.labels(event.source, str(event.kind), event.service).inc()
-            self.metrics.last_event.labels(source).set(event.time.timestamp())
-            export.append(event.json_line() + "\n")
-            self.act(self.detector.feed(event))
+        self.metrics.last_event.labels(source).set(max(e.time for e in events).timestamp())
         if self._events_path is not None:
-            with open(self._events_path, "a", encoding="utf-8") as fh:
-                fh.writelines(export)
+            with open(self._events_path, "ab") as fh:
+                fh.writelines(e.json_line() + b"\n" for e in events)
                 fh.flush()
                 os.fsync(fh.fileno())
-        self._detector_gauges()
 
-    def idle(self, now: datetime) -> None:
-        """Wall-clock housekeeping when no line is waiting: ban expiry, gauges."""
-        self.act(self.detector.expire(now))
+    def idle(self, detector: Detector) -> None:
+        """Housekeeping after each pass: the banned list, gauges."""
+        self._detector_gauges(detector)
         if self._bans_dirty:
             # The list file is rewritten whole: once per idle pass, not once per ban.
             self._bans_dirty = False
@@ -163,16 +159,16 @@ class Pipeline:
         if self.feed is not None:
             self.feed.write_list([b.ip for b in bans])
 
-    def _detector_gauges(self) -> None:
-        self.metrics.groups.set(self.detector.tracked_groups)
-        delta = self.detector.evictions - self._evictions_seen
+    def _detector_gauges(self, detector: Detector) -> None:
+        self.metrics.groups.set(detector.tracked_groups)
+        delta = detector.evictions - self._evictions_seen
         if delta:
             self.metrics.evictions.inc(delta)
-            self._evictions_seen = self.detector.evictions
-        future = self.detector.future_events - self._future_seen
+            self._evictions_seen = detector.evictions
+        future = detector.future_events - self._future_seen
         if future:
             self.metrics.future_events.inc(future)
-            self._future_seen = self.detector.future_events
+            self._future_seen = detector.future_events
             self.log.warning("future_dated_events", count=future,
                              tolerance=self.config.future_tolerance.total_seconds(),
                              handling="taken at the current time; bans expire on the wall clock")

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jfwatch import __version__
-from jfwatch.batch import quiet_collector, read_pieces, render_json
 from jfwatch.parsers import FORMATS
-from jfwatch.sources.lines import LineStats
 
 
 def _tz(name: str | None) -> ZoneInfo:
@@ -24,68 +20,16 @@ def _tz(name: str | None) -> ZoneInfo:
         raise SystemExit(f"jfwatch: unknown timezone {name!r}") from exc
 
 
-def _summary(stats: LineStats) -> str:
-    kinds = ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items())) or "none"
-    return (f"lines: {stats.read} read, {stats.matched} matched, {stats.unmatched} unmatched, "
-            f"{stats.rejected} rejected\nevents: {kinds}")
-
-
 def cmd_parse(args: argparse.Namespace) -> int:
-    quiet_collector()
-    stats = LineStats()
-    # Both processes render their own part's JSON.  Timed per process on the bench log,
-    # a share cost about as much CPU here as in the helper (55% here took 1.01 s, the
-    # helper's 45% 0.86 s): about halves, this process's a little larger because the
-    # helper's time includes pickling its part for the hand-over.
-    pieces = read_pieces(args.files, args.format, _tz(args.timezone), stats, render_json,
-                         args.token_failures, share=0.52)
-    write = _writer(sys.stdout)
-    for piece in pieces:  # a block's events, or a helper process's JSON lines for some
-        write(piece if isinstance(piece, bytes) else render_json(piece))
-    print(_summary(stats), file=sys.stderr)
+    """The engine without a detector: it imports no config models, state or rules."""
+    from jfwatch.engine.engine import Engine
+    from jfwatch.engine.oneshot import EventPrinter, read_files, summary
+
+    printer = EventPrinter(sys.stdout)
+    read_files(Engine(printer), args.files, args.format, _tz(args.timezone),
+               proxy_token_failures=args.token_failures)
+    print(summary(printer.totals), file=sys.stderr)
     return 0
-
-
-def _writer(stream: TextIO) -> Callable[[bytes], object]:
-    """
-    How to write whole pieces of output to ``stream``: by its file descriptor where it
-    has one.  A buffered write of a large piece into a pipe whose reader has gone ends
-    after what the pipe took, without an error (seen on CPython 3.11), so ``jfwatch
-    parse big.log | head`` would have gone on to parse (and wait for) the rest; a
-    write to the descriptor raises BrokenPipeError on the next try.
-    """
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):  # not a file: a test's capture, say
-        return stream.buffer.write
-    stream.flush()
-
-    def write_all(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-
-    return write_all
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    """
-    Start parsing at once, in a helper process, with the timezone the config file
-    names; this process meanwhile imports and validates config and rules (a third of a
-    second that the helper spends parsing).  ``commands.cmd_replay`` undoes the early
-    start if the validated config disagrees.
-    """
-    from jfwatch.config.files import peek_timezone
-    from jfwatch.piped import Backfill
-
-    backfill = None
-    zone = peek_timezone(args.config)
-    if zone is not None:
-        with contextlib.suppress(ValueError, ZoneInfoNotFoundError):
-            backfill = Backfill.start(args.files, args.format, ZoneInfo(zone))
-    from jfwatch.engine import commands
-
-    return commands.cmd_replay(args, backfill)
 
 
 def _pipeline(name: str) -> Callable[[argparse.Namespace], int]:
@@ -124,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=FORMATS, default="auto")
     sp.add_argument("--state", type=Path, help="use (and update) this state file")
     sp.add_argument("files", nargs="+", metavar="FILE")
-    sp.set_defaults(func=cmd_replay, batch=True)
+    sp.set_defaults(func=_pipeline("cmd_replay"), batch=True)
 
     sp = sub.add_parser("check-config", help="validate the config and every rule")
     _config_options(sp)

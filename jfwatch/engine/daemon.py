@@ -1,11 +1,12 @@
 """
-``jfwatch run``: sources feed one pipeline (parse, detect, act).  Only this module and
-the pipeline wiring know every stage.
+``jfwatch run``: followed files feed the engine (parse, detect, act).
 
 One worker (the main thread) owns tailing, parsing and detection, so none of them needs
-locks; watchdog threads only wake it; notifications go out from their own thread.
-Offsets are committed after the lines up to them went through the pipeline, together
-with the length of the event export, so a SIGKILL loses no line and repeats none.
+locks; watchdog threads only wake it; notifications go out from their own thread.  Each
+pass reads at most one bounded block from each followed file (memory stays bounded on
+a backlog, and no busy file starves the others), and commits each file's offset after
+its lines went through the engine, with the length of the event export, so a SIGKILL
+loses no line and repeats none.
 """
 
 from __future__ import annotations
@@ -21,18 +22,18 @@ from pathlib import Path
 from types import FrameType
 from zoneinfo import ZoneInfo
 
+from jfwatch import log
 from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config, SourceConfig
+from jfwatch.detect.detector import Detector, settings_from_config
 from jfwatch.detect.rules import Rule
 from jfwatch.detect.state import StateStore
-from jfwatch.engine import log
-from jfwatch.engine.actions import Pipeline
-from jfwatch.events import Event
-from jfwatch.parsers import create_parser, feed_lines
-from jfwatch.parsers._common import StreamParser
+from jfwatch.engine.actions import Actions
+from jfwatch.engine.engine import Engine, Stream
+from jfwatch.parsers import create_parser
 from jfwatch.sources.files import Source, find_by_identity, sibling_paths
-from jfwatch.sources.follow import DRAIN_GRACE, Follower, Identity, Line, identity_of, open_regular
-from jfwatch.sources.lines import context_for, decode
+from jfwatch.sources.follow import DRAIN_GRACE, Follower, Identity, Piece, identity_of, open_regular
+from jfwatch.sources.lines import context_for
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 COMMIT_EVERY = 30.0
@@ -46,7 +47,7 @@ IDLE_WAIT = 0.25
 class _Tracked:
     source: Source
     follower: Follower
-    parser: StreamParser
+    stream: Stream
     uncommitted_end: int | None = None
     last_commit: float = field(default_factory=time.monotonic)
     problem: str | None = None  # the follower's, as last reported
@@ -62,9 +63,11 @@ class Daemon:
     wake: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.log = log.get("jfwatch.engine.daemon")
+        self.log = log.get("jfwatch.daemon")
         self.store = StateStore(self.config.state_dir / "state.db")
-        self.pipeline = Pipeline(self.config, self.rules, self.store)
+        self.actions = Actions(self.config, self.store)
+        self.detector = Detector(self.rules, settings_from_config(self.config), self.store)
+        self.engine = Engine(self.actions, self.detector)
         self.sources = [Source(s, self.wake) for s in self.config.sources]
         self.tracked: dict[str, _Tracked] = {}
         self._hup = False
@@ -90,7 +93,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, hup)
 
     def run(self) -> int:
-        self.pipeline.start()
+        self.actions.start()
         self._resume()
         self._scan()
         for src in self.sources:
@@ -112,19 +115,24 @@ class Daemon:
                 self._hup = False
                 self._reload()
             busy = self._read_all()
-            self.pipeline.idle(datetime.now(UTC))
+            self.actions.act(self.detector.expire(datetime.now(UTC)))
+            self.actions.idle(self.detector)
             if not busy:
                 self.wake.wait(IDLE_WAIT)
-        self._read_all()
         self._shutdown()
         return 0
 
     def _shutdown(self) -> None:
+        # What was written before the stop is read (bounded: a pass per block), and
+        # what the parsers hold is released and committed.
+        for _ in range(64):
+            if not self._read_all():
+                break
         for tracked in self.tracked.values():
             self._process(tracked, [], final=True)
         for src in self.sources:
             src.stop()
-        self.pipeline.stop()
+        self.actions.stop()
         self.log.info("stopped")
 
     def _reload(self) -> None:
@@ -132,7 +140,9 @@ class Daemon:
             return
         try:
             config, rules = self.reload()
-            self.pipeline.reload(config, rules)
+            detector = Detector(rules, settings_from_config(config), self.store)
+            self.actions.reload(config)
+            self.detector = self.engine.detector = detector
         except ConfigError as exc:
             self.log.error("reload_failed_keeping_old_config", problems=exc.problems)
             return
@@ -181,7 +191,7 @@ class Daemon:
                                      problem=src.problem, retry="automatic")
                 else:
                     self.log.info("source_available", path=src.config.path)
-            self.pipeline.source_health(src.config.path, src.problem is None)
+            self.actions.source_health(src.config.path, src.problem is None)
             for path in paths:
                 if path in self.tracked:
                     continue
@@ -205,7 +215,7 @@ class Daemon:
                 self.log.warning("file_not_followed", path=path,
                                  problem="not a regular file (a FIFO, socket or device)")
         skipped = len(src.skipped)
-        self.pipeline.files_skipped(src.config.path, skipped)
+        self.actions.files_skipped(src.config.path, skipped)
         if skipped != self._skipped_reported.get(src.config.path, 0):
             self._skipped_reported[src.config.path] = skipped
             if skipped:
@@ -218,7 +228,7 @@ class Daemon:
         their offsets are remembered, should they be followed again."""
         beyond = set(src.skipped)  # not files that are gone or unreadable: _read_all's job
         for path, tracked in list(self.tracked.items()):
-            if tracked.source is src and path in beyond and not tracked.parser.holding \
+            if tracked.source is src and path in beyond and not tracked.stream.parser.holding \
                     and tracked.uncommitted_end is None \
                     and tracked.follower.idle_seconds() > DRAIN_GRACE:
                 ident = tracked.follower.identity
@@ -226,7 +236,7 @@ class Daemon:
                     self._retire([(ident, tracked.follower.offset)])
                 tracked.follower.close()
                 del self.tracked[path]
-                self.pipeline.forget_file(path)
+                self.actions.forget_file(path)
 
     def _retire(self, finished: list[tuple[Identity, int]]) -> None:
         """Remember files no longer followed and how far they were read (the last 1,000)."""
@@ -253,13 +263,13 @@ class Daemon:
         parser = create_parser(cfg.format, context_for(
             path, tz, quoting=cfg.quoting, proxy_token_failures=cfg.proxy_token_failures))
         follower = Follower(path, offset, self.config.max_line)
-        self.tracked[path] = _Tracked(src, follower, parser)
+        self.tracked[path] = _Tracked(src, follower, Stream(cfg.path, parser, self.config.max_line))
         self.log.info("following", path=path, offset=follower.offset)
 
     def _read_all(self) -> bool:
         busy = False
         for path, tracked in list(self.tracked.items()):
-            chunk = tracked.follower.read()
+            pieces = tracked.follower.read()
             if tracked.follower.problem != tracked.problem:
                 tracked.problem = tracked.follower.problem
                 if tracked.problem:
@@ -267,57 +277,32 @@ class Daemon:
             if tracked.follower.retired:
                 self._retire(tracked.follower.retired)
                 tracked.follower.retired.clear()
-            if chunk.lines:
-                busy = True
-            self._process(tracked, chunk.lines, final=False)
-            self.pipeline.tail_lag(path, tracked.follower.pending_bytes)
-            if not os.path.exists(path) and not chunk.lines and not tracked.parser.holding \
+            busy = busy or bool(pieces)
+            self._process(tracked, pieces, final=False)
+            self.actions.tail_lag(path, tracked.follower.pending_bytes)
+            if not os.path.exists(path) and not pieces and not tracked.stream.parser.holding \
                     and tracked.follower.idle_seconds() > DRAIN_GRACE:
                 # Deleted, drained and quiet: a recreated file is picked up by the next scan.
                 tracked.follower.close()
                 del self.tracked[path]
-                self.pipeline.forget_file(path)
+                self.actions.forget_file(path)
                 self.store.forget_offset(path)
         return busy
 
-    def _process(self, tracked: _Tracked, lines: list[Line], *,
-                 final: bool) -> None:
-        source = tracked.source.config.path
-        batch: list[Event] = []
-        counts = {"matched": 0, "unmatched": 0, "rejected": 0}
-        valid: list[str] = []
-
-        def parse_valid() -> None:
-            events, matched = feed_lines(tracked.parser, valid)
-            counts["matched"] += matched
-            counts["unmatched"] += len(valid) - matched
-            batch.extend(events)
-            valid.clear()
-
-        for raw, end in lines:
-            line = None if raw is None else decode(raw, self.config.max_line)
-            if line is None:
-                parse_valid()
-                counts["rejected"] += 1
-            else:
-                valid.append(line)
+    def _process(self, tracked: _Tracked, pieces: list[Piece], *, final: bool) -> None:
+        for data, end in pieces:
+            self.engine.feed(tracked.stream, data)
             if end is not None:  # lines from a rotated-away file have no offset to commit
                 tracked.uncommitted_end = end
-        parse_valid()
-        for outcome, n in counts.items():
-            if n:
-                self.pipeline.line(source, outcome, n)
         # A busy log may always have a success held for a TOTP verdict; rather than never
         # committing, release held events after COMMIT_EVERY seconds and commit.
         overdue = time.monotonic() - tracked.last_commit > COMMIT_EVERY
-        batch += tracked.parser.flush(force=final or overdue)
-        # One batch per read: one export write and fsync, then the offset commit.
-        self.pipeline.events(source, batch)
+        self.engine.flush(tracked.stream, force=final or overdue)
         end_offset = tracked.uncommitted_end
-        if end_offset is not None and not tracked.parser.holding:
+        if end_offset is not None and not tracked.stream.parser.holding:
             ident = tracked.follower.identity
             if ident is not None:
                 self.store.save_offset(tracked.follower.path, ident.dev, ident.ino,
-                                       ident.fingerprint, end_offset, self.pipeline.sink_sizes())
+                                       ident.fingerprint, end_offset, self.actions.sink_sizes())
                 tracked.uncommitted_end = None
                 tracked.last_commit = time.monotonic()

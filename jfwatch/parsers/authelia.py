@@ -15,7 +15,7 @@ import re
 from typing import Any, Final
 
 from jfwatch.events import Event, EventKind
-from jfwatch.parsers._common import StatelessParser, StreamContext, json_object, parse_ip, parse_iso
+from jfwatch.parsers.base import StatelessParser, StreamContext, json_object, parse_ip, parse_iso
 from jfwatch.parsers.redact import clean_user, excerpt
 
 NAME: Final = "authelia"

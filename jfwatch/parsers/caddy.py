@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Final
 
 from jfwatch.events import Event
-from jfwatch.parsers._common import StatelessParser, StreamContext, from_epoch, json_object, parse_ip
 from jfwatch.parsers._http import PATTERNS as HTTP_PATTERNS
 from jfwatch.parsers._http import Request, to_event
+from jfwatch.parsers.base import StatelessParser, StreamContext, from_epoch, json_object, parse_ip
 
 NAME: Final = "caddy"
 PATTERNS: Final = HTTP_PATTERNS

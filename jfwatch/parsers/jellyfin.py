@@ -24,8 +24,6 @@ newlines; the console sink writes strings raw.  Therefore:
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import re
 import time
 from collections import deque
@@ -34,7 +32,7 @@ from datetime import date, datetime, timedelta
 from typing import Final
 
 from jfwatch.events import Event, EventKind, IPAddress
-from jfwatch.parsers._common import BulkResult, StreamContext, parse_ip, parse_iso
+from jfwatch.parsers.base import StreamContext, parse_ip, parse_iso
 from jfwatch.parsers.redact import clean_user, excerpt
 
 NAME: Final = "jellyfin"
@@ -70,16 +68,16 @@ _IP = r"(?P<ip>[^\s\"()]+)"
 _Q_VALUE = r'"(?P<user>[^"\\]*(?:\\.[^"\\]*)*)"'
 _R_VALUE = r"(?P<user>.*)"
 
-# (pattern, kind, message tail after the username, tail of the trusted suffix)
-_AUTH_TEMPLATES: Final = (
-    ("denied", EventKind.AUTH_FAILURE, r" has been denied \(IP: {ip}\)\.$"),
-    ("disabled", EventKind.AUTH_BLOCKED,
-     r" has been denied because this account is currently disabled \(IP: {ip}\)\.$"),
-    ("remote_forbidden", EventKind.AUTH_BLOCKED,
-     r" forbidden: remote access disabled and user not in local network \(IP: {ip}\)\.$"),
-    ("parental", EventKind.AUTH_BLOCKED,
-     r" is not allowed at this time due parental restrictions \(IP: {ip}\)\.$"),
+# What follows the username in Jellyfin's authentication templates: (text, pattern, kind).
+_AUTH_TAILS: Final = (
+    ("has been denied", "denied", EventKind.AUTH_FAILURE),
+    ("has been denied because this account is currently disabled", "disabled",
+     EventKind.AUTH_BLOCKED),
+    ("forbidden: remote access disabled and user not in local network", "remote_forbidden",
+     EventKind.AUTH_BLOCKED),
+    ("is not allowed at this time due parental restrictions", "parental", EventKind.AUTH_BLOCKED),
 )
+_TAIL_EVENT: Final = {text: (pattern, kind) for text, pattern, kind in _AUTH_TAILS}
 _AUTH_PREFIX: Final = "Authentication request for "
 # Every message _message() looks at contains one of these needles, and a line without
 # any is skipped: by a substring search over whole blocks in the bulk path, by
@@ -111,33 +109,23 @@ def _needle_hits(block: bytes, end: int | None = None) -> list[int]:
     return hits
 
 
-def _compile(quoted: bool) -> list[tuple[str, EventKind, re.Pattern[str], re.Pattern[str]]]:
+def _auth_patterns(quoted: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """
+    Every authentication template in one match (username, then ``has succeeded.`` or a
+    tail with the address), and the trusted suffix alone (searched when the username
+    was mangled).  The address is only ever the one at the end of the line.
+    """
     ip = f'"{_IP}"' if quoted else _IP
+    tails = "|".join(re.escape(text) for text, _, _ in _AUTH_TAILS)
+    suffix = rf" (?P<tail>{tails}) \(IP: {ip}\)\.$"
     value = _Q_VALUE if quoted else _R_VALUE
-    out = []
-    for name, kind, tail in _AUTH_TEMPLATES:
-        full = re.compile("^" + re.escape(_AUTH_PREFIX) + value + tail.format(ip=ip))
-        suffix = re.compile(tail.format(ip=ip))
-        out.append((name, kind, full, suffix))
-    return out
+    full = rf"^{re.escape(_AUTH_PREFIX)}{value}(?: (?P<succeeded>has succeeded\.)$|{suffix})"
+    return re.compile(full), re.compile(suffix)
 
 
-_TEMPLATES = {True: _compile(True), False: _compile(False)}
-_Q_USER = re.compile(re.escape(_AUTH_PREFIX) + _Q_VALUE)
-_SUCCEEDED_TAIL: Final = " has succeeded."
-# The file sink's denied / disabled / succeeded lines with a username that needs no
-# unescaping: header, preamble and message in one match (see _fast_auth).
-_FAST_FILE_AUTH = re.compile(
-    _FILE_HEADER.pattern + re.escape(_AUTH_PREFIX) + r'"(?P<user>[^"\\]*)" (?:(?P<succeeded>has succeeded\.)|'
-    r'has been denied (?:(?P<disabled>because this account is currently disabled) )?'
-    r'\(IP: "(?P<ip>[!#-\'*-~]+)"\)\.)$',
-    # ASCII classes are a quarter cheaper to match; a line with other digits, word or
-    # space characters in these places simply takes the general path (which decides).
-    # Outside the username, a matching line has printable ASCII only: the address is
-    # any of it but a space, quote or parenthesis, as _IP in a quoted stream.
-    re.ASCII,
-)
-_RAW_SUCCEEDED = re.compile("^" + re.escape(_AUTH_PREFIX) + _R_VALUE + r" has succeeded\.$")
+_AUTH = {True: _auth_patterns(True), False: _auth_patterns(False)}
+
+
 def _ip_patterns(q: str) -> dict[str, re.Pattern[str]]:
     """Templates that carry an address; ``q`` is the quote the stream's sink writes.
 
@@ -203,7 +191,6 @@ class _Header:
     style: str  # "file" or "console"
     message: str
     printable: bool = False  # the whole line is known to hold no control character
-    time_text: str | None = None  # when.isoformat(), for a file-sink header (_file_time)
 
 
 @dataclass(slots=True)
@@ -233,58 +220,6 @@ def _split(line: str) -> tuple[str, str | None] | None:
     return None
 
 
-# Only two things outlive their line: a success, held for _HOLD_LINES lines in case
-# the TOTP plugin rejects it, and an injection opener, open for at most 64
-# continuation lines.  Both come from "Authentication request" lines that are not a
-# plain failure.  A stream may be cut after more lines free of those than that.
-QUIET_LINES: Final = 2 * _HOLD_LINES
-_AUTH_NEEDLE: Final = _AUTH_PREFIX.encode()
-
-
-def _lasting_lines(window: bytes) -> list[int]:
-    """Positions of the lines in ``window`` whose effect may outlive them (see above)."""
-    out: list[int] = []
-    find = window.find
-    at = find(_AUTH_NEEDLE)
-    while at != -1:
-        start = window.rfind(b"\n", 0, at) + 1
-        end = find(b"\n", at)
-        end = len(window) if end == -1 else end
-        m = _FAST_FILE_AUTH.match(window[start:end].decode(errors="replace"))
-        if m is None or m["succeeded"] is not None:
-            out.append(start)
-        at = find(_AUTH_NEEDLE, end)
-    return out
-
-
-def quiet_cut(window: bytes, target: int) -> tuple[int, str | None] | None:
-    """
-    Where a file-sink stream may be cut so that a parser resumed there
-    (``JellyfinParser.resume``) yields exactly what one parser reading on would: a line
-    start in ``window`` (bytes from anywhere in the stream), at or after ``target``,
-    preceded by QUIET_LINES lines none of which outlives itself.  Returns the cut and
-    the last line with a needle before it (it dates the stream), or None.
-    """
-    lasting = _lasting_lines(window)
-    i = bisect.bisect_right(lasting, target)
-    prev = lasting[i - 1] if i else 0  # none before target: count from the window's start
-    for nxt in [*lasting[i:], len(window)]:
-        pos = prev
-        for _ in range(QUIET_LINES + 1):  # the first newline ends prev's own line
-            pos = window.find(b"\n", pos, nxt)
-            if pos == -1:
-                break
-            pos += 1
-        else:
-            hits = _needle_hits(window[:pos])
-            if not hits:
-                return pos, None
-            start = window.rfind(b"\n", 0, hits[-1]) + 1
-            return pos, window[start:window.find(b"\n", hits[-1])].decode(errors="replace")
-        prev = nxt
-    return None
-
-
 class JellyfinParser:
     """Stateful parser for one Jellyfin log stream."""
 
@@ -297,7 +232,7 @@ class JellyfinParser:
         self._held: deque[_Held] = deque()
         self._opener: _Opener | None = None
         self._line_no = 0
-        self._matched_lines = 0  # lines that yielded an event or a held success (bulk stats)
+        self.matched_lines = 0
 
     # -- stream interface -------------------------------------------------------
     @property
@@ -314,27 +249,10 @@ class JellyfinParser:
             out.append(self._held.popleft().event)
         return out
 
-    # -- resuming a stream in another process (jfwatch.batch) ----------------------
-    def learnt(self) -> tuple[str, bool] | None:
-        """
-        The stream's sink style and quoting once both are known (they never change
-        after), for a file sink only: a console stream carries a running date instead.
-        """
-        if self._style == "file" and self._quoted is not None:
-            return self._style, self._quoted
-        return None
-
-    def resume(self, learnt: tuple[str, bool], last_hit_line: str | None) -> None:
-        """
-        Start as the parser that learnt ``learnt`` would be at a ``quiet_cut``: nothing
-        held, nothing open, the date of the last line with a needle.
-        """
-        self._style, self._quoted = learnt
-        if last_hit_line is not None and (m := _FILE_HEADER.match(last_hit_line)):
-            with contextlib.suppress(ValueError):
-                self._date = date.fromisoformat(m["date"])
-
     def feed(self, line: str) -> list[Event]:
+        return self._feed(line, has_needle=False)
+
+    def _feed(self, line: str, *, has_needle: bool) -> list[Event]:
         line = line.rstrip()
         self._line_no += 1
         split = _split(line)
@@ -343,109 +261,62 @@ class JellyfinParser:
         out = self._close_opener() if self._opener is not None else []
         if self._held and self._held[0].release_line <= self._line_no:
             out += self._age_held()
-        if self._style is not None and not _INTERESTING.search(split[0]):
+        if self._style is not None and not has_needle and not _INTERESTING.search(split[0]):
             return out
         header = self._header(*split)
         if header is None:
             return out + self._continuation(line)
-        held = len(self._held)
+        pending = len(self._held)
         own = self._message(header, line)
-        if own or len(self._held) > held:
-            self._matched_lines += 1
+        if own or len(self._held) > pending or self._opener is not None:
+            self.matched_lines += 1  # an event now, or one held for a later line
         return out + own
 
-    def feed_block(self, block: bytes, size: int | None = None) -> BulkResult:
+    def feed_block(self, block: bytes, end: int) -> list[Event]:
         """
-        Parse many complete lines (valid UTF-8, joined by newlines), ``block[:size]``, at once.
+        Parse many complete lines (valid UTF-8, joined by newlines), ``block[:end]``.
 
-        Equivalent to feeding each line, but only lines holding a needle are decoded
-        and looked at in Python; the rest are skipped by a few fast substring searches
-        over the block (this is what makes backfill and replay fast).  Lines are read
-        one by one only while the stream's style is unknown or an injection opener
-        waits for its continuation.
+        What feeding each line gives, but only lines holding a needle are decoded and
+        looked at in Python; the rest are skipped by a few substring searches over the
+        block (this is what makes a backlog fast).  Lines are read one by one only while
+        the stream's style is unknown or an injection opener waits for its continuation.
         """
         out: list[Event] = []
-        first_line, first_matched = self._line_no, self._matched_lines
         count, find, rfind = block.count, block.find, block.rfind
         pos = 0
-        size = len(block) if size is None else size
-        hits = _needle_hits(block, size)
+        hits = _needle_hits(block, end)
         i, n_hits = 0, len(hits)
-        while pos <= size:
+        while pos <= end:
             if self._style is None or self._opener is not None:
-                end = find(b"\n", pos, size)
-                end = size if end == -1 else end
-                out += self.feed(block[pos:end].decode())
-                pos = end + 1
+                stop = find(b"\n", pos, end)
+                stop = end if stop == -1 else stop
+                out += self.feed(block[pos:stop].decode())
+                pos = stop + 1
                 continue
             while i < n_hits and hits[i] < pos:
                 i += 1  # a second needle on a line already parsed
             if i == n_hits:
-                self._line_no += count(b"\n", pos, size) + 1
+                self._line_no += count(b"\n", pos, end) + 1
                 out += self._age_held()
                 break
             at = hits[i]
             newline = rfind(b"\n", pos, at)
             start = pos if newline == -1 else newline + 1
             self._line_no += count(b"\n", pos, start)
-            end = find(b"\n", at, size)
-            end = size if end == -1 else end
-            line = block[start:end].decode()
-            fast = self._fast_auth(line) if self._quoted and self._style == "file" else None
-            out += self.feed(line) if fast is None else fast
-            pos = end + 1
-        return BulkResult(out, self._matched_lines - first_matched, self._line_no - first_line)
-
-    def _fast_auth(self, line: str) -> list[Event] | None:
-        """
-        The file sink's three everyday authentication lines in one match (header,
-        preamble and template), then the events ``_success``/``_failure`` make on the
-        general path; None for anything else.  Most events of a busy server's log are
-        these lines.
-        """
-        m = _FAST_FILE_AUTH.match(line)
-        if m is None:
-            return None
-        day, clock, zone, user, succeeded, disabled, ip_text = m.groups()
-        timed = _file_time(day, clock, zone)
-        if timed is None or not user.isprintable():
-            return None  # the general path decides (and escapes control characters)
-        when, time_text = timed
-        self._line_no += 1
-        out = self._age_held() if self._held and self._held[0].release_line <= self._line_no else []
-        self._date = when.date()
-        self._matched_lines += 1
-        kind, name = (EventKind.AUTH_SUCCESS, "succeeded") if succeeded else \
-            (EventKind.AUTH_BLOCKED, "disabled") if disabled else (EventKind.AUTH_FAILURE, "denied")
-        # The username is printable, and so the whole line (see _FAST_FILE_AUTH): no
-        # control characters to escape in either.
-        if _looks_forged(user):
-            # What follows needs the header's time only (the message is the template's).
-            header = _Header(when, "file", "", printable=True, time_text=time_text)
-            if succeeded:
-                return out + self._success(header, line, user)
-            return out + self._failure(header, line, name, kind, user, parse_ip(ip_text))
-        # _success or _failure of a plain username (_looks_forged is false), written out:
-        # these are most of the events of a busy server's log.
-        event = Event(when, NAME, kind, _ORIGINS[name], "jellyfin", parse_ip(ip_text),  # None if succeeded
-                      clean_user(user, printable=True), None, None, None, None,
-                      excerpt(line, printable=True))
-        event.time_text = time_text
-        if succeeded:  # held, as _success holds it
-            self._held.append(_Held(event, self._line_no + _HOLD_LINES, time.monotonic() + _HOLD_SECONDS))
-        else:
-            out.append(event)
+            stop = find(b"\n", at, end)
+            stop = end if stop == -1 else stop
+            out += self._feed(block[start:stop].decode(), has_needle=True)
+            pos = stop + 1
         return out
 
     # -- header and time --------------------------------------------------------
     def _header(self, text: str, wrapper: str | None) -> _Header | None:
         if m := _FILE_HEADER.match(text):
-            timed = _file_time(*m.group("date", "time", "zone"))
-            if timed is None:
+            when = _file_time(*m.group("date", "time", "zone"))
+            if when is None:
                 return None
-            when, time_text = timed
             self._date = when.date()
-            return _Header(when, "file", text[m.end():], time_text=time_text)
+            return _Header(when, "file", text[m.end():])
         if m := _CONSOLE_HEADER.match(text):
             console_when = self._console_time(m["time"], wrapper)
             if console_when is None:
@@ -486,7 +357,6 @@ class JellyfinParser:
                detail: str | None = None, path: str | None = None) -> Event:
         event = Event(header.when, NAME, kind, _ORIGINS[pattern], "jellyfin", ip, clean_user(user),
                       None, path, None, detail, excerpt(line, printable=header.printable))
-        event.time_text = header.time_text
         return event
 
     def _message(self, header: _Header, line: str) -> list[Event]:
@@ -535,31 +405,21 @@ class JellyfinParser:
 
     def _auth(self, header: _Header, line: str, msg: str) -> list[Event]:
         quoted = bool(self._quoted)
-        if quoted:
-            # The quoted username ends at its first unescaped quote, so one match finds
-            # it and the template is told by what follows.
-            if m := _Q_USER.match(msg):
-                user, after = _unescape(m["user"]), m.end()
-                if msg.endswith(_SUCCEEDED_TAIL) and len(msg) == after + len(_SUCCEEDED_TAIL):
-                    return self._success(header, line, user)
-                for name, kind, _full, suffix in _TEMPLATES[True]:
-                    if t := suffix.match(msg, after):
-                        return self._failure(header, line, name, kind, user, parse_ip(t["ip"]))
-        else:
-            if m := _RAW_SUCCEEDED.match(msg):
-                return self._success(header, line, m["user"])
-            for name, kind, full, _suffix in _TEMPLATES[False]:
-                if m := full.match(msg):
-                    return self._failure(header, line, name, kind, m["user"], parse_ip(m["ip"]))
-        if quoted:
+        full, suffix = _AUTH[quoted]
+        if m := full.match(msg):
+            user = _unescape(m["user"]) if quoted else m["user"]
+            if m["succeeded"]:
+                return self._success(header, line, user)
+            name, kind = _TAIL_EVENT[m["tail"]]
+            return self._failure(header, line, name, kind, user, parse_ip(m["ip"]))
+        if quoted and (m := suffix.search(msg)):
             # The username was mangled (stray backslash, escaped quotes) but the suffix
             # with unescaped quotes is Jellyfin's own: count the failure, flag the line.
-            for name, kind, _full, suffix in _TEMPLATES[True]:
-                if m := suffix.search(msg):
-                    ip = parse_ip(m["ip"])
-                    return [self._event(header, line, name, kind, ip=ip),
-                            self._event(header, line, "injection", EventKind.INJECTION_SUSPECTED,
-                                        ip=ip, detail="username breaks the log template")]
+            name, kind = _TAIL_EVENT[m["tail"]]
+            ip = parse_ip(m["ip"])
+            return [self._event(header, line, name, kind, ip=ip),
+                    self._event(header, line, "injection", EventKind.INJECTION_SUSPECTED,
+                                ip=ip, detail="username breaks the log template")]
         self._opener = _Opener(self._event(
             header, line, "injection", EventKind.INJECTION_SUSPECTED,
             detail="authentication line does not end as Jellyfin writes it"))
@@ -589,16 +449,13 @@ class JellyfinParser:
         if self._opener is None:
             return []
         self._opener.raw_lines.append(line)
-        if self._quoted:
-            for name, kind, _full, suffix in _TEMPLATES[True]:
-                if m := suffix.search(line):
-                    ip = parse_ip(m["ip"])
-                    opener = self._opener.event
-                    self._opener = None
-                    counted = replace(opener, kind=kind, origin=f"{NAME}.{name}", ip=ip,
-                                      detail=None)
-                    return [counted, replace(opener, ip=ip,
-                                             detail="username contains a line break")]
+        if self._quoted and (m := _AUTH[True][1].search(line)):
+            name, kind = _TAIL_EVENT[m["tail"]]
+            ip = parse_ip(m["ip"])
+            opener = self._opener.event
+            self._opener = None
+            counted = replace(opener, kind=kind, origin=f"{NAME}.{name}", ip=ip, detail=None)
+            return [counted, replace(opener, ip=ip, detail="username contains a line break")]
         if len(self._opener.raw_lines) > 64:
             return self._close_opener()
         return []
@@ -649,24 +506,13 @@ class JellyfinParser:
         return out
 
 
-def _file_time(day: str, clock: str, zone: str) -> tuple[datetime, str] | None:
-    """
-    The time of a file-sink header and its ``isoformat()`` text, or None if it is no
-    real date.  The text is built from the header's own: isoformat writes six fraction
-    digits, or none for a whole second (the header admits up to seven, .NET ticks);
-    a zone of ``-00:00`` or with 60 minutes or more, which isoformat writes otherwise,
-    takes isoformat itself.  A test checks the text is isoformat's.
-    """
-    if len(clock) == 12 and clock[9:] != "000":  # Serilog's everyday .fff
-        text = f"{day}T{clock}000{zone}"
-    else:
-        fraction = clock[9:15]  # Python takes six of the seven digits
-        text = f"{day}T{clock[:8]}{'.' + fraction.ljust(6, '0') if fraction.strip('0') else ''}{zone}"
+def _file_time(day: str, clock: str, zone: str) -> datetime | None:
+    """The time of a file-sink header, or None if it is no real date.  The header admits
+    up to seven fraction digits (.NET ticks); Python takes six."""
     try:
-        when = datetime.fromisoformat(text)
+        return datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
     except ValueError:
         return None
-    return when, (when.isoformat() if zone[4] > "5" or zone == "-00:00" else text)
 
 
 def _looks_forged(user: str) -> bool:

@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Final
 
 from jfwatch.events import Event
-from jfwatch.parsers._common import StatelessParser, StreamContext, parse_ip
 from jfwatch.parsers._http import PATTERNS as HTTP_PATTERNS
 from jfwatch.parsers._http import Request, to_event
+from jfwatch.parsers.base import StatelessParser, StreamContext, parse_ip
 
 NAME: Final = "nginx"
 PATTERNS: Final = HTTP_PATTERNS

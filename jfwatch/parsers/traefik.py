@@ -6,7 +6,9 @@ import re
 from typing import Final
 
 from jfwatch.events import Event
-from jfwatch.parsers._common import (
+from jfwatch.parsers._http import PATTERNS as HTTP_PATTERNS
+from jfwatch.parsers._http import Request, to_event
+from jfwatch.parsers.base import (
     StatelessParser,
     StreamContext,
     json_object,
@@ -14,8 +16,6 @@ from jfwatch.parsers._common import (
     parse_ip,
     parse_iso,
 )
-from jfwatch.parsers._http import PATTERNS as HTTP_PATTERNS
-from jfwatch.parsers._http import Request, to_event
 from jfwatch.parsers.nginx import COMBINED, parse_clf_time
 
 NAME: Final = "traefik"

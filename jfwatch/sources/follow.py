@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
+
+from jfwatch.sources.lines import BLOCK_BYTES, DEFAULT_MAX_LINE, LineReader
 
 FINGERPRINT_BYTES = 256
 PARTIAL_TIMEOUT = 5.0  # seconds a line without its newline is held before it is flushed
@@ -70,79 +72,44 @@ def identity_of(fh: BinaryIO) -> Identity:
     return Identity(st.st_dev, st.st_ino, fingerprint(fh))
 
 
-# (line bytes or None for an over-long line, end offset in the current file or None
-# when the line came from a rotated-away file and has no committable offset)
-Line = tuple[bytes | None, int | None]
-
-
-@dataclass(slots=True)
-class Chunk:
-    """Complete lines read, each with the file offset just after it (None: over-long)."""
-
-    lines: list[Line]
+# Complete lines read from one file, and the offset after them in the followed file;
+# None for lines of a rotated-away file, whose offsets are no longer the path's.
+Piece = tuple[bytes, int | None]
 
 
 @dataclass(slots=True)
 class _Cursor:
-    """An open file and the bytes of a line not finished yet."""
+    """An open file, its line reader, and where it stands."""
 
-    fh: BinaryIO
-    offset: int
+    reader: LineReader
     identity: Identity
-    partial: bytearray = field(default_factory=bytearray)
-    partial_since: float | None = None
-    skipping: bool = False  # inside an over-long line
-    last_growth: float = field(default_factory=time.monotonic)
 
-    def drain(self, max_line: int, committable: bool) -> list[Line]:
-        lines: list[Line] = []
-        while data := self.fh.read(1 << 16):
-            self.last_growth = time.monotonic()
-            start = 0
-            while (nl := data.find(b"\n", start)) != -1:
-                piece = data[start:nl]
-                end = self.offset + nl + 1 if committable else None
-                if self.skipping or len(self.partial) + len(piece) > max_line:
-                    lines.append((None, end))
-                else:
-                    self.partial += piece
-                    lines.append((bytes(self.partial), end))
-                self.partial.clear()
-                self.skipping = False
-                self.partial_since = None
-                start = nl + 1
-            rest = data[start:]
-            if self.skipping or len(self.partial) + len(rest) > max_line:
-                self.skipping = True
-                self.partial.clear()
-            else:
-                self.partial += rest
-            if rest and self.partial_since is None:
-                self.partial_since = time.monotonic()
-            self.offset += len(data)
-        return lines
+    @property
+    def fh(self) -> BinaryIO:
+        return self.reader.fh
 
-    def flush_partial(self, *, force: bool, committable: bool) -> list[Line]:
-        """A last line without newline is held; after a timeout it is taken once."""
-        if not self.partial and not self.skipping:
-            return []
-        if not force and (self.partial_since is None or
-                          time.monotonic() - self.partial_since < PARTIAL_TIMEOUT):
-            return []
-        line = None if self.skipping else bytes(self.partial)
-        self.partial.clear()
-        self.skipping = False
-        self.partial_since = None
-        return [(line, self.offset if committable else None)]
+    @property
+    def offset(self) -> int:
+        return self.reader.offset
+
+    def read(self, budget: int, *, force_partial: bool = False) -> bytes:
+        """Complete lines; an unfinished last line once it waited PARTIAL_TIMEOUT (or
+        at once with ``force_partial``: the file is done)."""
+        data = self.reader.read(budget)
+        since = self.reader.partial_since
+        if not data and since is not None and \
+                (force_partial or time.monotonic() - since >= PARTIAL_TIMEOUT):
+            data = self.reader.take_partial()
+        return data
 
     def close(self) -> None:
-        self.fh.close()
+        self.reader.fh.close()
 
 
 class Follower:
     """Reads new complete lines from one path, surviving rotation."""
 
-    def __init__(self, path: str, offset: int = 0, max_line: int = 64 * 1024) -> None:
+    def __init__(self, path: str, offset: int = 0, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.path = path
         self.max_line = max_line
         self.identity: Identity | None = None
@@ -169,7 +136,7 @@ class Follower:
             offset = 0  # truncated while we were away
         fh.seek(offset)
         self.identity = identity_of(fh)
-        self._cur = _Cursor(fh, offset, self.identity)
+        self._cur = _Cursor(LineReader(fh, offset, self.max_line), self.identity)
 
     @property
     def offset(self) -> int:
@@ -188,7 +155,7 @@ class Follower:
         cursors = [c for c in (self._cur, *self._rotated) if c is not None]
         if not cursors:
             return float("inf")
-        return time.monotonic() - max(c.last_growth for c in cursors)
+        return time.monotonic() - max(c.reader.last_growth for c in cursors)
 
     def owns(self, other: Identity) -> bool:
         """Whether this follower is reading that file (as current or rotated-away file)."""
@@ -201,43 +168,46 @@ class Follower:
                 cursor.close()
         self._cur, self._rotated = None, []
 
-    def read(self) -> Chunk:
-        """Read what is new: rotated-away files first, then the current one."""
-        chunk = Chunk([])
-        self._read_rotated(chunk)
+    def read(self, budget: int = BLOCK_BYTES) -> list[Piece]:
+        """
+        What is new, at most about ``budget`` bytes from each open file: rotated-away
+        files first, then the current one.  Call again while it returns lines.
+        """
+        pieces: list[Piece] = self._read_rotated(budget)
         if self._cur is None:
             self._open(0)
             if self._cur is None:
-                return chunk
-        chunk.lines += self._cur.drain(self.max_line, committable=True)
+                return pieces
+        data = self._cur.read(budget)
+        if data:
+            return [*pieces, (data, self._cur.offset)]
         rotated = self._rotation()
         if rotated == "truncated":
-            self._cur.fh.seek(0)
-            self._cur.offset = 0
-            self._cur.partial.clear()
+            self._cur.reader.restart(0)
             self.identity = self._cur.identity = identity_of(self._cur.fh)
-            chunk.lines += self._cur.drain(self.max_line, committable=True)
         elif rotated == "replaced":
             # Keep the old file open: its writer may not have reopened yet.
             self._rotated.append(self._cur)
             self._open(0)
-            if self._cur is not None:
-                chunk.lines += self._cur.drain(self.max_line, committable=True)
-        if self._cur is not None:
-            chunk.lines += self._cur.flush_partial(force=False, committable=True)
-        return chunk
+        if rotated and self._cur is not None and (data := self._cur.read(budget)):
+            pieces.append((data, self._cur.offset))
+        return pieces
 
-    def _read_rotated(self, chunk: Chunk) -> None:
+    def _read_rotated(self, budget: int) -> list[Piece]:
+        pieces: list[Piece] = []
         keep = []
         for cursor in self._rotated:
-            chunk.lines += cursor.drain(self.max_line, committable=False)
-            if time.monotonic() - cursor.last_growth > DRAIN_GRACE:
-                chunk.lines += cursor.flush_partial(force=True, committable=False)
+            quiet = time.monotonic() - cursor.reader.last_growth > DRAIN_GRACE
+            data = cursor.read(budget, force_partial=quiet)
+            if data:
+                pieces.append((data, None))
+            if quiet and not data:
                 self.retired.append((cursor.identity, cursor.offset))
                 cursor.close()
             else:
                 keep.append(cursor)
         self._rotated = keep
+        return pieces
 
     def _rotation(self) -> str | None:
         assert self._cur is not None
@@ -248,7 +218,7 @@ class Follower:
         own = os.fstat(self._cur.fh.fileno())
         if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
             return "replaced"
-        if st.st_size < self._cur.offset:
+        if st.st_size < self._cur.reader.position:
             return "truncated"
         if self.identity is not None and len(self.identity.fingerprint) and \
                 not identity_of(self._cur.fh).same_file(self.identity):

@@ -1,34 +1,37 @@
-"""Turn raw bytes into text lines, rejecting what no log writer produces."""
+"""
+Bytes to lines: bounded blocks of complete lines from any stream (a followed file, a
+one-shot file, stdin), and the rule that rejects what no log writer produces.
+"""
 
 from __future__ import annotations
 
-import io
 import re
-from collections.abc import Callable, Iterator
+import time
 from dataclasses import dataclass, field
 from datetime import date, tzinfo
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO
 
-from jfwatch.parsers._common import StreamContext
+from jfwatch.parsers.base import StreamContext
 
 DEFAULT_MAX_LINE = 64 * 1024
+# Read at most this much of one stream at a time: what bounds the memory of a backlog
+# (a first start on old logs, a flood) and keeps one busy file from starving the others.
+BLOCK_BYTES = 1 << 20
 _DATED_NAME = re.compile(r"(\d{4})(\d{2})(\d{2})")
 
 
 @dataclass(slots=True)
 class LineStats:
-    """Counts shown by ``jfwatch parse`` / ``replay`` and exported as metrics."""
+    """Line and event counts: ``jfwatch parse``/``replay`` summaries, the daemon's metrics."""
 
     read: int = 0
-    matched: int = 0
+    matched: int = 0  # lines that yielded an event (counted when parsed, held or not)
     unmatched: int = 0
     rejected: int = 0
     events: dict[str, int] = field(default_factory=dict)
-    future: int = 0  # events dated ahead of the clock (replay: of the newest input)
 
     def add(self, other: LineStats) -> None:
-        """Count in what another reader (a helper process) counted."""
         self.read += other.read
         self.matched += other.matched
         self.unmatched += other.unmatched
@@ -67,117 +70,109 @@ def context_for(path: str | Path | None, tz: tzinfo, *, quoting: str = "auto",
                 proxy_token_failures: bool = False) -> StreamContext:
     """The parser context for a file (or stdin when ``path`` is None)."""
     return StreamContext(timezone=tz, file_date=date_from_name(path) if path else None,
-                         proxy_token_failures=proxy_token_failures,
-                         quoting=quoting)
-
-
-class Readable(Protocol):
-    """What iter_chunks reads from: a binary file, or part of one."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
+                         proxy_token_failures=proxy_token_failures, quoting=quoting)
 
 
 @dataclass(slots=True)
 class Block:
-    """
-    Complete lines joined by newlines (no trailing newline), all valid: UTF-8, no NUL,
-    none over the cap: ``data[:end]``.  Kept as the bytes that were read, not a copy
-    (what follows ``end`` is the next block's, left there), so that a bulk parser can
-    search it in place without decoding the lines it skips.
-    """
+    """``data[:end]``: complete lines joined by newlines, every one valid (UTF-8, no NUL,
+    none over the cap), for a parser's bulk path to search in place."""
 
     data: bytes
     end: int
 
-    def lines(self) -> list[str]:
-        return self.data[:self.end].decode().split("\n")
 
-
-BLOCK_BYTES = 4 << 20
-
-
-def _rewinder(stream: Readable) -> Callable[[int], object] | None:
-    """How to step a stream back by n bytes, if it can be: a block is then cut at its
-    last newline by re-reading the partial line, instead of copying the block."""
-    rewind: Callable[[int], object] | None = getattr(stream, "rewind", None)
-    if rewind is None and isinstance(stream, io.IOBase) and stream.seekable():
-        return lambda n: stream.seek(-n, io.SEEK_CUR)
-    return rewind
-
-
-def iter_chunks(stream: Readable, max_line: int = DEFAULT_MAX_LINE,
-                block_bytes: int = BLOCK_BYTES) -> Iterator[Block | list[bytes | None]]:
+def split_valid(data: bytes, max_line: int) -> Block | list[bytes | None]:
     """
-    Read a stream in large blocks for bulk parsing.
-
-    A block that is valid UTF-8 with no NUL and no over-long line is yielded as one
-    Block; any other block is yielded as its raw lines (None for an over-long one), so
-    that bad lines are rejected one by one exactly as the line reader does.
+    Complete lines (each ending in a newline) as one Block when all are valid; else as
+    their raw lines, None for an over-long one, so that the bad ones are rejected one by
+    one with ``decode``.
     """
-    # Copying 4 MiB blocks (carry + data, data[:cut]) cost more than reading them: each
-    # copy is fresh memory, page-faulted in.  A seekable stream re-reads its partial
-    # last line instead.
-    rewind = _rewinder(stream)
-    carry = b""
-    while True:
-        data = stream.read(block_bytes)
-        if not data:
-            break
-        data = carry + data if carry else data
-        cut = data.rfind(b"\n")
-        if cut == -1:
-            if len(data) > max_line * 4:
-                carry = b""
-                yield [None]
-                # Skip the rest of this monster line.
-                while (more := stream.read(block_bytes)) and b"\n" not in more:
-                    pass
-                if more:
-                    carry = more[more.index(b"\n") + 1:]
-                continue
-            carry = data
-            continue
-        if rewind is None:
-            carry = data[cut + 1:]
-        else:  # a carry is always the bytes just before this read: step back over both
-            carry = b""
-            if cut + 1 < len(data):
-                rewind(len(data) - cut - 1)
-        yield from _block_or_lines(data, cut, max_line)
-    if carry.endswith(b"\n"):
-        # complete lines left over after skipping a monster line (maybe one empty line)
-        yield from _block_or_lines(carry, len(carry) - 1, max_line)
-    elif carry:
-        yield from _block_or_lines(carry, len(carry), max_line)
-
-
-def _may_hold_long_line(body: bytes, end: int, max_line: int) -> bool:
-    """
-    Whether some line of ``body[:end]`` may be longer than ``max_line`` bytes.
-
-    A line that long covers a whole aligned window of ``max_line // 2`` bytes, so a
-    block in which every such window holds a newline has no over-long line.  This
-    probes a few hundred windows instead of splitting millions of lines.
-    """
-    step = max(1, max_line // 2)
-    find = body.find
-    return any(find(b"\n", at, at + step) == -1 for at in range(0, end - step + 1, step))
-
-
-def _block_or_lines(data: bytes, end: int, max_line: int) -> Iterator[Block | list[bytes | None]]:
-    """``data[:end]`` as one Block if every line in it is valid, else as its lines."""
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
     too_long = end > max_line and _may_hold_long_line(data, end, max_line) and \
         max(map(len, data[:end].split(b"\n"))) > max_line
     if not too_long and data.find(b"\x00", 0, end) == -1:
-        # All ASCII is valid UTF-8; otherwise decode (without a copy) to check.
-        if data.isascii():
-            yield Block(data, end)
-            return
+        if data.isascii():  # all ASCII is valid UTF-8
+            return Block(data, end)
         try:
             str(memoryview(data)[:end], "utf-8")
         except UnicodeDecodeError:
             pass
         else:
-            yield Block(data, end)
-            return
-    yield [raw if len(raw) <= max_line else None for raw in data[:end].split(b"\n")]
+            return Block(data, end)
+    return [raw if len(raw) <= max_line else None for raw in data[:end].split(b"\n")]
+
+
+def _may_hold_long_line(data: bytes, end: int, max_line: int) -> bool:
+    """
+    Whether some line of ``data[:end]`` may be longer than ``max_line`` bytes: such a
+    line covers a whole aligned window of ``max_line // 2`` bytes, so a block in which
+    every window holds a newline has none (a few hundred probes, not a million splits).
+    """
+    step = max(1, max_line // 2)
+    find = data.find
+    return any(find(b"\n", at, at + step) == -1 for at in range(0, end - step + 1, step))
+
+
+class LineReader:
+    """
+    Complete lines from one binary stream, at most about ``BLOCK_BYTES`` per read, and
+    the offset just after them (what may be committed).  An unfinished last line waits
+    for its newline; one that outgrows ``max_line`` keeps only its first ``max_line + 1``
+    bytes (enough for ``decode`` to reject it), so no line can fill the memory.
+    """
+
+    def __init__(self, fh: BinaryIO, offset: int, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self.fh, self.offset, self.max_line = fh, offset, max_line
+        self._partial = b""  # the unfinished line's bytes (cut at max_line + 1)
+        self._partial_raw = 0  # how many bytes of the stream it stands for
+        self.partial_since: float | None = None  # monotonic time it was first seen
+        self.last_growth = time.monotonic()
+
+    @property
+    def position(self) -> int:
+        """Where the next read starts: after the unfinished line's bytes."""
+        return self.offset + self._partial_raw
+
+    def read(self, budget: int = BLOCK_BYTES) -> bytes:
+        """The next complete lines, each with its newline; b"" when none is complete."""
+        read1 = getattr(self.fh, "read1", self.fh.read)
+        data = read1(budget)
+        if not data:
+            return b""
+        self.last_growth = time.monotonic()
+        last = data.rfind(b"\n")
+        if last == -1:
+            self._hold(data)
+            return b""
+        lines = self._partial + data[:last + 1] if self._partial else data[:last + 1]
+        if self._partial_raw > len(self._partial):  # an over-long line: its middle is gone
+            first = data.find(b"\n")
+            lines = self._partial + data[first:last + 1]
+        self.offset += self._partial_raw + last + 1
+        self._partial, self._partial_raw, self.partial_since = b"", 0, None
+        if last + 1 < len(data):
+            self._hold(data[last + 1:])
+        return lines
+
+    def _hold(self, data: bytes) -> None:
+        room = self.max_line + 1 - len(self._partial)
+        self._partial += data[:room] if room > 0 else b""
+        self._partial_raw += len(data)
+        if self.partial_since is None:
+            self.partial_since = time.monotonic()
+
+    def take_partial(self) -> bytes:
+        """The unfinished line as a line of its own (end of input, or waited too long)."""
+        if not self._partial_raw:
+            return b""
+        line = self._partial + b"\n"
+        self.offset += self._partial_raw
+        self._partial, self._partial_raw, self.partial_since = b"", 0, None
+        return line
+
+    def restart(self, offset: int = 0) -> None:
+        """Read again from ``offset`` (a file truncated or rewritten in place)."""
+        self.fh.seek(offset)
+        self.offset = offset
+        self._partial, self._partial_raw, self.partial_since = b"", 0, None

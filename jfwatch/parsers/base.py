@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-from jfwatch.addresses import memo_address
+import orjson
+
+from jfwatch.addresses import canonical, memo_address
 from jfwatch.events import Event, IPAddress
 
 _IP_CHARS = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
@@ -32,9 +33,7 @@ def parse_ip(text: str | None) -> IPAddress | None:
         addr = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return memo_address(addr)
+    return memo_address(canonical(addr))
 
 
 def parse_host_port(text: str | None) -> IPAddress | None:
@@ -85,19 +84,24 @@ class StreamContext:
     quoting: str = "auto"  # Jellyfin only: auto | quoted (file sink) | raw (console sink)
 
 
-class BulkResult(NamedTuple):
-    """What a bulk parse of a block yields: its events, lines with an event, lines read."""
-
-    events: list[Event]
-    matched: int
-    lines: int
-
-
 class StreamParser(Protocol):
-    """A parser instance for one stream (one file or stdin); it may keep state."""
+    """
+    A parser instance for one stream (one file or stdin); it may keep state.
+
+    ``matched_lines`` counts the lines that yielded an event, or an event held back for
+    a later line: counted when the line is parsed, so the count does not depend on how
+    the stream was cut into reads.
+    """
+
+    @property
+    def matched_lines(self) -> int:
+        """Lines so far that yielded an event (see above)."""
 
     def feed(self, line: str) -> list[Event]:
         """Parse one physical line (without its newline) and return 0..n events."""
+
+    def feed_block(self, block: bytes, end: int) -> list[Event]:
+        """Parse ``block[:end]``, complete valid lines joined by newlines."""
 
     def flush(self, *, force: bool) -> list[Event]:
         """Release held events; ``force`` releases all (end of input)."""
@@ -110,7 +114,7 @@ class StreamParser(Protocol):
 def json_object(line: str) -> dict[str, Any] | None:
     """The JSON object on a line, or None for anything else (arrays, garbage, truncation)."""
     try:
-        doc = json.loads(line)
+        doc = orjson.loads(line)
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
@@ -121,10 +125,17 @@ class StatelessParser:
 
     def __init__(self, ctx: StreamContext) -> None:
         self.ctx = ctx
+        self.matched_lines = 0
 
     def feed(self, line: str) -> list[Event]:
         event = self.parse(line)
-        return [] if event is None else [event]
+        if event is None:
+            return []
+        self.matched_lines += 1
+        return [event]
+
+    def feed_block(self, block: bytes, end: int) -> list[Event]:
+        return [e for line in block[:end].decode().split("\n") for e in self.feed(line.rstrip("\r"))]
 
     def parse(self, line: str) -> Event | None:  # pragma: no cover - overridden
         raise NotImplementedError
