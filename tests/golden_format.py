@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 PREFIX = "# expect:"
 
 
@@ -53,7 +55,7 @@ def attribute(parser: Any, samples: list[Sample]) -> list[list[dict[str, Any]]]:
         own = excerpt(sample.line.rstrip())
         for event in parser.feed(sample.line):
             if event.excerpt == own:
-                actual[i].append(event.to_json())
+                actual[i].append(orjson.loads(event.json_line()))
                 owners[own].remove(i) if i in owners[own] and len(owners[own]) > 1 else None
             else:
                 late.append(event)
@@ -62,5 +64,5 @@ def attribute(parser: Any, samples: list[Sample]) -> list[list[dict[str, Any]]]:
         candidates = owners.get(event.excerpt)
         if not candidates:
             raise AssertionError(f"event {event} has no source line")
-        actual[candidates[0]].append(event.to_json())
+        actual[candidates[0]].append(orjson.loads(event.json_line()))
     return actual

@@ -106,11 +106,9 @@ LONG_NAMES = st.text(alphabet="ab ", min_size=126, max_size=131)
 def test_bulk_path_equals_line_by_line(users: list[str], ips: list[str], context: str,
                                        thread: str, template: str) -> None:
     """
-    The bulk path (needle search plus the one-match fast path for everyday file-sink
-    lines) yields exactly the events of feeding the same lines one by one.
+    The bulk path (needle search over the block) yields exactly the events of feeding
+    the same lines one by one, and counts the same matched lines.
     """
-    from jfwatch.parsers import feed_block
-
     head = f"[2026-04-01 12:00:00.000 +00:00] [INF] {thread}{context}{': ' if context else ''}"
     warm_up = FILE_HEAD + 'Authentication request for "w" has been denied (IP: "198.51.100.1").'
     text = warm_up + "\n" + "\n".join(
@@ -120,6 +118,7 @@ def test_bulk_path_equals_line_by_line(users: list[str], ips: list[str], context
     one_by_one = create_parser("jellyfin", context_for("log_20260401.log", UTC))
     expected = [e for line in lines for e in one_by_one.feed(line)] + one_by_one.flush(force=True)
     bulk = create_parser("jellyfin", context_for("log_20260401.log", UTC))
-    events, _, _ = feed_block(bulk, text.encode())
+    events = bulk.feed_block(text.encode(), len(text.encode()))
     events += bulk.flush(force=True)
     assert [e.to_json() for e in events] == [e.to_json() for e in expected]
+    assert bulk.matched_lines == one_by_one.matched_lines

@@ -31,7 +31,7 @@ def test_every_event_has_the_interface_fields(tmp_path: Path) -> None:
         assert {"time", "source", "kind", "ip", "user", "origin"} <= event.keys()
         assert event["time"][-6] in "+-"
         assert event["origin"].startswith(event["source"] + ".")
-    assert "lines:" in result.stderr
+    assert "Lines:" in result.stderr
 
 
 def test_bad_bytes_are_counted_and_skipped(tmp_path: Path) -> None:

@@ -5,19 +5,18 @@ it must raise and those it must not.  A rule without a fixture fails the suite.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
 from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Unban
 from jfwatch.detect.rules import load_rules, shipped_rules_dir
-from jfwatch.engine.commands import replay
-from jfwatch.sources.lines import LineStats
+from jfwatch.engine.oneshot import replay
 
 from conftest import ROOT
 
@@ -36,7 +35,7 @@ def test_rule_fixture(name: str) -> None:
     assert (case_dir / "case.yaml").exists(), f"rule {name} has no replay fixture"
     case = yaml.safe_load((case_dir / "case.yaml").read_text())
     rules = load_rules([])
-    alerts = [d for d in replay([str(case_dir / "input.log")], Config(), rules, "auto", LineStats())
+    alerts = [d for d in replay([str(case_dir / "input.log")], Config(), rules).decisions
               if isinstance(d, Alert)]
     for want in case["must"]:
         assert want["rule"] == name
@@ -58,7 +57,7 @@ def test_no_orphan_fixtures() -> None:
 
 
 def _as_json(decisions: list[Any]) -> list[str]:
-    return [json.dumps(d.to_json(), sort_keys=True) for d in decisions]
+    return [orjson.dumps(d.to_json(), option=orjson.OPT_SORT_KEYS).decode() for d in decisions]
 
 
 def _days_of_attacks(path: Path) -> Path:
@@ -82,8 +81,8 @@ def test_replay_state_in_memory_equals_state_file(name: str, tmp_path: Path) -> 
     log = _days_of_attacks(tmp_path / "log_20260301.log") if name == "days" else \
         FIXTURES / name / "input.log"
     rules = load_rules([])
-    in_memory = replay([str(log)], Config(), rules, "auto", LineStats())
-    in_file = replay([str(log)], Config(), rules, "auto", LineStats(), state=tmp_path / "s.db")
+    in_memory = replay([str(log)], Config(), rules).decisions
+    in_file = replay([str(log)], Config(), rules, state=tmp_path / "s.db").decisions
     assert _as_json(in_memory) == _as_json(in_file)
     if name == "days":
         assert any(isinstance(d, Unban) for d in in_memory), "no ban expired"

@@ -8,11 +8,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Iterable
+from socketserver import ThreadingMixIn
+from typing import Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, make_wsgi_app
 
 from jfwatch import __version__
 
@@ -21,19 +22,18 @@ MAX_CONNECTIONS = 16
 REQUEST_TIMEOUT = 5.0
 
 
-class _BoundedServer(ThreadingHTTPServer):
+class _BoundedServer(ThreadingMixIn, WSGIServer):
     """
     At most MAX_CONNECTIONS requests served at once, each dropped after REQUEST_TIMEOUT
     seconds of silence; connections beyond that are closed as soon as they are accepted.
     Idle connections thus cannot pile up threads and descriptors until the daemon can no
-    longer open its logs.
+    longer open its logs.  IPv6 when the address is one (``::1``).
     """
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 family: socket.AddressFamily) -> None:
-        self.address_family = family
+    def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.refused = 0
         super().__init__(address, handler)
@@ -54,6 +54,13 @@ class _BoundedServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT  # a silent client is dropped, not waited for
+
+    def log_message(self, *args: Any) -> None:
+        return
 
 
 class Metrics:
@@ -87,7 +94,7 @@ class Metrics:
         Info("jfwatch_build", "Build information", registry=r).info({"version": __version__})
         self._unhealthy_since: dict[str, float] = {}
         self.stale_after = 600.0
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _BoundedServer | None = None
         self._notify_seen: dict[str, int] = {}
 
     def source_health(self, source: str, readable: bool) -> None:
@@ -111,30 +118,24 @@ class Metrics:
             self._notify_seen[outcome] = total
 
     def serve(self, host: str, port: int) -> int:
-        metrics = self
+        """``/metrics`` by prometheus_client's own exposition (content negotiation, gzip),
+        ``/health`` for probes; returns the port (0 picks a free one)."""
+        exposition = make_wsgi_app(self.registry)
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = REQUEST_TIMEOUT  # a silent client is dropped, not waited for
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path.startswith("/metrics"):
+                return cast(Iterable[bytes], exposition(environ, start_response))
+            if path.startswith("/health"):
+                ok, text = self.healthy()
+                start_response("200 OK" if ok else "503 Service Unavailable",
+                               [("Content-Type", "text/plain")])
+                return [text.encode()]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"see /metrics and /health\n"]
 
-            def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
-                    body, code, ctype = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
-                elif self.path.startswith("/health"):
-                    ok, text = metrics.healthy()
-                    body, code, ctype = text.encode(), 200 if ok else 503, "text/plain"
-                else:
-                    body, code, ctype = b"see /metrics and /health\n", 404, "text/plain"
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._server = _BoundedServer((host, port), Handler, family)
+        self._server = make_server(host, port, app, server_class=_BoundedServer,
+                                   handler_class=_QuietHandler)
         threading.Thread(target=self._server.serve_forever, name="jfwatch-metrics",
                          daemon=True).start()
         return int(self._server.server_address[1])

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config, load_config
@@ -106,23 +105,12 @@ def cmd_check_config(args: argparse.Namespace, loaded: Loaded) -> int:
 
 @_with_config
 def cmd_replay(args: argparse.Namespace, loaded: Loaded) -> int:
-    """The engine over files in event time, state in memory unless ``--state`` is given."""
-    from jfwatch.detect.detector import Detector, settings_from_config
-    from jfwatch.detect.memory_state import MemoryState
-    from jfwatch.engine.engine import Engine
-    from jfwatch.engine.oneshot import DecisionPrinter, newest_plausible_time, read_files
+    from jfwatch.engine.oneshot import DecisionPrinter, replay
 
     cfg, _, rules = loaded
-    newest = newest_plausible_time(args.files)
-    store = StateStore(args.state) if args.state else MemoryState()
-    detector = Detector(rules, settings_from_config(cfg), store, lambda: newest)
-    printer = DecisionPrinter(sys.stdout)
-    read_files(Engine(printer, detector, in_event_time=True), args.files, args.format,
-               ZoneInfo(cfg.timezone), max_line=cfg.max_line)
+    printer = replay(args.files, cfg, rules, args.format, state=args.state,
+                     printer=DecisionPrinter(sys.stdout))
     print(printer.summary(), file=sys.stderr)
-    if detector.future_events:
-        print(f"Future-dated: {detector.future_events} event(s) dated after the newest input "
-              "was written, taken at that time", file=sys.stderr)
     return 0
 
 

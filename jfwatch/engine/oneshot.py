@@ -11,7 +11,9 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -21,7 +23,9 @@ from jfwatch.parsers import create_parser
 from jfwatch.sources.lines import DEFAULT_MAX_LINE, LineReader, LineStats, context_for
 
 if TYPE_CHECKING:
+    from jfwatch.config.model import Config
     from jfwatch.detect.decisions import Decision
+    from jfwatch.detect.rules import Rule
 
 
 def read_files(engine: Engine, files: Sequence[str], fmt: str, tz: tzinfo, *,
@@ -81,15 +85,39 @@ class EventPrinter:
         raise AssertionError("parse builds no detector")
 
 
-class DecisionPrinter:
-    """``replay``'s sink: each decision as a JSON line, and the counts for the summary."""
+def replay(files: Sequence[str], cfg: Config, rules: list[Rule], fmt: str = "auto", *,
+           state: Path | None = None, printer: DecisionPrinter | None = None) -> DecisionPrinter:
+    """
+    The whole pipeline over files in event time: as if every event were sorted by time
+    (ties in file order) and fed to one detector, whose state is in memory unless
+    ``state`` names a file.  Without a ``printer`` the decisions are kept in a list.
+    """
+    from jfwatch.detect.detector import Detector, settings_from_config
+    from jfwatch.detect.memory_state import MemoryState
+    from jfwatch.detect.state import StateStore
 
-    def __init__(self, out: TextIO) -> None:
+    newest = newest_plausible_time(files)
+    store = StateStore(state) if state else MemoryState()
+    detector = Detector(rules, settings_from_config(cfg), store, lambda: newest)
+    printer = printer or DecisionPrinter(None)
+    read_files(Engine(printer, detector, in_event_time=True), files, fmt,
+               ZoneInfo(cfg.timezone), max_line=cfg.max_line)
+    printer.future = detector.future_events
+    return printer
+
+
+class DecisionPrinter:
+    """``replay``'s sink: each decision as a JSON line (or kept, without ``out``), and the
+    counts for the summary."""
+
+    def __init__(self, out: TextIO | None) -> None:
         self.totals = LineStats()
         self.alerts: Counter[str] = Counter()
         self.banned: list[str] = []
         self.unbans = 0
-        self._write = _writer(out)
+        self.future = 0  # events dated after the newest input was written
+        self.decisions: list[Decision] = []
+        self._write = None if out is None else _writer(out)
 
     def lines(self, source: str, counts: LineStats) -> None:
         self.totals.add(counts)
@@ -108,13 +136,18 @@ class DecisionPrinter:
             else:
                 self.unbans += 1
             out.append(orjson.dumps(data) + b"\n")
-        self._write(b"".join(out))
+        if self._write is None:
+            self.decisions += decisions
+        else:
+            self._write(b"".join(out))
 
     def summary(self) -> str:
         rules = "".join(f"\n  {rule}: {n}" for rule, n in sorted(self.alerts.items()))
+        future = f"\nFuture-dated: {self.future} event(s) dated after the newest input was " \
+            "written, taken at that time" if self.future else ""
         return (f"{summary(self.totals)}\nAlerts: {sum(self.alerts.values())}{rules}\n"
                 f"Bans: {len(self.banned)} issued ({len(set(self.banned))} addresses), "
-                f"{self.unbans} lifted")
+                f"{self.unbans} lifted{future}")
 
 
 def newest_plausible_time(files: Sequence[str]) -> datetime:

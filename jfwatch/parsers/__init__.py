@@ -65,8 +65,14 @@ class AutoParser:
         return self._parser(spec).feed(line)
 
     def feed_block(self, block: bytes, end: int) -> list[Event]:
-        """The block at once by one format's bulk path when its first and last lines are all
+        """The block at once by one format's bulk path when its first and last lines are
         of that format (a log file holds one), else line by line."""
+        first_end = block.find(b"\n", 0, end)
+        first = block[:end if first_end == -1 else first_end].decode(errors="ignore")
+        last = block[block.rfind(b"\n", 0, end) + 1:end].decode(errors="ignore")
+        current = self._current
+        if current is not None and current.sniff(first) and current.sniff(last):
+            return self._parsers[current.name].feed_block(block, end)  # the stream goes on
         head = block[:min(end, 20_000)].decode(errors="ignore").split("\n")[:50]
         tail = block[max(0, end - 20_000):end].decode(errors="ignore").split("\n")[-50:]
         specs = {spec.name for line in head + tail for spec in PARSERS.values() if spec.sniff(line)}

@@ -296,13 +296,15 @@ class JellyfinParser:
             while i < n_hits and hits[i] < pos:
                 i += 1  # a second needle on a line already parsed
             if i == n_hits:
-                self._line_no += count(b"\n", pos, end) + 1
-                out += self._age_held()
+                if self._held:  # line numbers only matter to what is held (_HOLD_LINES)
+                    self._line_no += count(b"\n", pos, end) + 1
+                    out += self._age_held()
                 break
             at = hits[i]
             newline = rfind(b"\n", pos, at)
             start = pos if newline == -1 else newline + 1
-            self._line_no += count(b"\n", pos, start)
+            if self._held:
+                self._line_no += count(b"\n", pos, start)
             stop = find(b"\n", at, end)
             stop = end if stop == -1 else stop
             out += self._feed(block[start:stop].decode(), has_needle=True)
