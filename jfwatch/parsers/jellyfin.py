@@ -55,7 +55,7 @@ _MONTHS = {m: i for i, m in enumerate(
 # optional (older default templates, see 20250420060000_CreateUserLoggingConfigFile.cs).
 # Level, thread and source context are matched over, not kept: no event carries them.
 _FILE_HEADER = re.compile(
-    r"^\[(?P<date>\d{4}-\d{2}-\d{2}) (?P<time>\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?) "
+    r"^\[(?P<stamp>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)(?:(?<=\.\d{6})\d)? "
     r"(?P<zone>[+-]\d{2}:\d{2})\] \[[A-Z]{3}\] (?:\[?\d+\]? )?(?:[A-Za-z_][\w.]*\w: ?)?"
 )
 _CONSOLE_HEADER = re.compile(
@@ -314,7 +314,7 @@ class JellyfinParser:
     # -- header and time --------------------------------------------------------
     def _header(self, text: str, wrapper: str | None) -> _Header | None:
         if m := _FILE_HEADER.match(text):
-            when = _file_time(*m.group("date", "time", "zone"))
+            when = _file_time(*m.group("stamp", "zone"))
             if when is None:
                 return None
             self._date = when.date()
@@ -508,11 +508,11 @@ class JellyfinParser:
         return out
 
 
-def _file_time(day: str, clock: str, zone: str) -> datetime | None:
-    """The time of a file-sink header, or None if it is no real date.  The header admits
-    up to seven fraction digits (.NET ticks); Python takes six."""
+def _file_time(stamp: str, zone: str) -> datetime | None:
+    """The time of a file-sink header, or None if it is no real date.  (The header may
+    have seven fraction digits, .NET ticks; the pattern leaves out the seventh.)"""
     try:
-        return datetime.fromisoformat(f"{day}T{clock[:15]}{zone}")
+        return datetime.fromisoformat(stamp + zone)
     except ValueError:
         return None
 
