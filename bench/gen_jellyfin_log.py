@@ -3,7 +3,9 @@ Generate a realistic Jellyfin file-sink log for benchmarks: mostly playback, ses
 library and HTTP noise, with about 8% authentication lines (failures from a few
 attackers and many scattered clients, successes, a lockout now and then).
 
-    python bench/gen_jellyfin_log.py 1000000 /tmp/log_20260102.log
+    python bench/gen_jellyfin_log.py 1000000 /tmp/log_20260102.log [START]
+
+START: the first line's time (ISO 8601 with offset; default 2026-01-02T00:00:00+00:00).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ NOISE = [
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 
 
-def main(count: int, path: str) -> None:
+def main(count: int, path: str, start: datetime = datetime(2026, 1, 2, tzinfo=UTC)) -> None:
     rng = random.Random(42)
-    t = datetime(2026, 1, 2, 0, 0, tzinfo=UTC)
+    t = start.astimezone(UTC)
     attackers = [f"203.0.113.{i}" for i in range(1, 40)] + [f"2001:db8::{i:x}" for i in range(1, 20)]
     with open(path, "w", encoding="utf-8") as out:
         for i in range(count):
@@ -66,4 +68,4 @@ def main(count: int, path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2])
+    main(int(sys.argv[1]), sys.argv[2], *(datetime.fromisoformat(a) for a in sys.argv[3:4]))

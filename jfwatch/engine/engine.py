@@ -112,21 +112,22 @@ class Engine:
             return
         if self.in_event_time:
             self._waiting += events
-            return
-        feed, decisions = self.detector.feed, []
-        for event in events:
-            decisions += feed(event)
-        if decisions:
-            self.sink.act(decisions)
+        else:
+            # In time order within the block too: a success the parser held for its
+            # TOTP verdict comes out after lines written later.
+            self._detect(sorted(events, key=_TIME_OF))
 
     def finish(self) -> None:
         """Detect what waited for event-time order."""
-        if self.detector is None or not self._waiting:
-            return
         waiting, self._waiting = self._waiting, []
         waiting.sort(key=_TIME_OF)  # stable: ties keep input order
+        self._detect(waiting)
+
+    def _detect(self, events: list[Event]) -> None:
+        if self.detector is None or not events:
+            return
         feed, decisions = self.detector.feed, []
-        for event in waiting:
+        for event in events:
             decisions += feed(event)
         if decisions:
             self.sink.act(decisions)
