@@ -11,8 +11,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from daemon_helper import append, start_daemon
 from http_receiver import Receiver, free_port
+
+pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
 
 UM = "Jellyfin.Server.Implementations.Users.UserManager"
 

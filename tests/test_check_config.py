@@ -12,6 +12,8 @@ import pytest
 from jfwatch.config.errors import ConfigError
 from jfwatch.detect.rules import load_rules
 
+pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
+
 
 def _check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "jfwatch", "check-config", *args],

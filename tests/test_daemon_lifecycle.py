@@ -9,7 +9,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from daemon_helper import DaemonRun, append, denied, start_daemon
+
+pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
 
 
 def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ import pytest
 
 from daemon_helper import DaemonRun, append, denied, start_daemon
 
+pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
+
 MODES = ["inotify", "poll"]
 
 

@@ -10,6 +10,8 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from jfwatch.detect.decisions import Alert, Ban, Unban
 from jfwatch.detect.detector import Detector, DetectorSettings, networks
 from jfwatch.detect.rules import Rule
@@ -156,6 +158,7 @@ def _flood(*args: str) -> dict[str, int]:
     return dict(json.loads(out))
 
 
+@pytest.mark.system
 def test_interleaved_flood_of_100000_addresses_is_banned_whole() -> None:
     """
     100,000 addresses failing 5 times each in round-robin order within the window, on
@@ -167,6 +170,7 @@ def test_interleaved_flood_of_100000_addresses_is_banned_whole() -> None:
     assert result["evictions"] == 0
 
 
+@pytest.mark.system
 def test_flood_keeps_keys_that_can_ban_over_one_off_accounts() -> None:
     """Over the cap, scaled down: 20,000 addresses, each with a username of its own (an
     account key per address, which no rule bans by), on a cap that holds the addresses'
@@ -176,6 +180,7 @@ def test_flood_keeps_keys_that_can_ban_over_one_off_accounts() -> None:
     assert result["banned"] == 20_000
 
 
+@pytest.mark.system
 def test_flood_beyond_the_cap_stays_bounded_and_serves_the_first_come() -> None:
     """
     200,000 addresses x 5 on a cap of 100,000 groups: groups stay at the cap, evictions
@@ -188,6 +193,7 @@ def test_flood_beyond_the_cap_stays_bounded_and_serves_the_first_come() -> None:
     assert result["banned"] >= 25_000
 
 
+@pytest.mark.system
 def test_flood_of_a_million_addresses_is_bounded() -> None:
     """
     1,000,000 distinct attackers, one failure each: groups stay at the cap, evictions

@@ -13,8 +13,12 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, require_tool
 from daemon_helper import append, start_daemon
+
+pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
 
 FILTER = ROOT / "contrib" / "fail2ban" / "filter.d" / "jfwatch.conf"
 UM = "Jellyfin.Server.Implementations.Users.UserManager"

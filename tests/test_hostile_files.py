@@ -32,6 +32,7 @@ def _metrics_port(run: DaemonRun) -> int:
     return int(json.loads(line)["port"])
 
 
+@pytest.mark.system
 def test_fifo_swapped_in_stops_nothing(tmp_path: Path) -> None:
     """A followed log replaced by a FIFO (no writer): it is reported and skipped, the
     other file is still read, and SIGTERM ends the daemon in under 5 s."""
@@ -56,6 +57,7 @@ def test_fifo_swapped_in_stops_nothing(tmp_path: Path) -> None:
     assert time.monotonic() - began < 5
 
 
+@pytest.mark.system
 def test_many_files_and_idle_connections_leave_the_newest_log_followed(tmp_path: Path) -> None:
     """
     1,100 older logs in the glob and 2,000 idle connections to the metrics port, with
@@ -105,6 +107,7 @@ def test_many_files_and_idle_connections_leave_the_newest_log_followed(tmp_path:
     assert run.stop() == 0
 
 
+@pytest.mark.system
 def test_symlinked_feed_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     """A symlink planted where the feed goes: the daemon refuses to start and says why;
     the link's target is not written."""
@@ -121,6 +124,7 @@ def test_symlinked_feed_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     assert target.read_text() == "precious\n"
 
 
+@pytest.mark.system
 def test_state_feed_and_list_have_their_stated_modes(tmp_path: Path) -> None:
     """State 0600 (it holds alert texts), feed and list 0640, the feed there from the start."""
     run, log = start_daemon(tmp_path)
@@ -141,6 +145,7 @@ def test_state_feed_and_list_have_their_stated_modes(tmp_path: Path) -> None:
     assert mode(tmp_path / "out" / "banned.txt") == 0o640
 
 
+@pytest.mark.system
 def test_check_config_warns_about_readable_secrets(tmp_path: Path) -> None:
     """A config holding Apprise URLs that every user can read: valid, with a warning
     that names the file but never the secret."""

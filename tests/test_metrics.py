@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, require_tool
@@ -49,6 +50,7 @@ def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
                if n == name and set(labels.items()) <= set(lab))
 
 
+@pytest.mark.system
 def test_scrape_matches_what_was_written(tmp_path: Path) -> None:
     run, log = start_daemon(tmp_path, metrics_port=0)
     port = _port(run)
@@ -80,6 +82,7 @@ def test_scrape_matches_what_was_written(tmp_path: Path) -> None:
     assert run.stop() == 0
 
 
+@pytest.mark.system
 def test_health_reports_an_unreadable_source(tmp_path: Path) -> None:
     run = DaemonRun(tmp_path, metrics_port=0, pattern="missing-dir/log_*.log",
                     extra="")
@@ -99,6 +102,7 @@ def test_health_reports_an_unreadable_source(tmp_path: Path) -> None:
     assert run.stop() == 0
 
 
+@pytest.mark.system
 def test_promtool_accepts_the_scrape_and_the_rules(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     logs = tmp_path / "logs"

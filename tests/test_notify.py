@@ -100,3 +100,45 @@ def test_prune_keeps_pending_alerts_and_active_history(tmp_path: Path) -> None:
     assert [r[0] for r in store.db.execute("SELECT dedup FROM outbox")] == ["b"]
     assert store.ban_count("203.0.113.1") == 0
     assert store.ban_count("203.0.113.2") == 1
+
+
+def test_retries_back_off_on_the_outbox_clock_then_deliver_once(tmp_path: Path) -> None:
+    """A target that is down: retried at 1 s, 2 s, 4 s... of the outbox's clock (no
+    sleeping), delivered once when it is back, never again after."""
+    port = free_port()
+    now = [T0]
+    config = NotifyConfig(urls=[SecretStr(f"json://127.0.0.1:{port}/")])
+    outbox = Outbox(StateStore(tmp_path / "s.db"), config, "media", clock=lambda: now[0])
+    outbox.enqueue(_alert("brute-force-ip", "203.0.113.1"))
+    assert outbox.deliver_due() == 0  # nothing listens: failed, retry in 1 s
+    assert outbox.counts["retried"] == 1
+    assert outbox.deliver_due() == 0 and outbox.counts["retried"] == 1  # not due yet
+    now[0] += timedelta(seconds=1)
+    assert outbox.deliver_due() == 0 and outbox.counts["retried"] == 2  # next in 2 s
+    now[0] += timedelta(seconds=1)
+    assert outbox.deliver_due() == 0 and outbox.counts["retried"] == 2  # not due yet
+    receiver = Receiver(port)
+    receiver.start()
+    try:
+        now[0] += timedelta(seconds=1)
+        assert outbox.deliver_due() == 1
+        now[0] += timedelta(hours=1)
+        assert outbox.deliver_due() == 0
+    finally:
+        receiver.stop()
+    assert len(receiver.messages) == 1 and outbox.depth() == 0
+
+
+def test_an_alert_is_given_up_after_give_up_after(tmp_path: Path) -> None:
+    port = free_port()  # nothing ever listens here
+    now = [T0]
+    config = NotifyConfig(urls=[SecretStr(f"json://127.0.0.1:{port}/")], give_up_after="1h",
+                          retry_max="10m")
+    outbox = Outbox(StateStore(tmp_path / "s.db"), config, "media", clock=lambda: now[0])
+    outbox.enqueue(_alert("brute-force-ip", "203.0.113.1"))
+    for _ in range(30):  # bounded: each pass moves the clock past the next retry
+        outbox.deliver_due()
+        now[0] += timedelta(minutes=10)
+        if outbox.counts["dropped"]:
+            break
+    assert outbox.counts["dropped"] == 1 and outbox.depth() == 0

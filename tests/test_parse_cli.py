@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 DENIED = ('[2026-01-02 10:00:01.002 +00:00] [INF] [12] Jellyfin.Server.Implementations.Users.'

@@ -17,6 +17,8 @@ import yaml
 
 from conftest import ROOT, require_tool
 
+pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
+
 
 @pytest.fixture(scope="module", name="installed")
 def _installed(tmp_path_factory: pytest.TempPathFactory) -> Path:

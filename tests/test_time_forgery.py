@@ -16,6 +16,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from jfwatch.detect.decisions import Ban, Unban
 from jfwatch.detect.detector import Detector, DetectorSettings
 from jfwatch.detect.memory_state import MemoryState
@@ -67,6 +69,7 @@ def test_detector_never_runs_ahead_of_its_clock() -> None:
     assert det.expire(datetime(2099, 1, 1, tzinfo=UTC)) == []
 
 
+@pytest.mark.system
 def test_forged_future_lines_leave_every_ban_in_place(tmp_path: Path) -> None:
     """
     The attack from the issue against the real daemon: a ban is active, then a username
@@ -96,6 +99,7 @@ def test_forged_future_lines_leave_every_ban_in_place(tmp_path: Path) -> None:
     assert Counter(e["kind"] for e in run.events())["injection_suspected"] >= 2
 
 
+@pytest.mark.system
 def test_replay_takes_no_line_later_than_its_file(tmp_path: Path) -> None:
     """Replay keeps event time, but a line dated after its file was written is taken at
     the file's modification time: the 2099 line lifts no ban and bans for days, not years."""

@@ -160,7 +160,7 @@ class Outbox:
         rows = self.store.db.execute(
             "SELECT id, created, severity, tags, title, body, attempts FROM outbox "
             "WHERE delivered IS NULL AND failed IS NULL AND next_try <= ? ORDER BY id LIMIT 50",
-            (time.time(),)).fetchall()
+            (now.timestamp(),)).fetchall()
         sent = 0
         for row_id, created, severity, tags, title, body, attempts in rows:
             if severity != "critical" and self._quiet(now):
@@ -181,7 +181,7 @@ class Outbox:
                 else:
                     delay = min(self.cfg.retry_max.total_seconds(), 2.0 ** min(attempts, 20))
                     db.execute("UPDATE outbox SET attempts=attempts+1, next_try=? WHERE id=?",
-                               (time.time() + delay, row_id))
+                               (now.timestamp() + delay, row_id))
                     self.counts["failed"] += 1
                     self.counts["retried"] += 1
                     self.log.warning("notification_failed", id=row_id, retry_in=delay)

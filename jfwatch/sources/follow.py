@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -98,7 +99,7 @@ class _Cursor:
         data = self.reader.read(budget)
         since = self.reader.partial_since
         if not data and since is not None and \
-                (force_partial or time.monotonic() - since >= PARTIAL_TIMEOUT):
+                (force_partial or self.reader.clock() - since >= PARTIAL_TIMEOUT):
             data = self.reader.take_partial()
         return data
 
@@ -109,9 +110,12 @@ class _Cursor:
 class Follower:
     """Reads new complete lines from one path, surviving rotation."""
 
-    def __init__(self, path: str, offset: int = 0, max_line: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(self, path: str, offset: int = 0, max_line: int = DEFAULT_MAX_LINE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: monotonic seconds, for the partial-line timeout and the drain grace."""
         self.path = path
         self.max_line = max_line
+        self.clock = clock
         self.identity: Identity | None = None
         self._cur: _Cursor | None = None
         self._rotated: list[_Cursor] = []
@@ -136,7 +140,7 @@ class Follower:
             offset = 0  # truncated while we were away
         fh.seek(offset)
         self.identity = identity_of(fh)
-        self._cur = _Cursor(LineReader(fh, offset, self.max_line), self.identity)
+        self._cur = _Cursor(LineReader(fh, offset, self.max_line, self.clock), self.identity)
 
     @property
     def offset(self) -> int:
@@ -155,7 +159,7 @@ class Follower:
         cursors = [c for c in (self._cur, *self._rotated) if c is not None]
         if not cursors:
             return float("inf")
-        return time.monotonic() - max(c.reader.last_growth for c in cursors)
+        return self.clock() - max(c.reader.last_growth for c in cursors)
 
     def owns(self, other: Identity) -> bool:
         """Whether this follower is reading that file (as current or rotated-away file)."""
@@ -197,7 +201,7 @@ class Follower:
         pieces: list[Piece] = []
         keep = []
         for cursor in self._rotated:
-            quiet = time.monotonic() - cursor.reader.last_growth > DRAIN_GRACE
+            quiet = self.clock() - cursor.reader.last_growth > DRAIN_GRACE
             data = cursor.read(budget, force_partial=quiet)
             if data:
                 pieces.append((data, None))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, tzinfo
 from pathlib import Path
@@ -122,12 +123,13 @@ class LineReader:
     bytes (enough for ``decode`` to reject it), so no line can fill the memory.
     """
 
-    def __init__(self, fh: BinaryIO, offset: int, max_line: int = DEFAULT_MAX_LINE) -> None:
-        self.fh, self.offset, self.max_line = fh, offset, max_line
+    def __init__(self, fh: BinaryIO, offset: int, max_line: int = DEFAULT_MAX_LINE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fh, self.offset, self.max_line, self.clock = fh, offset, max_line, clock
         self._partial = b""  # the unfinished line's bytes (cut at max_line + 1)
         self._partial_raw = 0  # how many bytes of the stream it stands for
-        self.partial_since: float | None = None  # monotonic time it was first seen
-        self.last_growth = time.monotonic()
+        self.partial_since: float | None = None  # clock time it was first seen
+        self.last_growth = clock()
 
     @property
     def position(self) -> int:
@@ -140,7 +142,7 @@ class LineReader:
         data = read1(budget)
         if not data:
             return b""
-        self.last_growth = time.monotonic()
+        self.last_growth = self.clock()
         last = data.rfind(b"\n")
         if last == -1:
             self._hold(data)
@@ -160,7 +162,7 @@ class LineReader:
         self._partial += data[:room] if room > 0 else b""
         self._partial_raw += len(data)
         if self.partial_since is None:
-            self.partial_since = time.monotonic()
+            self.partial_since = self.clock()
 
     def take_partial(self) -> bytes:
         """The unfinished line as a line of its own (end of input, or waited too long)."""

@@ -1,0 +1,96 @@
+"""
+Following one file, in process, with a clock the test moves: the partial-line timeout,
+rotation, the drain grace of a renamed file and copytruncate, each line exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jfwatch.sources.follow import DRAIN_GRACE, PARTIAL_TIMEOUT, Follower
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _lines(follower: Follower) -> list[bytes]:
+    """Everything readable now, read in bounded passes (at most 100)."""
+    out: list[bytes] = []
+    for _ in range(100):
+        pieces = follower.read(budget=64)
+        if not pieces:
+            return out
+        out += [line for data, _ in pieces for line in data.splitlines()]
+    raise AssertionError("read never caught up")
+
+
+def test_a_partial_line_waits_for_its_newline_then_for_the_timeout(tmp_path: Path) -> None:
+    log, clock = tmp_path / "a.log", Clock()
+    log.write_bytes(b"one\ntw")
+    follower = Follower(str(log), clock=clock)
+    assert _lines(follower) == [b"one"]
+    assert follower.offset == 4  # the committable offset stops before the partial line
+    clock.now += PARTIAL_TIMEOUT - 0.1
+    assert _lines(follower) == []
+    with open(log, "ab") as fh:
+        fh.write(b"o\nthr")
+    assert _lines(follower) == [b"two"]
+    clock.now += PARTIAL_TIMEOUT
+    assert _lines(follower) == [b"thr"]  # waited long enough: taken as it is, once
+    assert follower.offset == log.stat().st_size
+    assert _lines(follower) == []
+
+
+def test_a_renamed_file_is_drained_until_its_grace_ends(tmp_path: Path) -> None:
+    log, clock = tmp_path / "a.log", Clock()
+    log.write_bytes(b"1\n2\n")
+    follower = Follower(str(log), clock=clock)
+    assert _lines(follower) == [b"1", b"2"]
+    os.rename(log, tmp_path / "a.log.1")
+    log.write_bytes(b"new\n")
+    with open(tmp_path / "a.log.1", "ab") as old:  # the writer has not reopened yet
+        old.write(b"3\nlate-partial")
+    # The old descriptor is still the current file until it is drained: its lines first.
+    assert _lines(follower) == [b"3", b"new"]
+    clock.now += DRAIN_GRACE / 2
+    with open(tmp_path / "a.log.1", "ab") as old:
+        old.write(b"\n4\n")
+    assert _lines(follower) == [b"late-partial", b"4"]
+    assert not follower.retired
+    clock.now += DRAIN_GRACE + 1
+    assert _lines(follower) == []
+    assert len(follower.retired) == 1  # let go, with how far it was read
+    assert follower.retired[0][1] == (tmp_path / "a.log.1").stat().st_size
+
+
+def test_copytruncate_reads_the_new_start(tmp_path: Path) -> None:
+    log, clock = tmp_path / "a.log", Clock()
+    log.write_bytes(b"old 1\nold 2\n")
+    follower = Follower(str(log), clock=clock)
+    assert _lines(follower) == [b"old 1", b"old 2"]
+    with open(log, "r+b") as fh:
+        fh.truncate(0)
+    with open(log, "ab") as fh:
+        fh.write(b"fresh\n")
+    assert _lines(follower) == [b"fresh"]
+    assert follower.offset == 6
+
+
+def test_a_huge_line_is_cut_and_never_held_whole(tmp_path: Path) -> None:
+    log, clock = tmp_path / "a.log", Clock()
+    log.write_bytes(b"x" * 10_000)
+    follower = Follower(str(log), max_line=100, clock=clock)
+    assert follower.read(budget=1 << 20) == []
+    cursor = follower._cur
+    assert cursor is not None and len(cursor.reader._partial) == 101
+    with open(log, "ab") as fh:
+        fh.write(b"x" * 10_000 + b"\nok\n")
+    lines = [line for data, _ in follower.read(budget=1 << 20) for line in data.splitlines()]
+    assert [len(line) for line in lines] == [101, 2]  # rejected later as over-long
+    assert follower.offset == log.stat().st_size
