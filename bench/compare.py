@@ -4,8 +4,8 @@ Jellyfin docs' filter, ``jfwatch parse``, ``jfwatch replay`` (shipped rule pack)
 daemon (``jfwatch run``) ingesting the same file as a backlog (``start: beginning``).
 Reported: CPU seconds and peak RSS of each process (wait4), lines per CPU second, and
 each jfwatch command's lines per CPU second as a multiple of fail2ban-regex's.  The
-daemon's figure counts from its start to the moment its committed offset reaches the
-end of the file (it then gets SIGTERM).
+daemon's wall figure counts from its start to the first scrape of its metrics that shows
+the file read to its end (tail lag 0); it then gets SIGTERM.
 
     python bench/compare.py [--lines 1000000] [--runs 3] [--log /tmp/jfwatch-bench/log_20260102.log]
 """
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
-import sqlite3
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -52,20 +54,20 @@ def run(argv: list[str]) -> tuple[float, float, float]:
 
 
 def run_daemon(log: Path) -> tuple[float, float, float]:
-    """The daemon over ``log`` as a backlog, until its offset commit reaches the end."""
-    size = log.stat().st_size
+    """The daemon over ``log`` as a backlog, until it has read the file to its end."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config = work / "jfwatch.yml"
+        port = _free_port()
         config.write_text(f"state_dir: {work / 'state'}\nsources:\n  - {{path: {log}, "
                           "start: beginning}\nban_feed: {enabled: false}\n"
-                          "metrics: {enabled: false}\n")
+                          f"metrics: {{port: {port}}}\n")
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "jfwatch", "run", "--config", str(config)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 preexec_fn=_pin)
         deadline = start + 600
-        while time.perf_counter() < deadline and _offset(work / "state" / "state.db") < size:
+        while time.perf_counter() < deadline and _lag(port) != 0:
             time.sleep(0.05)
         wall = time.perf_counter() - start
         proc.send_signal(signal.SIGTERM)
@@ -73,15 +75,20 @@ def run_daemon(log: Path) -> tuple[float, float, float]:
         return wall, cpu, rss
 
 
-def _offset(db: Path) -> int:
-    if not db.exists():
-        return 0
+def _lag(port: int) -> int | None:
+    """The daemon's tail lag in bytes (None before it answers or follows the file)."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            row = conn.execute("SELECT max(offset) FROM offsets").fetchone()
-    except sqlite3.Error:
-        return 0
-    return int(row[0] or 0)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+    except OSError:
+        return None
+    found = re.search(rb"^jfwatch_tail_lag_bytes\{[^}]*\} (\S+)$", text, re.M)
+    return None if found is None else int(float(found[1]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ metrics), events to the metrics and the optional event export.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -96,8 +97,10 @@ class Actions:
         self.metrics.lag.remove(path)
 
     def events(self, source: str, events: list[Event]) -> None:
-        for event in events:
-            self.metrics.events.labels(event.source, str(event.kind), event.service).inc()
+        # Counted per label set, then added: one counter update per kind, not per event.
+        for (parser, kind, service), n in Counter(
+                (e.source, str(e.kind), e.service) for e in events).items():
+            self.metrics.events.labels(parser, kind, service).inc(n)
         self.metrics.last_event.labels(source).set(max(e.time for e in events).timestamp())
         if self._events_path is not None:
             with open(self._events_path, "ab") as fh:
