@@ -95,7 +95,7 @@ def _committed(work: Path) -> int:
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            row = conn.execute("SELECT max(offset) FROM offsets").fetchone()
+            row = conn.execute("SELECT max(offset) FROM file_offsets").fetchone()
     except sqlite3.Error:
         return 0
     return int(row[0] or 0)

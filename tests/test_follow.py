@@ -8,7 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jfwatch.sources.follow import DRAIN_GRACE, PARTIAL_TIMEOUT, Follower
+from jfwatch.sources.follow import DRAIN_GRACE, PARTIAL_TIMEOUT, Follower, Identity, identity_of
+
+
+def identity_of_path(path: Path) -> Identity:
+    with open(path, "rb") as fh:
+        return identity_of(fh)
 
 
 class Clock:
@@ -26,7 +31,7 @@ def _lines(follower: Follower) -> list[bytes]:
         pieces = follower.read(budget=64)
         if not pieces:
             return out
-        out += [line for data, _ in pieces for line in data.splitlines()]
+        out += [line for data, _, _ in pieces for line in data.splitlines()]
     raise AssertionError("read never caught up")
 
 
@@ -41,8 +46,14 @@ def test_a_partial_line_waits_for_its_newline_then_for_the_timeout(tmp_path: Pat
     with open(log, "ab") as fh:
         fh.write(b"o\nthr")
     assert _lines(follower) == [b"two"]
-    clock.now += PARTIAL_TIMEOUT
-    assert _lines(follower) == [b"thr"]  # waited long enough: taken as it is, once
+    clock.now += PARTIAL_TIMEOUT - 1
+    with open(log, "ab") as fh:  # still written to: the line waits on
+        fh.write(b"ee")
+    assert _lines(follower) == []
+    clock.now += PARTIAL_TIMEOUT - 1
+    assert _lines(follower) == []
+    clock.now += 1
+    assert _lines(follower) == [b"three"]  # quiet long enough: taken as it is, once
     assert follower.offset == log.stat().st_size
     assert _lines(follower) == []
 
@@ -58,15 +69,15 @@ def test_a_renamed_file_is_drained_until_its_grace_ends(tmp_path: Path) -> None:
         old.write(b"3\nlate-partial")
     # The old descriptor is still the current file until it is drained: its lines first.
     assert _lines(follower) == [b"3", b"new"]
+    rotated = identity_of_path(tmp_path / "a.log.1")
     clock.now += DRAIN_GRACE / 2
     with open(tmp_path / "a.log.1", "ab") as old:
         old.write(b"\n4\n")
     assert _lines(follower) == [b"late-partial", b"4"]
-    assert not follower.retired
+    assert follower.owns(rotated)
     clock.now += DRAIN_GRACE + 1
     assert _lines(follower) == []
-    assert len(follower.retired) == 1  # let go, with how far it was read
-    assert follower.retired[0][1] == (tmp_path / "a.log.1").stat().st_size
+    assert not follower.owns(rotated)  # let go (its offset says how far it was read)
 
 
 def test_copytruncate_reads_the_new_start(tmp_path: Path) -> None:
@@ -91,6 +102,6 @@ def test_a_huge_line_is_cut_and_never_held_whole(tmp_path: Path) -> None:
     assert cursor is not None and len(cursor.reader._partial) == 101
     with open(log, "ab") as fh:
         fh.write(b"x" * 10_000 + b"\nok\n")
-    lines = [line for data, _ in follower.read(budget=1 << 20) for line in data.splitlines()]
+    lines = [line for data, _, _ in follower.read(budget=1 << 20) for line in data.splitlines()]
     assert [len(line) for line in lines] == [101, 2]  # rejected later as over-long
     assert follower.offset == log.stat().st_size

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS offsets (
-    source TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, fingerprint BLOB, offset INTEGER,
-    path TEXT, updated TEXT);
+CREATE TABLE IF NOT EXISTS file_offsets (
+    dev INTEGER, ino INTEGER, fingerprint BLOB NOT NULL, offset INTEGER NOT NULL,
+    path TEXT NOT NULL, updated TEXT, PRIMARY KEY (dev, ino));
 CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bans (
     ip TEXT PRIMARY KEY, rule TEXT NOT NULL, since TEXT NOT NULL, until TEXT NOT NULL,
@@ -35,6 +35,17 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_rule ON outbox (rule, created);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, failed, next_try);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class SavedOffset:
+    """How far one file was read (``path``: its name when it was read)."""
+
+    dev: int
+    ino: int
+    fingerprint: bytes
+    offset: int
+    path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,11 @@ class StateStore:
         self._local = threading.local()
         self._memory: sqlite3.Connection | None = None
         self.db.executescript(_SCHEMA)
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='offsets'").fetchone():
+            # State from before offsets were kept by file identity: carry them over.
+            self.db.executescript("INSERT OR IGNORE INTO file_offsets SELECT dev, ino, "
+                                  "fingerprint, offset, path, updated FROM offsets; "
+                                  "DROP TABLE offsets;")
         self.db.commit()
 
     @property
@@ -86,22 +102,33 @@ class StateStore:
             self._local.conn = None
 
     # -- offsets ----------------------------------------------------------------
-    def offsets(self) -> list[tuple[str, int, int, bytes, int]]:
-        rows = self.db.execute("SELECT path, dev, ino, fingerprint, offset FROM offsets")
-        return [(r[0], int(r[1]), int(r[2]), bytes(r[3]), int(r[4])) for r in rows]
+    # Kept by file identity (device, inode, first bytes), not by name: a file renamed by
+    # a rotation keeps its offset, and a new file under the old name starts afresh.
+    def offsets(self) -> list[SavedOffset]:
+        rows = self.db.execute("SELECT dev, ino, fingerprint, offset, path FROM file_offsets")
+        return [SavedOffset(int(r[0]), int(r[1]), bytes(r[2]), int(r[3]), r[4]) for r in rows]
 
-    def save_offset(self, path: str, dev: int, ino: int, fp: bytes, offset: int,
-                    sinks: dict[str, int]) -> None:
-        """Commit a read position together with the sizes of the files it produced."""
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO offsets VALUES (?,?,?,?,?,?,datetime('now'))",
-                       (path, dev, ino, fp, offset, path))
-            for name, size in sinks.items():
-                db.execute("INSERT OR REPLACE INTO sinks VALUES (?,?)", (name, size))
+    def offset_of(self, dev: int, ino: int, fingerprint: bytes) -> int | None:
+        """How far the file was read, if it was (a shorter fingerprint, taken while the
+        file was shorter, is a prefix of the longer one)."""
+        row = self.db.execute("SELECT fingerprint, offset FROM file_offsets WHERE dev=? AND "
+                              "ino=?", (dev, ino)).fetchone()
+        if row is None:
+            return None
+        short, long_ = sorted((bytes(row[0]), fingerprint), key=len)
+        return int(row[1]) if long_.startswith(short) else None
 
-    def forget_offset(self, path: str) -> None:
+    def save_offsets(self, read: list[SavedOffset], sinks: dict[str, int]) -> None:
+        """Commit read positions together with the sizes of the files they produced."""
         with self.transaction() as db:
-            db.execute("DELETE FROM offsets WHERE source=?", (path,))
+            db.executemany("INSERT OR REPLACE INTO file_offsets VALUES (?,?,?,?,?,"
+                           "datetime('now'))",
+                           [(r.dev, r.ino, r.fingerprint, r.offset, r.path) for r in read])
+            db.executemany("INSERT OR REPLACE INTO sinks VALUES (?,?)", sinks.items())
+
+    def forget_offset(self, dev: int, ino: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM file_offsets WHERE dev=? AND ino=?", (dev, ino))
 
     def sink_size(self, name: str) -> int | None:
         row = self.db.execute("SELECT size FROM sinks WHERE name=?", (name,)).fetchone()

@@ -18,6 +18,7 @@ from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
 from jfwatch.detect.detector import Detector
 from jfwatch.detect.state import StateStore
+from jfwatch.engine.engine import Stream
 from jfwatch.events import Event
 from jfwatch.sources.lines import LineStats
 
@@ -35,6 +36,7 @@ class Actions:
         self.outbox = Outbox(store, config.notify, config.server_name)
         self.metrics_port: int | None = None
         self._events_path = config.events_file
+        self._unwritten: dict[str, list[bytes]] = {}  # export lines by stream, until committed
         self._restore_export()
         self._evictions_seen = 0
         self._future_seen = 0
@@ -62,26 +64,41 @@ class Actions:
         self._evictions_seen = self._future_seen = 0
 
     def _restore_export(self) -> None:
-        """Cut the event export back to what the committed offsets account for."""
+        """Cut the event export back to what the committed offsets account for (a first
+        start records the size it found)."""
         if self._events_path is None:
             return
+        size = self._events_path.stat().st_size if self._events_path.exists() else 0
         committed = self.store.sink_size("events")
-        if committed is not None and self._events_path.exists() and \
-                self._events_path.stat().st_size > committed:
+        if committed is None:
+            self.store.save_offsets([], {"events": size})
+        elif size > committed:
             with open(self._events_path, "r+b") as fh:
                 fh.truncate(committed)
 
-    def sink_sizes(self) -> dict[str, int]:
+    def unwritten(self, stream: Stream) -> int:
+        """Events of this stream waiting for its commit."""
+        return len(self._unwritten.get(stream.key, ()))
+
+    def write_export(self, stream: Stream) -> dict[str, int]:
+        """Append the stream's waiting events to the export (fsynced); the sizes to commit
+        with its offsets."""
         if self._events_path is None:
             return {}
-        return {"events": self._events_path.stat().st_size if self._events_path.exists() else 0}
+        waiting = self._unwritten.pop(stream.key, [])
+        with open(self._events_path, "ab") as fh:
+            if waiting:
+                fh.writelines(waiting)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return {"events": fh.tell()}
 
     # -- data --------------------------------------------------------------------
-    def lines(self, source: str, counts: LineStats) -> None:
+    def lines(self, stream: Stream, counts: LineStats) -> None:
         for outcome in ("matched", "unmatched", "rejected"):
             n = getattr(counts, outcome)
             if n:
-                self.metrics.lines.labels(source, outcome).inc(n)
+                self.metrics.lines.labels(stream.source, outcome).inc(n)
 
     def source_health(self, source: str, readable: bool) -> None:
         self.metrics.source_health(source, readable)
@@ -96,17 +113,15 @@ class Actions:
         """A file that is gone keeps no series (daily log names would pile up)."""
         self.metrics.lag.remove(path)
 
-    def events(self, source: str, events: list[Event]) -> None:
+    def events(self, stream: Stream, events: list[Event]) -> None:
         # Counted per label set, then added: one counter update per kind, not per event.
         for (parser, kind, service), n in Counter(
                 (e.source, str(e.kind), e.service) for e in events).items():
             self.metrics.events.labels(parser, kind, service).inc(n)
-        self.metrics.last_event.labels(source).set(max(e.time for e in events).timestamp())
-        if self._events_path is not None:
-            with open(self._events_path, "ab") as fh:
-                fh.writelines(e.json_line() + b"\n" for e in events)
-                fh.flush()
-                os.fsync(fh.fileno())
+        self.metrics.last_event.labels(stream.source).set(max(e.time for e in events).timestamp())
+        if self._events_path is not None:  # written with the stream's next commit
+            self._unwritten.setdefault(stream.key, []).extend(
+                e.json_line() + b"\n" for e in events)
 
     def idle(self, detector: Detector) -> None:
         """Housekeeping after each pass: the banned list, gauges."""

@@ -27,7 +27,7 @@ from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config, SourceConfig
 from jfwatch.detect.detector import Detector, settings_from_config
 from jfwatch.detect.rules import Rule
-from jfwatch.detect.state import StateStore
+from jfwatch.detect.state import SavedOffset, StateStore
 from jfwatch.engine.actions import Actions
 from jfwatch.engine.engine import Engine, Stream
 from jfwatch.parsers import create_parser
@@ -37,6 +37,9 @@ from jfwatch.sources.lines import context_for
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 COMMIT_EVERY = 30.0
+# Events waiting in memory for their file's commit (the export is written at commits):
+# past this, held events are released and the file committed, whatever it holds.
+MAX_UNCOMMITTED_EVENTS = 10_000
 # Longest sleep between reads when nothing woke the worker.  Under inotify an append
 # wakes it at once; in poll mode (NFS/CIFS, where inotify sees nothing) this is the
 # latency: a read of an unchanged file is one fstat and an empty read, cheap enough at 4 Hz.
@@ -48,7 +51,9 @@ class _Tracked:
     source: Source
     follower: Follower
     stream: Stream
-    uncommitted_end: int | None = None
+    # Read but not committed: the offset after the last lines read, by file (the current
+    # file, and a rotated-away one still drained), with the name it had.
+    uncommitted: dict[tuple[int, int], SavedOffset] = field(default_factory=dict)
     last_commit: float = field(default_factory=time.monotonic)
     problem: str | None = None  # the follower's, as last reported
 
@@ -74,8 +79,6 @@ class Daemon:
         self._problems: dict[str, str | None] = {}
         self._skipped_reported: dict[str, int] = {}
         self._irregular_reported: set[str] = set()
-        # Files finished after a rotation: (identity, offset read), bounded.
-        self._retired: list[tuple[Identity, int]] = []
 
     # -- lifecycle ----------------------------------------------------------------
     def install_signals(self) -> None:
@@ -161,21 +164,20 @@ class Daemon:
 
     # -- files ----------------------------------------------------------------------
     def _resume(self) -> None:
-        """Reopen files at their committed offsets, even if they were renamed meanwhile."""
+        """Reopen files at their committed offsets, found by identity: a file renamed by a
+        rotation while the daemon was stopped is drained under its new name."""
         saved = self.store.offsets()
         for src in self.sources:
             src.watch()
-            src.started = any(os.path.dirname(p) == src.directory for p, *_ in saved)
-            for path, dev, ino, fp, offset in saved:
-                if os.path.dirname(path) != src.directory:
-                    continue
-                found = find_by_identity(sibling_paths(src), Identity(dev, ino, fp))
+            mine = [s for s in saved if os.path.dirname(s.path) == src.directory]
+            src.started = bool(mine)
+            siblings = sibling_paths(src)
+            for row in mine:
+                found = find_by_identity(siblings, Identity(row.dev, row.ino, row.fingerprint))
                 if found is None:
-                    self.store.forget_offset(path)
-                    continue
-                self._track(src, found, offset)
-                if found != path:
-                    self.store.forget_offset(path)
+                    self.store.forget_offset(row.dev, row.ino)  # gone: nothing left to read
+                elif found not in self.tracked:
+                    self._track(src, found, row.offset)
 
     def _scan(self) -> None:
         budget = max(1, self.config.max_open_files // max(1, len(self.sources)))
@@ -183,7 +185,7 @@ class Daemon:
             src.watch()
             paths = src.scan(budget)
             self._report_skipped(src, budget)
-            self._let_go_beyond_budget(src)
+            self._let_go_of_unlisted(src, paths)
             if src.problem != self._problems.get(src.config.path):
                 self._problems[src.config.path] = src.problem
                 if src.problem:
@@ -203,7 +205,10 @@ class Daemon:
                     # that appears later (tomorrow's log) is read from its beginning.
                     start_at_end = not src.started and src.config.start == "end"
                     offset = os.path.getsize(path) if start_at_end else 0
-                self._track(src, path, offset)
+                    self._track(src, path, offset)
+                    self._commit(self.tracked[path], initial=True)  # a restart starts here
+                else:
+                    self._track(src, path, offset)
             src.started = True
 
     def _report_skipped(self, src: Source, budget: int) -> None:
@@ -223,24 +228,24 @@ class Daemon:
                                  skipped=skipped, oldest_skipped=src.skipped[0],
                                  fix="narrow the glob, or raise max_open_files")
 
-    def _let_go_beyond_budget(self, src: Source) -> None:
-        """Stop following files now beyond the budget once they are drained and quiet;
-        their offsets are remembered, should they be followed again."""
-        beyond = set(src.skipped)  # not files that are gone or unreadable: _read_all's job
+    def _let_go_of_unlisted(self, src: Source, listed: list[str]) -> None:
+        """Stop following files the source no longer lists (now beyond the budget, or a
+        rotated name resumed after a restart) once they are drained and quiet; their
+        offsets are kept (by identity), should they be followed again."""
+        keep = set(listed)
         for path, tracked in list(self.tracked.items()):
-            if tracked.source is src and path in beyond and not tracked.stream.parser.holding \
-                    and tracked.uncommitted_end is None \
-                    and tracked.follower.idle_seconds() > DRAIN_GRACE:
-                ident = tracked.follower.identity
-                if ident is not None:
-                    self._retire([(ident, tracked.follower.offset)])
+            # A file that is gone is _read_all's to let go.
+            if tracked.source is src and path not in keep and os.path.exists(path) and \
+                    self._drained(tracked):
                 tracked.follower.close()
                 del self.tracked[path]
                 self.actions.forget_file(path)
 
-    def _retire(self, finished: list[tuple[Identity, int]]) -> None:
-        """Remember files no longer followed and how far they were read (the last 1,000)."""
-        self._retired = (self._retired + finished)[-1000:]
+    @staticmethod
+    def _drained(tracked: _Tracked) -> bool:
+        """Nothing held, nothing uncommitted, and quiet past the drain grace."""
+        return not tracked.stream.parser.holding and not tracked.uncommitted and \
+            tracked.follower.idle_seconds() > DRAIN_GRACE
 
     def _known_offset(self, path: str) -> int | None:
         """-1 if another follower is draining this file, its read offset if it was read
@@ -252,10 +257,7 @@ class Daemon:
             return -1
         if any(t.follower.owns(ident) for t in self.tracked.values()):
             return -1
-        for seen, offset in reversed(self._retired):
-            if seen.same_file(ident):
-                return offset
-        return None
+        return self.store.offset_of(ident.dev, ident.ino, ident.fingerprint)
 
     def _track(self, src: Source, path: str, offset: int) -> None:
         cfg: SourceConfig = src.config
@@ -263,7 +265,8 @@ class Daemon:
         parser = create_parser(cfg.format, context_for(
             path, tz, quoting=cfg.quoting, proxy_token_failures=cfg.proxy_token_failures))
         follower = Follower(path, offset, self.config.max_line)
-        self.tracked[path] = _Tracked(src, follower, Stream(cfg.path, parser, self.config.max_line))
+        self.tracked[path] = _Tracked(src, follower,
+                                      Stream(cfg.path, parser, self.config.max_line, key=path))
         self.log.info("following", path=path, offset=follower.offset)
 
     def _read_all(self) -> bool:
@@ -274,35 +277,44 @@ class Daemon:
                 tracked.problem = tracked.follower.problem
                 if tracked.problem:
                     self.log.warning("file_not_followed", path=path, problem=tracked.problem)
-            if tracked.follower.retired:
-                self._retire(tracked.follower.retired)
-                tracked.follower.retired.clear()
             busy = busy or bool(pieces)
             self._process(tracked, pieces, final=False)
             self.actions.tail_lag(path, tracked.follower.pending_bytes)
-            if not os.path.exists(path) and not pieces and not tracked.stream.parser.holding \
-                    and tracked.follower.idle_seconds() > DRAIN_GRACE:
+            if not os.path.exists(path) and not pieces and self._drained(tracked):
                 # Deleted, drained and quiet: a recreated file is picked up by the next scan.
                 tracked.follower.close()
                 del self.tracked[path]
                 self.actions.forget_file(path)
-                self.store.forget_offset(path)
         return busy
 
     def _process(self, tracked: _Tracked, pieces: list[Piece], *, final: bool) -> None:
-        for data, end in pieces:
+        for data, ident, end in pieces:
             self.engine.feed(tracked.stream, data)
-            if end is not None:  # lines from a rotated-away file have no offset to commit
-                tracked.uncommitted_end = end
+            tracked.uncommitted[ident.dev, ident.ino] = SavedOffset(
+                ident.dev, ident.ino, ident.fingerprint, end, tracked.follower.path)
         # A busy log may always have a success held for a TOTP verdict; rather than never
         # committing, release held events after COMMIT_EVERY seconds and commit.
-        overdue = time.monotonic() - tracked.last_commit > COMMIT_EVERY
+        overdue = time.monotonic() - tracked.last_commit > COMMIT_EVERY or \
+            self.actions.unwritten(tracked.stream) > MAX_UNCOMMITTED_EVENTS
         self.engine.flush(tracked.stream, force=final or overdue)
-        end_offset = tracked.uncommitted_end
-        if end_offset is not None and not tracked.stream.parser.holding:
+        if tracked.uncommitted and not tracked.stream.parser.holding:
+            self._commit(tracked)
+
+    def _commit(self, tracked: _Tracked, *, initial: bool = False) -> None:
+        """
+        Make what was read from this file final: its events go to the export, then the
+        offsets and the export's size are committed in one transaction.  Another file's
+        events wait in memory for its own commit, so after a SIGKILL the export, cut
+        back to the committed size, holds each committed line's events exactly once.
+        """
+        if initial:
             ident = tracked.follower.identity
-            if ident is not None:
-                self.store.save_offset(tracked.follower.path, ident.dev, ident.ino,
-                                       ident.fingerprint, end_offset, self.actions.sink_sizes())
-                tracked.uncommitted_end = None
-                tracked.last_commit = time.monotonic()
+            if ident is None:
+                return
+            tracked.uncommitted[ident.dev, ident.ino] = SavedOffset(
+                ident.dev, ident.ino, ident.fingerprint, tracked.follower.offset,
+                tracked.follower.path)
+        sizes = self.actions.write_export(tracked.stream)
+        self.store.save_offsets(list(tracked.uncommitted.values()), sizes)
+        tracked.uncommitted.clear()
+        tracked.last_commit = time.monotonic()

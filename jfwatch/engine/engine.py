@@ -28,10 +28,10 @@ _TIME_OF = attrgetter("time")
 class Sink(Protocol):
     """Where the engine's output goes."""
 
-    def lines(self, source: str, counts: LineStats) -> None:
-        """Line and event counts of one block of one source."""
+    def lines(self, stream: Stream, counts: LineStats) -> None:
+        """Line and event counts of one block of one stream."""
 
-    def events(self, source: str, events: list[Event]) -> None:
+    def events(self, stream: Stream, events: list[Event]) -> None:
         """Events as parsed, before detection (metrics, the event export, ``parse``)."""
 
     def act(self, decisions: Sequence[Decision]) -> None:
@@ -39,10 +39,13 @@ class Sink(Protocol):
 
 
 class Stream:
-    """One input (a file, or stdin): its parser and the name its counts go under."""
+    """One input (a file, or stdin): its parser, the source its counts go under, and a key
+    of its own (the file's path: a source's glob matches many files)."""
 
-    def __init__(self, source: str, parser: StreamParser, max_line: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(self, source: str, parser: StreamParser, max_line: int = DEFAULT_MAX_LINE,
+                 key: str | None = None) -> None:
         self.source, self.parser, self.max_line = source, parser, max_line
+        self.key = source if key is None else key
 
     def parse(self, data: bytes) -> tuple[list[Event], LineStats]:
         """
@@ -104,10 +107,10 @@ class Engine:
         self._pass(stream, *stream.flush(force=force))
 
     def _pass(self, stream: Stream, events: list[Event], counts: LineStats) -> None:
-        self.sink.lines(stream.source, counts)
+        self.sink.lines(stream, counts)
         if not events:
             return
-        self.sink.events(stream.source, events)
+        self.sink.events(stream, events)
         if self.detector is None:
             return
         if self.in_event_time:

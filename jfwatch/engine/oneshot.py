@@ -75,10 +75,10 @@ class EventPrinter:
         self.totals = LineStats()
         self._write = _writer(out)
 
-    def lines(self, source: str, counts: LineStats) -> None:
+    def lines(self, stream: Stream, counts: LineStats) -> None:
         self.totals.add(counts)
 
-    def events(self, source: str, events: list[Event]) -> None:
+    def events(self, stream: Stream, events: list[Event]) -> None:
         self._write(b"".join([e.json_line() + b"\n" for e in events]))
 
     def act(self, decisions: Sequence[Decision]) -> None:
@@ -119,10 +119,10 @@ class DecisionPrinter:
         self.decisions: list[Decision] = []
         self._write = None if out is None else _writer(out)
 
-    def lines(self, source: str, counts: LineStats) -> None:
+    def lines(self, stream: Stream, counts: LineStats) -> None:
         self.totals.add(counts)
 
-    def events(self, source: str, events: list[Event]) -> None:
+    def events(self, stream: Stream, events: list[Event]) -> None:
         pass
 
     def act(self, decisions: Sequence[Decision]) -> None:

@@ -20,7 +20,11 @@ from typing import BinaryIO
 from jfwatch.sources.lines import BLOCK_BYTES, DEFAULT_MAX_LINE, LineReader
 
 FINGERPRINT_BYTES = 256
-PARTIAL_TIMEOUT = 5.0  # seconds a line without its newline is held before it is flushed
+# A last line without its newline waits for it while the file is written to; once the
+# file has been quiet this long (its writer stopped mid-line, or died) it is taken as it
+# is.  A rotated-away file's is taken when its drain grace ends.  Bounded in size by
+# max_line all along.
+PARTIAL_TIMEOUT = 300.0
 DRAIN_GRACE = 30.0  # seconds a rotated-away file is still read after it last grew
 
 
@@ -73,9 +77,8 @@ def identity_of(fh: BinaryIO) -> Identity:
     return Identity(st.st_dev, st.st_ino, fingerprint(fh))
 
 
-# Complete lines read from one file, and the offset after them in the followed file;
-# None for lines of a rotated-away file, whose offsets are no longer the path's.
-Piece = tuple[bytes, int | None]
+# Complete lines read from one file, the file's identity, and the offset after them.
+Piece = tuple[bytes, Identity, int]
 
 
 @dataclass(slots=True)
@@ -94,12 +97,12 @@ class _Cursor:
         return self.reader.offset
 
     def read(self, budget: int, *, force_partial: bool = False) -> bytes:
-        """Complete lines; an unfinished last line once it waited PARTIAL_TIMEOUT (or
-        at once with ``force_partial``: the file is done)."""
+        """Complete lines; an unfinished last line once the file was quiet for
+        PARTIAL_TIMEOUT (or at once with ``force_partial``: the file is done)."""
         data = self.reader.read(budget)
-        since = self.reader.partial_since
-        if not data and since is not None and \
-                (force_partial or self.reader.clock() - since >= PARTIAL_TIMEOUT):
+        quiet = self.reader.clock() - self.reader.last_growth
+        if not data and self.reader.partial_since is not None and \
+                (force_partial or quiet >= PARTIAL_TIMEOUT):
             data = self.reader.take_partial()
         return data
 
@@ -119,9 +122,6 @@ class Follower:
         self.identity: Identity | None = None
         self._cur: _Cursor | None = None
         self._rotated: list[_Cursor] = []
-        # Rotated-away files this follower finished with, and how far they were read,
-        # so that a glob that also matches rotated names does not read them again.
-        self.retired: list[tuple[Identity, int]] = []
         self.problem: str | None = None  # why the path cannot be read now, if it cannot
         self._open(offset)
 
@@ -184,7 +184,7 @@ class Follower:
                 return pieces
         data = self._cur.read(budget)
         if data:
-            return [*pieces, (data, self._cur.offset)]
+            return [*pieces, (data, self._cur.identity, self._cur.offset)]
         rotated = self._rotation()
         if rotated == "truncated":
             self._cur.reader.restart(0)
@@ -194,7 +194,7 @@ class Follower:
             self._rotated.append(self._cur)
             self._open(0)
         if rotated and self._cur is not None and (data := self._cur.read(budget)):
-            pieces.append((data, self._cur.offset))
+            pieces.append((data, self._cur.identity, self._cur.offset))
         return pieces
 
     def _read_rotated(self, budget: int) -> list[Piece]:
@@ -204,10 +204,9 @@ class Follower:
             quiet = self.clock() - cursor.reader.last_growth > DRAIN_GRACE
             data = cursor.read(budget, force_partial=quiet)
             if data:
-                pieces.append((data, None))
+                pieces.append((data, cursor.identity, cursor.offset))
             if quiet and not data:
-                self.retired.append((cursor.identity, cursor.offset))
-                cursor.close()
+                cursor.close()  # its offset, kept by identity, says it was read
             else:
                 keep.append(cursor)
         self._rotated = keep
