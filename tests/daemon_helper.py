@@ -28,7 +28,7 @@ class DaemonRun:
     def __init__(self, work: Path, *, watch_mode: str = "auto", start: str = "end",
                  pattern: str = "logs/log_*.log", metrics_port: int | None = None,
                  extra: str = "", drop_root_file_access: bool = False,
-                 max_open_fds: int | None = None) -> None:
+                 max_open_fds: int | None = None, wrap: list[str] | None = None) -> None:
         self.work = work
         self.events_file = work / "out" / "events.jsonl"
         (work / "out").mkdir(parents=True, exist_ok=True)
@@ -41,6 +41,7 @@ class DaemonRun:
             + extra)
         self.drop_root_file_access = drop_root_file_access
         self.max_open_fds = max_open_fds  # RLIMIT_NOFILE for the daemon (None: inherited)
+        self.wrap = wrap or []  # a command the daemon runs under (it execs its arguments)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = work / "daemon.log"
 
@@ -54,6 +55,7 @@ class DaemonRun:
             prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
         if self.max_open_fds is not None:
             prefix = ["prlimit", f"--nofile={self.max_open_fds}", "--", *prefix]
+        prefix = [*self.wrap, *prefix]
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "jfwatch", "run", "--config", str(self.config)],
             cwd=self.work, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"),  # noqa: SIM115

@@ -10,6 +10,7 @@ ipset or ``cscli decisions import``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -65,6 +66,9 @@ def open_for_append(path: Path, mode: int = FEED_MODE) -> int:
         if exc.errno == errno.ELOOP:
             raise OSError(exc.errno, f"{path} is a symlink: refusing to write through it "
                                      "(remove the link; jfwatch creates the file itself)") from None
+        if exc.errno == errno.EISDIR:
+            raise OSError(exc.errno, f"{path} is a directory: the ban feed cannot be written "
+                                     "(remove it; jfwatch creates the file itself)") from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -81,17 +85,56 @@ class BanFeed:
         self.pid = os.getpid()
         # Created (empty) at once, so that Fail2Ban's jail finds its log from the first
         # start, and checked at once, so that a planted symlink stops the start with a
-        # clear error instead of at the first ban.
-        os.close(open_for_append(path))
+        # clear error instead of at the first ban.  Any other problem (a full disk, a
+        # directory in its place) is a fault the daemon reports and retries.
+        self.problem: str | None = None
+        try:
+            os.close(open_for_append(path))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise
+            self.problem = str(exc)
 
     def write(self, decision: Ban | Unban, written: datetime) -> None:
-        line = format_line(decision, self.pid, written)
-        # O_APPEND: one write per line, so fail2ban never sees half a line.
+        """
+        Append one line, whole or not at all: O_APPEND and one write per line, and a
+        write cut short (a full disk) is cut back off, so no later line is appended to
+        half a line that Fail2Ban's filter would no longer match.  OSError if it failed.
+        """
+        data = format_line(decision, self.pid, written).encode("ascii")
         fd = open_for_append(self.path)
         try:
-            os.write(fd, line.encode("ascii"))
+            size = os.fstat(fd).st_size
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write (disk full?)")
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
+
+    def has_ban(self, ip: str, rule: str, since: datetime, tail_bytes: int = 1 << 20) -> bool:
+        """Whether a BAN line for this address and rule was written at ``since`` or later
+        (in the feed's last ``tail_bytes``): after a crash between writing a ban and
+        recording that it was written, it is not written twice."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - tail_bytes))
+                tail = fh.read().decode("ascii", errors="replace").splitlines()
+        except OSError:
+            return False
+        needle = f": BAN {feed_address(ip)} rule={rule} "
+        for line in reversed(tail):
+            if needle in line:
+                try:
+                    stamp = datetime.fromisoformat(line.split(" ", 1)[0])
+                except ValueError:
+                    continue
+                if stamp >= since.replace(microsecond=0):
+                    return True
+        return False
 
     def write_list(self, addresses: list[str]) -> None:
         if self.list_path is None:

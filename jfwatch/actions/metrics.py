@@ -93,6 +93,9 @@ class Metrics:
                                ["source"], registry=r)
         Info("jfwatch_build", "Build information", registry=r).info({"version": __version__})
         self._unhealthy_since: dict[str, float] = {}
+        self._faults: dict[str, str] = {}
+        self.faults = Gauge("jfwatch_fault", "1 while a part cannot do its job (ban_feed, "
+                            "state): see /health and the log", ["part"], registry=r)
         self.stale_after = 600.0
         self._server: _BoundedServer | None = None
         self._notify_seen: dict[str, int] = {}
@@ -104,10 +107,21 @@ class Metrics:
         else:
             self._unhealthy_since.setdefault(source, time.monotonic())
 
+    def fault(self, what: str, problem: str | None) -> None:
+        """A part that cannot do its job now (``ban_feed``, ``state``), or None when it can
+        again: ``/health`` says 503 while any is at fault."""
+        if problem is None:
+            self._faults.pop(what, None)
+        else:
+            self._faults[what] = problem
+        self.faults.labels(what).set(0 if problem is None else 1)
+
     def healthy(self) -> tuple[bool, str]:
         now = time.monotonic()
         bad = [s for s, t in self._unhealthy_since.items() if now - t > self.stale_after]
-        return (not bad, "ok\n" if not bad else "unreadable: " + ", ".join(bad) + "\n")
+        lines = ["unreadable: " + ", ".join(bad)] if bad else []
+        lines += [f"{what}: {problem}" for what, problem in sorted(self._faults.items())]
+        return (not lines, "\n".join(lines or ["ok"]) + "\n")
 
     def sync_notify(self, counts: dict[str, int]) -> None:
         """Turn the outbox's running totals into counter increments."""

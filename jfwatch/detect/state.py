@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS file_offsets (
 CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bans (
     ip TEXT PRIMARY KEY, rule TEXT NOT NULL, since TEXT NOT NULL, until TEXT NOT NULL,
-    level INTEGER NOT NULL);
+    level INTEGER NOT NULL, recorded TEXT, published TEXT);
 CREATE INDEX IF NOT EXISTS bans_until ON bans (until);
 CREATE TABLE IF NOT EXISTS ban_history (
     ip TEXT PRIMARY KEY, count INTEGER NOT NULL, last TEXT NOT NULL);
@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_rule ON outbox (rule, created);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, failed, next_try);
 """
+
+
+class StateUnusable(Exception):
+    """The state file cannot be opened, read or written (damaged, read-only, missing rights)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +65,26 @@ class StateStore:
     """Access to the state file; ``":memory:"`` gives a throw-away store (replay)."""
 
     def __init__(self, path: str | Path) -> None:
+        """Open (creating) the state; StateUnusable if it cannot be read and written."""
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            _private(self.path)
         self._local = threading.local()
         self._memory: sqlite3.Connection | None = None
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _private(self.path)
+            self._create()
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise StateUnusable(f"{self.path}: {exc}") from exc
+
+    def _create(self) -> None:
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(bans)")}
+        if "published" not in columns:  # state from before the feed journal: all published
+            self.db.executescript("ALTER TABLE bans ADD COLUMN recorded TEXT; ALTER TABLE bans "
+                                  "ADD COLUMN published TEXT; UPDATE bans SET published="
+                                  "datetime('now');")
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='offsets'").fetchone():
             # State from before offsets were kept by file identity: carry them over.
             self.db.executescript("INSERT OR IGNORE INTO file_offsets SELECT dev, ino, "
@@ -145,12 +162,26 @@ class StateStore:
         return [_ban(r) for r in rows]
 
     def record_ban(self, ip: str, rule: str, since: datetime, until: datetime, level: int) -> None:
+        """A ban, not yet published to the feed (``mark_published`` says it is)."""
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO bans VALUES (?,?,?,?,?)",
+            db.execute("INSERT OR REPLACE INTO bans VALUES (?,?,?,?,?,?,NULL)",
                        (ip, rule, since.astimezone(UTC).isoformat(),
-                        until.astimezone(UTC).isoformat(), level))
+                        until.astimezone(UTC).isoformat(), level,
+                        datetime.now(UTC).isoformat()))
             db.execute("INSERT INTO ban_history VALUES (?,1,?) ON CONFLICT(ip) DO UPDATE SET "
                        "count=count+1, last=excluded.last", (ip, since.isoformat()))
+
+    def unpublished_bans(self) -> list[tuple[BanRow, datetime]]:
+        """Bans not yet written to the feed, with the wall time they were recorded."""
+        rows = self.db.execute("SELECT ip, rule, since, until, level, recorded FROM bans "
+                               "WHERE published IS NULL ORDER BY recorded").fetchall()
+        return [(_ban(r[:5]), datetime.fromisoformat(r[5]) if r[5] else datetime.now(UTC))
+                for r in rows]
+
+    def mark_published(self, ip: str, until: datetime) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE bans SET published=? WHERE ip=? AND until=?",
+                       (datetime.now(UTC).isoformat(), ip, until.astimezone(UTC).isoformat()))
 
     def remove_ban(self, ip: str) -> BanRow | None:
         row = self.active_ban(ip)

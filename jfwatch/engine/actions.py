@@ -6,6 +6,7 @@ metrics), events to the metrics and the optional event export.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from jfwatch.detect.state import StateStore
 from jfwatch.engine.engine import Stream
 from jfwatch.events import Event
 from jfwatch.sources.lines import LineStats
+
+FEED_RETRY_SECONDS = 5.0
 
 
 class Actions:
@@ -44,6 +47,10 @@ class Actions:
         # BAN and UNBAN lines would only be noise for Fail2Ban.
         self._skipped_bans: set[str] = set()
         self._bans_dirty = False
+        self.feed_path = config.ban_feed.path
+        self._feed_problem: str | None = None  # why the feed cannot be written now
+        self._feed_tried = 0.0
+        self._list_problem: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -53,6 +60,9 @@ class Actions:
             self.log.info("metrics_listening", address=self.config.metrics.listen,
                           port=self.metrics_port)
         self.outbox.start()
+        if self.feed is not None and self.feed.problem is not None:
+            self._feed_fault(self.feed.problem)
+        self._publish_pending(after_crash=True)
         self._refresh_bans()
 
     def stop(self) -> None:
@@ -79,6 +89,10 @@ class Actions:
     def unwritten(self, stream: Stream) -> int:
         """Events of this stream waiting for its commit."""
         return len(self._unwritten.get(stream.key, ()))
+
+    def drop_unwritten(self, stream: Stream) -> None:
+        """Forget the stream's waiting events (its lines will be read again)."""
+        self._unwritten.pop(stream.key, None)
 
     def write_export(self, stream: Stream) -> dict[str, int]:
         """Append the stream's waiting events to the export (fsynced); the sizes to commit
@@ -124,8 +138,11 @@ class Actions:
                 e.json_line() + b"\n" for e in events)
 
     def idle(self, detector: Detector) -> None:
-        """Housekeeping after each pass: the banned list, gauges."""
+        """Housekeeping after each pass: the banned list, gauges, a failed feed retried."""
         self._detector_gauges(detector)
+        if self._feed_problem is not None and \
+                time.monotonic() - self._feed_tried >= FEED_RETRY_SECONDS:
+            self._publish_pending(after_crash=False)
         if self._bans_dirty:
             # The list file is rewritten whole: once per idle pass, not once per ban.
             self._bans_dirty = False
@@ -160,6 +177,7 @@ class Actions:
         now = datetime.now(UTC)
         if isinstance(d, Ban) and d.until <= now:
             self._skipped_bans.add(d.ip)
+            self.store.mark_published(d.ip, d.until)  # over already: nothing to enforce
             return
         if isinstance(d, Unban) and d.ip in self._skipped_bans:
             self._skipped_bans.discard(d.ip)
@@ -168,14 +186,56 @@ class Actions:
         try:
             self.feed.write(d, now)
         except OSError as exc:
-            # Reported, never fatal: the ban stays in the state and the banned list.
-            self.log.error("ban_feed_write_failed", path=str(self.feed.path), problem=str(exc))
+            # Reported, never fatal: the ban stays in the state, unpublished, and is
+            # written when the feed can be written again (_publish_pending).
+            self._feed_fault(str(exc))
+            return
+        if isinstance(d, Ban):
+            self.store.mark_published(d.ip, d.until)
+        self._feed_fault(None)
+
+    def _publish_pending(self, *, after_crash: bool) -> None:
+        """
+        Write the bans recorded but not yet in the feed: after a failed write, or after a
+        crash between recording a ban and writing it (then a line already written for
+        it is found in the feed, and not written twice).
+        """
+        if self.feed is None:
+            return
+        for ban, recorded in self.store.unpublished_bans():
+            if after_crash and self.feed.has_ban(ban.ip, ban.rule, recorded):
+                self.store.mark_published(ban.ip, ban.until)
+                continue
+            self._write_feed(Ban(ban.ip, ban.rule, ban.since, ban.until, ban.level))
+            if self._feed_problem is not None:
+                return
+
+    def _feed_fault(self, problem: str | None) -> None:
+        if problem != self._feed_problem:
+            if problem is None:
+                self.log.info("ban_feed_writable_again", path=str(self.feed_path))
+            else:
+                self.log.error("ban_feed_write_failed", path=str(self.feed_path),
+                               problem=problem, retry=f"every {FEED_RETRY_SECONDS:.0f} s",
+                               bans="kept in the state and written when the feed can be")
+            self._feed_problem = problem
+            self.metrics.fault("ban_feed", problem)
+        self._feed_tried = time.monotonic()
 
     def _refresh_bans(self) -> None:
         bans = self.store.bans()
         self.metrics.bans_active.set(len(bans))
         if self.feed is not None:
-            self.feed.write_list([b.ip for b in bans])
+            try:
+                self.feed.write_list([b.ip for b in bans])
+            except OSError as exc:
+                self._bans_dirty = True  # rewritten on a later pass
+                if str(exc) != self._list_problem:
+                    self.log.error("banned_list_write_failed", path=str(self.feed.list_path),
+                                   problem=str(exc), retry="on every pass")
+                self._list_problem = str(exc)
+            else:
+                self._list_problem = None
 
     def _detector_gauges(self, detector: Detector) -> None:
         self.metrics.groups.set(detector.tracked_groups)

@@ -18,7 +18,7 @@ from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config, load_config
 from jfwatch.detect.decisions import Unban
 from jfwatch.detect.rules import Rule, load_rules
-from jfwatch.detect.state import StateStore
+from jfwatch.detect.state import StateStore, StateUnusable
 
 Loaded = tuple[Config, Path | None, list[Rule]]
 
@@ -79,7 +79,11 @@ def _with_config(command: Callable[[argparse.Namespace, Loaded], int]
             loaded = load_all(args.config, getattr(args, "rules", None))
         except ConfigError as exc:
             return _report(exc)
-        return command(args, loaded)
+        try:
+            return command(args, loaded)
+        except StateUnusable as exc:
+            print(f"error: state file unusable: {exc}", file=sys.stderr)
+            return 2
 
     return run
 
@@ -137,6 +141,13 @@ def _run(args: argparse.Namespace, loaded: Loaded) -> int:
 
     try:
         daemon = Daemon(cfg, rules, used, reload)
+    except StateUnusable as exc:
+        state = cfg.state_dir / "state.db"
+        logger.error("state_unusable", path=str(state), problem=str(exc),
+                     fix=f"if it is damaged, move it aside (mv {state} {state}.broken) and "
+                         "start again: read offsets, bans and queued alerts start empty; "
+                         "if it is read-only, give the service user write access")
+        return 2
     except OSError as exc:
         logger.error("cannot_start", problem=str(exc))
         return 1

@@ -11,8 +11,10 @@ loses no line and repeats none.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +46,7 @@ MAX_UNCOMMITTED_EVENTS = 10_000
 # wakes it at once; in poll mode (NFS/CIFS, where inotify sees nothing) this is the
 # latency: a read of an unchanged file is one fstat and an empty read, cheap enough at 4 Hz.
 IDLE_WAIT = 0.25
+STATE_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Daemon:
         self._problems: dict[str, str | None] = {}
         self._skipped_reported: dict[str, int] = {}
         self._irregular_reported: set[str] = set()
+        self._state_problem: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     def install_signals(self) -> None:
@@ -117,13 +121,57 @@ class Daemon:
             if self._hup:
                 self._hup = False
                 self._reload()
-            busy = self._read_all()
-            self.actions.act(self.detector.expire(datetime.now(UTC)))
-            self.actions.idle(self.detector)
+            try:
+                busy = self._pass()
+            except sqlite3.Error as exc:
+                self._state_fault(exc)
+                busy = False
             if not busy:
                 self.wake.wait(IDLE_WAIT)
-        self._shutdown()
+        try:
+            self._shutdown()
+        except sqlite3.Error as exc:  # the last commit could not be made: re-read next start
+            self.log.error("state_write_failed_at_stop", problem=str(exc))
         return 0
+
+    def _pass(self) -> bool:
+        """Read a block of every file, expire bans, housekeeping; whether lines were read."""
+        busy = self._read_all()
+        self.actions.act(self.detector.expire(datetime.now(UTC)))
+        self.actions.idle(self.detector)
+        if self._state_problem is not None:
+            self._state_problem = None
+            self.actions.metrics.fault("state", None)
+            self.log.info("state_writable_again", path=str(self.store.path))
+        return busy
+
+    def _state_fault(self, exc: sqlite3.Error) -> None:
+        """
+        The state could not be written (a full disk, a read-only or damaged file).  Go
+        back to the last commit, as a restart would: files are reopened at their
+        committed offsets, uncommitted events are dropped from memory (never written to
+        the export), the detector restarts from the state; then wait and try again.
+        """
+        if str(exc) != self._state_problem:
+            self._state_problem = str(exc)
+            self.actions.metrics.fault("state", str(exc))
+            self.log.error("state_write_failed", path=str(self.store.path), problem=str(exc),
+                           handling="reading pauses and resumes from the last commit",
+                           retry=f"every {STATE_RETRY_SECONDS:.0f} s")
+        for tracked in self.tracked.values():
+            tracked.follower.close()
+            self.actions.drop_unwritten(tracked.stream)
+        self.tracked.clear()
+        with contextlib.suppress(sqlite3.Error):
+            self.store.db.rollback()
+        self.detector = self.engine.detector = Detector(
+            self.rules, settings_from_config(self.config), self.store)
+        self.stop_event.wait(STATE_RETRY_SECONDS)
+        try:
+            self._resume()
+            self._scan()
+        except sqlite3.Error as again:
+            self.log.debug("state_still_failing", problem=str(again))
 
     def _shutdown(self) -> None:
         # What was written before the stop is read (bounded: a pass per block), and
