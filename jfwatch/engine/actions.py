@@ -5,6 +5,7 @@ metrics), events to the metrics and the optional event export.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
@@ -24,6 +25,10 @@ from jfwatch.events import Event
 from jfwatch.sources.lines import LineStats
 
 FEED_RETRY_SECONDS = 5.0
+
+
+class ExportFailed(OSError):
+    """The event export could not be written (the commit that needed it is not made)."""
 
 
 class Actions:
@@ -99,13 +104,28 @@ class Actions:
         with its offsets."""
         if self._events_path is None:
             return {}
-        waiting = self._unwritten.pop(stream.key, [])
-        with open(self._events_path, "ab") as fh:
-            if waiting:
-                fh.writelines(waiting)
-                fh.flush()
-                os.fsync(fh.fileno())
-            return {"events": fh.tell()}
+        data = b"".join(self._unwritten.get(stream.key, []))
+        try:
+            fd = os.open(self._events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o640)
+        except OSError as exc:
+            raise ExportFailed(f"{self._events_path}: {exc.strerror or exc}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if data:
+                    os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):  # no half-written event is left behind
+                    os.ftruncate(fd, size)
+                raise ExportFailed(f"{self._events_path}: {exc.strerror or exc}") from exc
+            self._unwritten.pop(stream.key, None)
+            return {"events": size + len(data)}
+        finally:
+            os.close(fd)
 
     # -- data --------------------------------------------------------------------
     def lines(self, stream: Stream, counts: LineStats) -> None:

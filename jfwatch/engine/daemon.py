@@ -30,7 +30,7 @@ from jfwatch.config.model import Config, SourceConfig
 from jfwatch.detect.detector import Detector, settings_from_config
 from jfwatch.detect.rules import Rule
 from jfwatch.detect.state import SavedOffset, StateStore
-from jfwatch.engine.actions import Actions
+from jfwatch.engine.actions import Actions, ExportFailed
 from jfwatch.engine.engine import Engine, Stream
 from jfwatch.parsers import create_parser
 from jfwatch.sources.files import Source, find_by_identity, sibling_paths
@@ -82,7 +82,7 @@ class Daemon:
         self._problems: dict[str, str | None] = {}
         self._skipped_reported: dict[str, int] = {}
         self._irregular_reported: set[str] = set()
-        self._state_problem: str | None = None
+        self._commit_problem: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     def install_signals(self) -> None:
@@ -123,15 +123,15 @@ class Daemon:
                 self._reload()
             try:
                 busy = self._pass()
-            except sqlite3.Error as exc:
-                self._state_fault(exc)
+            except (sqlite3.Error, ExportFailed) as exc:
+                self._commit_fault(exc)
                 busy = False
             if not busy:
                 self.wake.wait(IDLE_WAIT)
         try:
             self._shutdown()
-        except sqlite3.Error as exc:  # the last commit could not be made: re-read next start
-            self.log.error("state_write_failed_at_stop", problem=str(exc))
+        except (sqlite3.Error, ExportFailed) as exc:  # not committed: read again next start
+            self.log.error("commit_failed_at_stop", problem=str(exc))
         return 0
 
     def _pass(self) -> bool:
@@ -139,23 +139,26 @@ class Daemon:
         busy = self._read_all()
         self.actions.act(self.detector.expire(datetime.now(UTC)))
         self.actions.idle(self.detector)
-        if self._state_problem is not None:
-            self._state_problem = None
-            self.actions.metrics.fault("state", None)
-            self.log.info("state_writable_again", path=str(self.store.path))
+        if self._commit_problem is not None:
+            self._commit_problem = None
+            self.actions.metrics.fault("commit", None)
+            self.log.info("commits_work_again")
         return busy
 
-    def _state_fault(self, exc: sqlite3.Error) -> None:
+    def _commit_fault(self, exc: sqlite3.Error | ExportFailed) -> None:
         """
-        The state could not be written (a full disk, a read-only or damaged file).  Go
-        back to the last commit, as a restart would: files are reopened at their
-        committed offsets, uncommitted events are dropped from memory (never written to
-        the export), the detector restarts from the state; then wait and try again.
+        The state or the event export could not be written (a full disk, a read-only or
+        damaged file).  Go back to the last commit, as a restart would: files are
+        reopened at their committed offsets, uncommitted events are dropped from memory
+        (never written to the export), the detector restarts from the state; then wait
+        and try again.
         """
-        if str(exc) != self._state_problem:
-            self._state_problem = str(exc)
-            self.actions.metrics.fault("state", str(exc))
-            self.log.error("state_write_failed", path=str(self.store.path), problem=str(exc),
+        what = "state" if isinstance(exc, sqlite3.Error) else "event_export"
+        problem = f"{what}: {exc}"
+        if problem != self._commit_problem:
+            self._commit_problem = problem
+            self.actions.metrics.fault("commit", problem)
+            self.log.error(f"{what}_write_failed", problem=str(exc),
                            handling="reading pauses and resumes from the last commit",
                            retry=f"every {STATE_RETRY_SECONDS:.0f} s")
         for tracked in self.tracked.values():
@@ -170,8 +173,8 @@ class Daemon:
         try:
             self._resume()
             self._scan()
-        except sqlite3.Error as again:
-            self.log.debug("state_still_failing", problem=str(again))
+        except (sqlite3.Error, ExportFailed) as again:  # the next pass finds it again
+            self.log.debug("commit_still_failing", problem=str(again))
 
     def _shutdown(self) -> None:
         # What was written before the stop is read (bounded: a pass per block), and
