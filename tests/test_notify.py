@@ -30,22 +30,36 @@ def _outbox(tmp_path: Path, port: int, **cfg: object) -> Outbox:
     return Outbox(StateStore(tmp_path / "s.db"), config, "media", clock=lambda: T0)
 
 
-def test_flood_folds_into_one_digest(tmp_path: Path) -> None:
-    """Past max_per_rule_per_hour, one rule's alerts become one digest message."""
+def test_flood_folds_into_one_digest_per_rule_and_hour(tmp_path: Path) -> None:
+    """Past max_per_rule_per_hour, one rule's alerts of an hour become one digest, sent
+    once when the hour is over, whatever else is delivered meanwhile."""
     port = free_port()
     receiver = Receiver(port)
     receiver.start()
+    now = [T0]
     try:
-        outbox = _outbox(tmp_path, port, max_per_rule_per_hour=3)
+        config = NotifyConfig(urls=[SecretStr(f"json://127.0.0.1:{port}/")],
+                              max_per_rule_per_hour=3)
+        outbox = Outbox(StateStore(tmp_path / "s.db"), config, "media", clock=lambda: now[0])
         for i in range(20):
             outbox.enqueue(_alert("brute-force-ip", f"203.0.113.{i}", minute=i % 20))
-        assert outbox.deliver_due() == 4
+        assert outbox.deliver_due() == 3
+        for minute in range(1, 29):  # the flood goes on; deliveries are tried every minute
+            now[0] = T0 + timedelta(minutes=minute)
+            outbox.enqueue(_alert("brute-force-ip", f"198.51.100.{minute}", minute=minute))
+            assert outbox.deliver_due() == 0
+        now[0] = T0 + timedelta(minutes=30, seconds=1)  # 00:00:01, the hour is over
+        assert outbox.deliver_due() == 1
+        now[0] += timedelta(hours=2)
+        assert outbox.deliver_due() == 0
     finally:
         receiver.stop()
     titles = [m["title"] for m in receiver.messages]
     assert len(titles) == 4
-    digest = next(m for m in receiver.messages if "digest" in m["title"])
-    assert "203.0.113.3" in digest["message"] and "203.0.113.19" in digest["message"]
+    digests = [m for m in receiver.messages if "digest" in m["title"]]
+    assert len(digests) == 1
+    for ip in ("203.0.113.3", "203.0.113.19", "198.51.100.1", "198.51.100.28"):
+        assert ip in digests[0]["message"]
 
 
 def test_quiet_hours_hold_all_but_critical(tmp_path: Path) -> None:

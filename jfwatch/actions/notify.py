@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import apprise
@@ -83,24 +83,22 @@ class Outbox:
         hour = alert.time.replace(minute=0, second=0, microsecond=0)
         with self.store.transaction() as db:
 
-            def insert(dedup: str, title: str, body: str) -> None:
+            def insert(dedup: str, title: str, body: str, not_before: float = 0.0) -> None:
                 db.execute("INSERT OR IGNORE INTO outbox (created, dedup, rule, severity, tags, "
-                           "title, body) VALUES (?,?,?,?,?,?,?)",
+                           "title, body, next_try) VALUES (?,?,?,?,?,?,?,?)",
                            (alert.time.isoformat(), dedup, alert.rule, alert.severity, tags,
-                            title, body))
+                            title, body, not_before))
 
             recent = db.execute(
                 "SELECT COUNT(*) FROM outbox WHERE rule=? AND created >= ? AND dedup NOT LIKE "
                 "'digest|%'", (alert.rule, hour.isoformat())).fetchone()[0]
             if recent >= self.cfg.max_per_rule_per_hour:
-                # Fold the flood: one digest per rule and hour, appended to (critical ones
-                # too: 10,000 pushes in a minute help nobody).  Pushes per hour are thus
-                # bounded by rules x (max_per_rule_per_hour + 1).
-                sent_digests = db.execute(
-                    "SELECT COUNT(*) FROM outbox WHERE rule=? AND created >= ? AND dedup LIKE "
-                    "'digest|%' AND delivered IS NOT NULL",
-                    (alert.rule, hour.isoformat())).fetchone()[0]
-                digest = f"digest|{alert.rule}|{hour.isoformat()}|{sent_digests}"
+                # Fold the flood: one digest per rule and hour, appended to all hour long
+                # and sent when the hour is over (critical ones too: 10,000 pushes in a
+                # minute help nobody).  Pushes per hour are thus bounded by rules x
+                # (max_per_rule_per_hour + 1).  Alerts of an hour whose digest is gone
+                # already (a backfill of old logs) are counted, not sent.
+                digest = f"digest|{alert.rule}|{hour.isoformat()}"
                 line = f"{alert.time:%H:%M:%S} {alert.ip or alert.user or '-'} x{alert.count}"
                 cur = db.execute(
                     "UPDATE outbox SET body = CASE WHEN length(body) < ? THEN body || ? "
@@ -108,7 +106,8 @@ class Outbox:
                     (_DIGEST_MAX_CHARS, "\n" + line, digest))
                 if cur.rowcount == 0:
                     insert(digest, f"[{self.server}] {alert.rule}: more alerts (digest)",
-                           f"Further alerts of {alert.rule} this hour:\n{line}")
+                           f"Further alerts of {alert.rule} this hour:\n{line}",
+                           not_before=(hour + timedelta(hours=1)).timestamp())
                 self.counts["digest"] += 1
                 return
             # Rendered only for alerts that are sent on their own, not for folded ones.
@@ -168,7 +167,10 @@ class Outbox:
                     self._held_quiet.add(row_id)
                     self.counts["quiet"] += 1
                 continue
-            ok = self._send(title, self._with_rdns(body), severity, tags.split(","))
+            # A stable reference: the same in a copy sent again after a crash or a
+            # timeout (delivery is at least once), for a reader or a service to match.
+            ref = f"\nRef: {self.server}/{row_id}"
+            ok = self._send(title, self._with_rdns(body) + ref, severity, tags.split(","))
             with self.store.transaction() as db:
                 if ok:
                     db.execute("UPDATE outbox SET delivered=? WHERE id=?", (now.isoformat(), row_id))
