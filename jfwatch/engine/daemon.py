@@ -82,7 +82,7 @@ class Daemon:
         self._problems: dict[str, str | None] = {}
         self._skipped_reported: dict[str, int] = {}
         self._irregular_reported: set[str] = set()
-        self._commit_problem: str | None = None
+        self._commit_problem: tuple[str, str] | None = None  # part, problem
 
     # -- lifecycle ----------------------------------------------------------------
     def install_signals(self) -> None:
@@ -140,8 +140,8 @@ class Daemon:
         self.actions.act(self.detector.expire(datetime.now(UTC)))
         self.actions.idle(self.detector)
         if self._commit_problem is not None:
+            self.actions.metrics.fault(self._commit_problem[0], None)
             self._commit_problem = None
-            self.actions.metrics.fault("commit", None)
             self.log.info("commits_work_again")
         return busy
 
@@ -154,10 +154,11 @@ class Daemon:
         and try again.
         """
         what = "state" if isinstance(exc, sqlite3.Error) else "event_export"
-        problem = f"{what}: {exc}"
-        if problem != self._commit_problem:
-            self._commit_problem = problem
-            self.actions.metrics.fault("commit", problem)
+        if (what, str(exc)) != self._commit_problem:
+            if self._commit_problem is not None:
+                self.actions.metrics.fault(self._commit_problem[0], None)
+            self._commit_problem = (what, str(exc))
+            self.actions.metrics.fault(what, str(exc))
             self.log.error(f"{what}_write_failed", problem=str(exc),
                            handling="reading pauses and resumes from the last commit",
                            retry=f"every {STATE_RETRY_SECONDS:.0f} s")
