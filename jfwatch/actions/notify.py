@@ -134,15 +134,18 @@ class Outbox:
         self.store.close()
 
     def _loop(self) -> None:
-        last_prune = 0.0
+        last_prune, problem = 0.0, None
         while not self._stop.is_set():
             try:
                 self.deliver_due()
                 if time.monotonic() - last_prune > 3600:
                     last_prune = time.monotonic()
                     self.store.prune(self.clock())
-            except Exception:
-                self.log.exception("notify_loop_error")
+                problem = None
+            except Exception as exc:  # noqa: BLE001 - the sender must outlive any fault
+                if repr(exc) != problem:  # once per fault, not once a second
+                    self.log.error("notify_loop_error", problem=repr(exc), retry="every second")
+                problem = repr(exc)
             self._wake.wait(1.0)
             self._wake.clear()
 
