@@ -12,6 +12,7 @@ loses no line and repeats none.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import signal
 import sqlite3
@@ -57,6 +58,7 @@ class _Tracked:
     # Read but not committed: the offset after the last lines read, by file (the current
     # file, and a rotated-away one still drained), with the name it had.
     uncommitted: dict[tuple[int, int], SavedOffset] = field(default_factory=dict)
+    name: str = ""  # the name the source followed it under (its offsets are kept with it)
     last_commit: float = field(default_factory=time.monotonic)
     problem: str | None = None  # the follower's, as last reported
 
@@ -221,7 +223,9 @@ class Daemon:
         saved = self.store.offsets()
         for src in self.sources:
             src.watch()
-            mine = [s for s in saved if os.path.dirname(s.path) == src.directory]
+            # A row keeps the name the file was followed under, even after a rotation
+            # renamed it: the source whose pattern matches it parses it again.
+            mine = [s for s in saved if fnmatch.fnmatchcase(s.path, src.config.path)]
             src.started = bool(mine)
             siblings = sibling_paths(src)
             for row in mine:
@@ -229,7 +233,7 @@ class Daemon:
                 if found is None:
                     self.store.forget_offset(row.dev, row.ino)  # gone: nothing left to read
                 elif found not in self.tracked:
-                    self._track(src, found, row.offset)
+                    self._track(src, found, row.offset, name=row.path)
 
     def _scan(self) -> None:
         budget = max(1, self.config.max_open_files // max(1, len(self.sources)))
@@ -311,14 +315,17 @@ class Daemon:
             return -1
         return self.store.offset_of(ident.dev, ident.ino, ident.fingerprint)
 
-    def _track(self, src: Source, path: str, offset: int) -> None:
+    def _track(self, src: Source, path: str, offset: int, name: str | None = None) -> None:
+        """Follow ``path`` from ``offset``; ``name``: what it was followed as before it was
+        renamed (a rotation while the daemon was stopped)."""
         cfg: SourceConfig = src.config
         tz = ZoneInfo(cfg.timezone or self.config.timezone)
-        parser = create_parser(cfg.format, context_for(
-            path, tz, quoting=cfg.quoting, proxy_token_failures=cfg.proxy_token_failures))
+        parser = create_parser(cfg.format, context_for(  # the name's date, for console lines
+            name or path, tz, quoting=cfg.quoting, proxy_token_failures=cfg.proxy_token_failures))
         follower = Follower(path, offset, self.config.max_line)
         self.tracked[path] = _Tracked(src, follower,
-                                      Stream(cfg.path, parser, self.config.max_line, key=path))
+                                      Stream(cfg.path, parser, self.config.max_line, key=path),
+                                      name=name or path)
         self.log.info("following", path=path, offset=follower.offset)
 
     def _read_all(self) -> bool:
@@ -343,7 +350,7 @@ class Daemon:
         for data, ident, end in pieces:
             self.engine.feed(tracked.stream, data)
             tracked.uncommitted[ident.dev, ident.ino] = SavedOffset(
-                ident.dev, ident.ino, ident.fingerprint, end, tracked.follower.path)
+                ident.dev, ident.ino, ident.fingerprint, end, tracked.name)
         # A busy log may always have a success held for a TOTP verdict; rather than never
         # committing, release held events after COMMIT_EVERY seconds and commit.
         overdue = time.monotonic() - tracked.last_commit > COMMIT_EVERY or \
@@ -364,8 +371,7 @@ class Daemon:
             if ident is None:
                 return
             tracked.uncommitted[ident.dev, ident.ino] = SavedOffset(
-                ident.dev, ident.ino, ident.fingerprint, tracked.follower.offset,
-                tracked.follower.path)
+                ident.dev, ident.ino, ident.fingerprint, tracked.follower.offset, tracked.name)
         sizes = self.actions.write_export(tracked.stream)
         self.store.save_offsets(list(tracked.uncommitted.values()), sizes)
         tracked.uncommitted.clear()
