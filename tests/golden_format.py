@@ -44,15 +44,24 @@ def attribute(parser: Any, samples: list[Sample]) -> list[list[dict[str, Any]]]:
     (a success waiting for a TOTP rejection, an injection opener) come out later and
     are matched to their line through the excerpt, oldest unclaimed line first.
     """
-    from jfwatch.parsers.redact import excerpt  # local: keeps this module importable alone
+    from datetime import UTC
+
+    # local: keeps this module importable alone
+    from jfwatch.parsers.redact import excerpt
+    from jfwatch.parsers.wrappers import unwrap
+
+    def own_excerpt(line: str) -> str:
+        """An event's excerpt is the line inside the collector's wrapper, if any."""
+        found = unwrap(line, UTC)
+        return excerpt((line if found is None else found.line).rstrip())
 
     owners: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):
-        owners.setdefault(excerpt(sample.line.rstrip()), []).append(i)
+        owners.setdefault(own_excerpt(sample.line), []).append(i)
     actual: list[list[dict[str, Any]]] = [[] for _ in samples]
     late: list[Any] = []
     for i, sample in enumerate(samples):
-        own = excerpt(sample.line.rstrip())
+        own = own_excerpt(sample.line)
         for event in parser.feed(sample.line):
             if event.excerpt == own:
                 actual[i].append(orjson.loads(event.json_line()))

@@ -67,3 +67,43 @@ def test_json_lines_hold_every_field_with_the_time_as_isoformat() -> None:
     for event in events:
         line = orjson.loads(event.json_line())
         assert line == {**event.to_json(), "time": event.time.isoformat(), "kind": str(event.kind)}
+
+
+def _formats_claiming(line: str) -> set[str]:
+    from jfwatch.parsers import PARSERS
+    from jfwatch.parsers.wrappers import unwrap
+
+    found = unwrap(line, UTC)
+    inner = line if found is None else found.line
+    return {name for name, spec in PARSERS.items() if spec.sniff(inner)}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_format_claims_another_formats_lines(path: Path) -> None:
+    """Auto-detection: every golden line is claimed by its own format or by none."""
+    own = path.parent.name
+    for sample in read_samples(path):
+        claimed = _formats_claiming(sample.line)
+        assert claimed <= {own}, f"{path.name}:{sample.lineno}: claimed by {claimed}"
+
+
+def test_auto_detects_every_golden_file_alone_and_interleaved() -> None:
+    """``--format auto`` gives each golden file's events, alone and with the lines of all
+    the other formats' files interleaved (one stream of mixed lines)."""
+    by_format: dict[str, list[str]] = {}
+    for path in FILES:
+        explicit = create_parser(path.parent.name, context_for(path, UTC))
+        auto = create_parser("auto", context_for(path, UTC))
+        lines = [s.line for s in read_samples(path)]
+        got = [e.to_json() for line in lines for e in auto.feed(line)] + \
+            [e.to_json() for e in auto.flush(force=True)]
+        want = [e.to_json() for line in lines for e in explicit.feed(line)] + \
+            [e.to_json() for e in explicit.flush(force=True)]
+        assert got == want, path
+        if "token" not in path.name and "injection" not in path.name:
+            by_format.setdefault(path.parent.name, []).extend(
+                s.line for s in read_samples(path) if s.expect)
+    mixed = [line for group in zip(*by_format.values(), strict=False) for line in group]
+    auto = create_parser("auto", context_for(None, UTC))
+    events = [e for line in mixed for e in auto.feed(line)] + auto.flush(force=True)
+    assert {e.source for e in events} == set(by_format)

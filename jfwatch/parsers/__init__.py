@@ -15,6 +15,7 @@ from types import ModuleType
 from jfwatch.events import Event
 from jfwatch.parsers import authelia, authentik, caddy, jellyfin, nginx, traefik
 from jfwatch.parsers.base import StreamContext, StreamParser
+from jfwatch.parsers.wrappers import Joiner, unwrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +89,64 @@ class AutoParser:
         return any(p.holding for p in self._parsers.values())
 
 
+class Unwrapping:
+    """
+    Takes collectors' wrappers off each line (``wrappers.unwrap``) before the format's
+    parser sees it, joins lines a collector split, and lends the wrapper's time to the
+    parser through ``ctx.outer_time``.  A stream's first line tells whether it is
+    wrapped (a Docker json-file, a journald export) or bare (Jellyfin's own file): a
+    bare stream goes to the parser's bulk path untouched, so the result never depends
+    on where reads cut it.
+    """
+
+    def __init__(self, inner: StreamParser, ctx: StreamContext) -> None:
+        self.inner, self.ctx = inner, ctx
+        self._joiner = Joiner()
+        self._wrapped: bool | None = None  # decided by the stream's first line
+
+    @property
+    def matched_lines(self) -> int:
+        return self.inner.matched_lines
+
+    @property
+    def holding(self) -> bool:
+        return self.inner.holding or self._joiner.waiting
+
+    def _is_wrapped(self, first_line: str) -> bool:
+        if self._wrapped is None:
+            self._wrapped = unwrap(first_line, self.ctx.timezone) is not None
+        return self._wrapped
+
+    def feed(self, line: str) -> list[Event]:
+        if not self._is_wrapped(line):
+            return self.inner.feed(line)
+        found = unwrap(line, self.ctx.timezone)
+        if found is None:  # a continuation line the collector printed bare
+            return self.inner.feed(line)
+        whole = self._joiner.add(found)
+        if whole is None:
+            return []
+        self.ctx.outer_time = found.time
+        try:
+            return self.inner.feed(whole)
+        finally:
+            self.ctx.outer_time = None
+
+    def feed_block(self, block: bytes, end: int) -> list[Event]:
+        first_end = block.find(b"\n", 0, end)
+        if not self._is_wrapped(block[:end if first_end == -1 else first_end].decode()):
+            return self.inner.feed_block(block, end)
+        return [e for line in block[:end].decode().split("\n") for e in self.feed(line.rstrip("\r"))]
+
+    def flush(self, *, force: bool) -> list[Event]:
+        return self.inner.flush(force=force)
+
+
 def create_parser(fmt: str, ctx: StreamContext) -> StreamParser:
-    """A stream parser for a format name or ``auto``."""
-    if fmt == "auto":
-        return AutoParser(ctx)
-    return PARSERS[fmt].create(ctx)
+    """A stream parser for a format name or ``auto``, wrappers taken off first."""
+    inner: StreamParser = AutoParser(ctx) if fmt == "auto" else PARSERS[fmt].create(ctx)
+    return Unwrapping(inner, ctx)
 
 
-__all__ = ["FORMATS", "PARSERS", "AutoParser", "ParserSpec", "StreamContext", "create_parser"]
+__all__ = ["FORMATS", "PARSERS", "AutoParser", "ParserSpec", "StreamContext", "Unwrapping",
+           "create_parser"]

@@ -54,7 +54,9 @@ def logfmt(line: str) -> dict[str, str]:
 def sniff(line: str) -> bool:
     if line.startswith("time="):
         return " msg=" in line
-    return line.startswith("{") and '"remote_ip"' in line and '"msg"' in line
+    # Caddy's access log has "remote_ip" and "msg" too, but a "logger" and no "time".
+    return line.startswith("{") and '"remote_ip"' in line and '"msg"' in line and \
+        '"time"' in line and '"logger"' not in line
 
 
 class AutheliaParser(StatelessParser):

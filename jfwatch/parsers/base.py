@@ -82,6 +82,9 @@ class StreamContext:
     file_date: date | None = None
     proxy_token_failures: bool = False
     quoting: str = "auto"  # Jellyfin only: auto | quoted (file sink) | raw (console sink)
+    # The time of the collector's wrapper around the line being parsed (set per line by
+    # parsers.Unwrapping), for lines that carry only a clock.
+    outer_time: datetime | None = None
 
 
 class StreamParser(Protocol):

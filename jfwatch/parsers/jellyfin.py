@@ -37,19 +37,6 @@ from jfwatch.parsers.redact import clean_user, excerpt
 
 NAME: Final = "jellyfin"
 
-# Wrappers put around the console sink by the log collector.
-_RFC3339_WRAPPER = re.compile(
-    r"^(?P<wts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)"
-    r" (?:\S+ [\w./-]+(?:\[\d+\])?: )?(?P<rest>\[.*)$"
-)
-_BSD_WRAPPER = re.compile(
-    r"^(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(?P<day>\d{1,2}) "
-    r"\d{2}:\d{2}:\d{2} \S+ [\w./-]+(?:\[\d+\])?: (?P<rest>\[.*)$"
-)
-_COMPOSE_WRAPPER = re.compile(r"^[\w.-]+\s*\| (?P<rest>.*)$")
-_MONTHS = {m: i for i, m in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
-
 # logging.json: "[{Timestamp:yyyy-MM-dd HH:mm:ss.fff zzz}] [{Level:u3}] [{ThreadId}] {SourceContext}: "
 # and the console's "[{Timestamp:HH:mm:ss(.fff)}]".  ThreadId and SourceContext are
 # optional (older default templates, see 20250420060000_CreateUserLoggingConfigFile.cs).
@@ -181,8 +168,9 @@ _TOTP_MATCH_WINDOW = timedelta(seconds=5)
 
 
 def sniff(line: str) -> bool:
-    """Whether a line looks like Jellyfin's Serilog output (for ``--format auto``)."""
-    return _split(line) is not None
+    """Whether a line is Jellyfin's Serilog output, file or console sink (``--format auto``;
+    collectors' wrappers are taken off before, ``wrappers.unwrap``)."""
+    return bool(_FILE_HEADER.match(line) or _CONSOLE_HEADER.match(line))
 
 
 @dataclass(slots=True)
@@ -205,19 +193,6 @@ class _Held:
 class _Opener:
     event: Event
     raw_lines: list[str] = field(default_factory=list)
-
-
-def _split(line: str) -> tuple[str, str | None] | None:
-    """Strip a collector wrapper; return (serilog line, wrapper timestamp or month/day)."""
-    if line.startswith("["):
-        return line, None
-    if m := _RFC3339_WRAPPER.match(line):
-        return m["rest"], m["wts"]
-    if m := _BSD_WRAPPER.match(line):
-        return m["rest"], f"{m['mon']} {m['day']}"
-    if (m := _COMPOSE_WRAPPER.match(line)) and m["rest"].startswith("["):
-        return m["rest"], None
-    return None
 
 
 class JellyfinParser:
@@ -255,15 +230,14 @@ class JellyfinParser:
     def _feed(self, line: str, *, has_needle: bool) -> list[Event]:
         line = line.rstrip()
         self._line_no += 1
-        split = _split(line)
-        if split is None:
+        if not line.startswith("["):  # not a header: an exception trace, a username's tail
             return self._continuation(line)
         out = self._close_opener() if self._opener is not None else []
         if self._held and self._held[0].release_line <= self._line_no:
             out += self._age_held()
-        if self._style is not None and not has_needle and not _INTERESTING.search(split[0]):
+        if self._style is not None and not has_needle and not _INTERESTING.search(line):
             return out
-        header = self._header(*split)
+        header = self._header(line)
         if header is None:
             return out + self._continuation(line)
         pending = len(self._held)
@@ -312,7 +286,7 @@ class JellyfinParser:
         return out
 
     # -- header and time --------------------------------------------------------
-    def _header(self, text: str, wrapper: str | None) -> _Header | None:
+    def _header(self, text: str) -> _Header | None:
         if m := _FILE_HEADER.match(text):
             when = _file_time(*m.group("stamp", "zone"))
             if when is None:
@@ -320,7 +294,7 @@ class JellyfinParser:
             self._date = when.date()
             return _Header(when, "file", text[m.end():])
         if m := _CONSOLE_HEADER.match(text):
-            console_when = self._console_time(m["time"], wrapper)
+            console_when = self._console_time(m["time"])
             if console_when is None:
                 return None
             rest = text[m.end():]
@@ -328,26 +302,24 @@ class JellyfinParser:
             return _Header(console_when, "console", rest[pre.end():] if pre else rest)
         return None
 
-    def _console_time(self, clock: str, wrapper: str | None) -> datetime | None:
+    def _console_time(self, clock: str) -> datetime | None:
+        """
+        A console line has a clock only: the collector's wrapper time (journald, syslog,
+        json-file...) when there is one, with its own offset; else the clock on the date
+        of the file name or of the lines before, in the configured zone.
+        """
         tz = self.ctx.timezone
-        if wrapper and "T" in wrapper:
-            wrapped = parse_iso(wrapper, tz)
-            if wrapped is not None:
-                self._date = wrapped.astimezone(tz).date()
-        elif wrapper:
-            mon, day = wrapper.split()
-            today = datetime.now(tz).date()
-            guess = date(today.year, _MONTHS[mon], int(day))
-            self._date = guess if guess <= today else guess.replace(year=today.year - 1)
+        outer = self.ctx.outer_time
+        if outer is not None:
+            self._date = outer.astimezone(tz).date()
+            return outer
         if self._date is None:
             self._date = datetime.now(tz).date()
-        hms = clock[:15]
-        when = parse_iso(f"{self._date.isoformat()}T{hms}", tz)
+        when = parse_iso(f"{self._date.isoformat()}T{clock[:15]}", tz)
         if when is None:
             return None
         # Console lines carry no date: a clock that jumps back by hours is midnight.
-        if wrapper is None and self._last_console is not None and \
-                self._last_console - when > timedelta(hours=12):
+        if self._last_console is not None and self._last_console - when > timedelta(hours=12):
             self._date += timedelta(days=1)
             when += timedelta(days=1)
         self._last_console = when

@@ -37,8 +37,13 @@ def parse_clf_time(text: str) -> datetime | None:
         return None
 
 
+# Traefik's CLF is combined plus ' <RequestCount> "<RouterName>" "<ServiceURL>" <Duration>ms':
+# such a line is Traefik's, not nginx's (auto-detection must not claim it twice).
+TRAEFIK_TAIL = re.compile(r' \d+ "[^"]*" "[^"]*" \d+ms$')
+
+
 def sniff(line: str) -> bool:
-    return bool(COMBINED.match(line) or _NPM.match(line))
+    return bool((COMBINED.match(line) and not TRAEFIK_TAIL.search(line)) or _NPM.match(line))
 
 
 class NginxParser(StatelessParser):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 from jfwatch.events import Event
@@ -16,19 +15,17 @@ from jfwatch.parsers.base import (
     parse_ip,
     parse_iso,
 )
-from jfwatch.parsers.nginx import COMBINED, parse_clf_time
+from jfwatch.parsers.nginx import COMBINED, TRAEFIK_TAIL, parse_clf_time
 
 NAME: Final = "traefik"
 PATTERNS: Final = HTTP_PATTERNS
 
-# combined + ' <RequestCount> "<RouterName>" "<ServiceURL>" <Duration>ms'
-_CLF_TAIL = re.compile(r' \d+ "[^"]*" "[^"]*" \d+ms$')
 
 
 def sniff(line: str) -> bool:
     if line.startswith("{"):
         return '"RequestPath"' in line and '"DownstreamStatus"' in line
-    return bool(_CLF_TAIL.search(line)) and bool(COMBINED.match(line))
+    return bool(TRAEFIK_TAIL.search(line)) and bool(COMBINED.match(line))
 
 
 class TraefikParser(StatelessParser):
@@ -40,7 +37,7 @@ class TraefikParser(StatelessParser):
 
     def _clf(self, line: str) -> Request | None:
         m = COMBINED.match(line)
-        if m is None or not _CLF_TAIL.search(line):
+        if m is None or not TRAEFIK_TAIL.search(line):
             return None
         when = parse_clf_time(m["ts"])
         if when is None:
