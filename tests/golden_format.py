@@ -50,18 +50,25 @@ def attribute(parser: Any, samples: list[Sample]) -> list[list[dict[str, Any]]]:
     from jfwatch.parsers.redact import excerpt
     from jfwatch.parsers.wrappers import unwrap
 
+    joined = ""
+
     def own_excerpt(line: str) -> str:
-        """An event's excerpt is the line inside the collector's wrapper, if any."""
+        """An event's excerpt is the line inside the collector's wrapper, if any, joined
+        with the pieces of it the collector split off before (they yield nothing)."""
+        nonlocal joined
         found = unwrap(line, UTC)
-        return excerpt((line if found is None else found.line).rstrip())
+        inner = line if found is None else joined + found.line
+        joined = inner if found is not None and found.partial else ""
+        return excerpt(inner.rstrip())
 
     owners: dict[str, list[int]] = {}
-    for i, sample in enumerate(samples):
-        owners.setdefault(own_excerpt(sample.line), []).append(i)
+    mine = [own_excerpt(sample.line) for sample in samples]
+    for i, own in enumerate(mine):
+        owners.setdefault(own, []).append(i)
     actual: list[list[dict[str, Any]]] = [[] for _ in samples]
     late: list[Any] = []
     for i, sample in enumerate(samples):
-        own = own_excerpt(sample.line)
+        own = mine[i]
         for event in parser.feed(sample.line):
             if event.excerpt == own:
                 actual[i].append(orjson.loads(event.json_line()))

@@ -6,12 +6,15 @@ it.  Like fail2ban's "Regex has no samples", a parser pattern without a sample f
 
 from __future__ import annotations
 
-from datetime import UTC
+import re
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jfwatch.parsers import PARSERS, create_parser
 from jfwatch.sources.lines import context_for
@@ -107,3 +110,49 @@ def test_auto_detects_every_golden_file_alone_and_interleaved() -> None:
     auto = create_parser("auto", context_for(None, UTC))
     events = [e for line in mixed for e in auto.feed(line)] + auto.flush(force=True)
     assert {e.source for e in events} == set(by_format)
+
+
+BARE = [(p.parent.name, s.line) for p in FILES for s in read_samples(p)
+        if (s.expect and "own" not in p.name and "real" not in p.name) or p.name == "file-sink-real.log"]
+
+
+def _wrap(kind: str, line: str, when: datetime) -> str:
+    iso = when.isoformat()
+    if kind == "json-file":
+        return orjson.dumps({"log": line + "\n", "stream": "stdout",
+                             "time": when.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+                            ).decode()
+    if kind == "cri":
+        return f"{iso} stdout F {line}"
+    if kind == "journald":
+        return f"{iso} media app[42]: {line}"
+    if kind == "docker -t":
+        return f"{iso} {line}"
+    if kind == "compose":
+        return f"app-1  | {line}"
+    return f"[pod/app-5d8/app] {line}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(sample=st.sampled_from(BARE),
+       kind=st.sampled_from(["json-file", "cri", "journald", "docker -t", "compose", "kubectl"]),
+       when=st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1),
+                         timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)),
+                                                    timezone(timedelta(hours=-5))])))
+def test_a_wrapped_line_yields_the_bare_lines_events(sample: tuple[str, str], kind: str,
+                                                     when: datetime) -> None:
+    """Same events as the bare line; a line with only a clock (Jellyfin's console sink)
+    takes the wrapper's time, with its offset, where the wrapper has one."""
+    fmt, line = sample
+    when = when.replace(microsecond=0)
+    bare_parser = create_parser(fmt, context_for(None, UTC))
+    wrapped_parser = create_parser(fmt, context_for(None, UTC))
+    bare = [e.to_json() for e in bare_parser.feed(line) + bare_parser.flush(force=True)]
+    wrapped = [e.to_json() for e in
+               wrapped_parser.feed(_wrap(kind, line, when)) + wrapped_parser.flush(force=True)]
+    clock_only = fmt == "jellyfin" and re.match(r"^\[\d\d:\d\d:\d\d", line) is not None
+    if clock_only and kind not in ("compose", "kubectl"):  # those two carry no time
+        for event in bare:
+            event["time"] = when
+    assert [dict(e, time=e["time"].astimezone(UTC)) for e in wrapped] == \
+        [dict(e, time=e["time"].astimezone(UTC)) for e in bare]
