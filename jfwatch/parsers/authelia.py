@@ -32,7 +32,16 @@ _UNKNOWN = re.compile(
     r"^Error occurred getting details for user with username input '(?P<user>.*)' "
     r"which usually indicates they do not exist"
 )
-PATTERNS: Final = ("failed", "mfa_failed", "banned", "succeeded", "mfa_succeeded", "unknown_user")
+# Authelia 4.2x: "Credentials are wrong for user <u>" (no quotes around the name).
+_WRONG = re.compile(r"^Credentials are wrong for user (?P<user>.+)$")
+# handler_sign_totp.go: a wrong code is logged as "...: error occurred validating the user
+# input" and then as "Unsuccessful TOTP authentication attempt" (counted once, there); a
+# code of the wrong length or one used already is logged only here.
+_TOTP_ERROR = re.compile(
+    r"^Error occurred validating a TOTP authentication for user '(?P<user>.*)': "
+    r"(?P<why>expected code length .*|error occurred satisfying security policies)$")
+PATTERNS: Final = ("failed", "mfa_failed", "banned", "succeeded", "mfa_succeeded", "unknown_user",
+                   "wrong_credentials", "totp_rejected")
 
 
 def _unquote(value: str) -> str:
@@ -97,6 +106,10 @@ class AutheliaParser(StatelessParser):
                          m["user"], m["type"])
         if m := _UNKNOWN.match(msg):
             return event("unknown_user", EventKind.AUTH_FAILURE, m["user"], "unknown user")
+        if m := _WRONG.match(msg):
+            return event("wrong_credentials", EventKind.AUTH_FAILURE, m["user"], error)
+        if m := _TOTP_ERROR.match(msg):
+            return event("totp_rejected", EventKind.MFA_FAILURE, m["user"], f"TOTP: {m['why']}")
         return None
 
     @staticmethod

@@ -106,7 +106,9 @@ def _auth_patterns(quoted: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
     tails = "|".join(re.escape(text) for text, _, _ in _AUTH_TAILS)
     suffix = rf" (?P<tail>{tails}) \(IP: {ip}\)\.$"
     value = _Q_VALUE if quoted else _R_VALUE
-    full = rf"^{re.escape(_AUTH_PREFIX)}{value}(?: (?P<succeeded>has succeeded\.)$|{suffix})"
+    # Jellyfin 10.3 and older: "has been denied." with no address (a failure, not a forgery).
+    full = (rf"^{re.escape(_AUTH_PREFIX)}{value}(?: (?P<succeeded>has succeeded\.)$|"
+            rf" (?P<no_ip>has been denied\.)$|{suffix})")
     return re.compile(full), re.compile(suffix)
 
 
@@ -129,7 +131,11 @@ def _ip_patterns(q: str) -> dict[str, re.Pattern[str]]:
         # "[2FA] Banned IP {Ip} for {Hours}h ({Note})", "[2FA] App-password attempt
         # rate-limited for IP {Ip}".
         "twofa_challenge": re.compile(rf'^\[2FA\] Issuing challenge for "?(?P<user>.*?)"? from {ip}$'),
-        "twofa_banned": re.compile(rf"^\[2FA\] Banned IP {ip} for (?P<hours>\d+)h \(.*\)$"),
+        # The plugin's own in-process ban; what follows the address varies by version.
+        "twofa_banned": re.compile(rf"^\[2FA\] Banned IP {ip}(?P<rest>(?: .*)?)$"),
+        "twofa_required": re.compile(
+            r'^\[2FA\] 2FA required for "?(?P<user>.*?)"? [—-] middleware will replace '
+            r"response with challenge$"),
         "twofa_rate_limited": re.compile(rf"^\[2FA\] App-password attempt rate-limited for IP {ip}$"),
     }
 
@@ -137,7 +143,12 @@ def _ip_patterns(q: str) -> dict[str, re.Pattern[str]]:
 _IP_TEMPLATES = {True: _ip_patterns('"'), False: _ip_patterns(""), None: _ip_patterns('"?')}
 _LOCKOUT = re.compile(r'^Disabling user "?(?P<user>.*?)"? due to (?P<n>\d+) unsuccessful login attempts\.$')
 _TOKEN = re.compile(r'^"?CustomAuthentication"? was not authenticated\. Failure message: "?(?P<why>.*?)"?$')
-_LEGACY_INVALID = re.compile(r'^Error processing request: "?Invalid username or password entered"?\. URL:')
+# Before 10.6 a failed login was this line only (no "has been denied" line): with "URL:"
+# (10.4), or in 10.5 with the address Jellyfin put first in the exception's message.
+# (From 10.9, "... entered. URL POST /Users/..." repeats a "denied" line: not counted.)
+_LEGACY_INVALID = re.compile(
+    r'^Error processing request: "?(?:\[(?P<ip>[0-9A-Fa-f:.]+)\] )?Invalid username or password '
+    r'entered(?:"?\. URL:|\."?$)')
 _2FA_ACCEPTED = re.compile(r'^\[2FA\] "?(?P<user>.*?)"? 2FA code accepted \("?(?P<method>\w+)"?\)$')
 _2FA_REPLAY = re.compile(r"^Replay attempt detected for user '(?P<uid>[0-9a-fA-F-]{32,36})'")
 # le-firehawk/jellyfin-totp-plugin rejects *after* core logged "has succeeded".
@@ -155,7 +166,7 @@ _FORGERY_HINT = re.compile(r"\(IP:|has been denied|has succeeded|unsuccessful lo
 PATTERNS: Final = (
     "denied", "disabled", "remote_forbidden", "parental", "succeeded", "no_username",
     "lockout", "token_invalid", "ip_filter", "legacy_invalid", "twofa_challenge",
-    "twofa_accepted", "twofa_banned", "twofa_rate_limited", "twofa_replay",
+    "twofa_accepted", "twofa_banned", "twofa_required", "twofa_rate_limited", "twofa_replay",
     "totp_rejected", "injection",
 )
 _ORIGINS: Final = {pattern: f"{NAME}.{pattern}" for pattern in PATTERNS}
@@ -361,8 +372,9 @@ class JellyfinParser:
         if m := ips["ip_filter"].match(msg):
             return [self._event(header, line, "ip_filter", EventKind.AUTH_BLOCKED,
                                 ip=parse_ip(m["ip"]), detail=m["why"], path=m["path"])]
-        if _LEGACY_INVALID.match(msg):
-            return [self._event(header, line, "legacy_invalid", EventKind.AUTH_FAILURE)]
+        if m := _LEGACY_INVALID.match(msg):
+            return [self._event(header, line, "legacy_invalid", EventKind.AUTH_FAILURE,
+                                ip=parse_ip(m["ip"]))]
         if msg.startswith("[2FA]"):
             return self._twofa(header, line, msg, ips)
         if m := _2FA_REPLAY.match(msg):
@@ -384,6 +396,8 @@ class JellyfinParser:
             user = _unescape(m["user"]) if quoted else m["user"]
             if m["succeeded"]:
                 return self._success(header, line, user)
+            if m["no_ip"]:
+                return self._failure(header, line, "denied", EventKind.AUTH_FAILURE, user, None)
             name, kind = _TAIL_EVENT[m["tail"]]
             return self._failure(header, line, name, kind, user, parse_ip(m["ip"]))
         if quoted and (m := suffix.search(msg)):
@@ -451,7 +465,11 @@ class JellyfinParser:
                                 user=_unescape(m["user"]), detail=m["method"])]
         if m := ips["twofa_banned"].match(msg):
             return [self._event(header, line, "twofa_banned", EventKind.AUTH_BLOCKED,
-                                ip=parse_ip(m["ip"]), detail=f"2FA plugin banned for {m['hours']}h")]
+                                ip=parse_ip(m["ip"]),
+                                detail=f"2FA plugin ban{m['rest'][:120]}".rstrip())]
+        if m := ips["twofa_required"].match(msg):
+            return [self._event(header, line, "twofa_required", EventKind.MFA_CHALLENGE,
+                                user=_unescape(m["user"]))]
         if m := ips["twofa_rate_limited"].match(msg):
             return [self._event(header, line, "twofa_rate_limited", EventKind.MFA_FAILURE,
                                 ip=parse_ip(m["ip"]), detail="app-password attempts rate-limited")]
