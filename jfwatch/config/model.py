@@ -77,7 +77,11 @@ class Config(Strict):
     timezone: str = DEFAULT_TIMEZONE
     state_dir: Path = Path("/var/lib/jfwatch")
     rules_dirs: list[Path] = [Path("/etc/jfwatch/rules.d")]
-    sources: list[SourceConfig] = [SourceConfig(path="/var/log/jellyfin/log_*.log")]
+    # Jellyfin's two daily names: log_YYYYMMDD.log (current logging.json) and
+    # jellyfinYYYYMMDD.log (Debian/Ubuntu installs that kept an older one); never the
+    # FFmpeg.*.log and upload_*.log files beside them.
+    sources: list[SourceConfig] = [SourceConfig(path="/var/log/jellyfin/log_*.log"),
+                                   SourceConfig(path="/var/log/jellyfin/jellyfin*.log")]
     allow: list[CIDR] = PRIVATE_RANGES
     trusted_proxies: list[CIDR] = []
     ipv6_prefix: int = Field(64, ge=8, le=128)

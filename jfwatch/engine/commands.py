@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from jfwatch.config.model import Config, load_config
 from jfwatch.detect.decisions import Unban
 from jfwatch.detect.rules import Rule, load_rules
 from jfwatch.detect.state import StateStore, StateUnusable
+from jfwatch.sources.files import nearby_logs
 
 Loaded = tuple[Config, Path | None, list[Rule]]
 
@@ -94,6 +96,12 @@ def cmd_check_config(args: argparse.Namespace, loaded: Loaded) -> int:
     where = str(used) if used else "built-in defaults"
     print(f"config OK ({where}): {len(cfg.sources)} source(s), {len(rules)} rule(s) enabled, "
           f"{len(cfg.notify.urls)} notification URL(s)")
+    for src in cfg.sources:  # a source that matches nothing watches nothing
+        if glob.glob(src.path) or not os.path.isdir(os.path.dirname(src.path) or "."):
+            continue
+        found = nearby_logs(src.path)
+        print(f"note: 0 files match {src.path}" + (f"; found {', '.join(found)}" if found else ""),
+              file=sys.stderr)
     secrets = [path for path, holds in ((used, bool(cfg.notify.urls)),
                                         (cfg.notify.config_file, True)) if path and holds]
     for path in secrets:

@@ -34,7 +34,7 @@ from jfwatch.detect.state import SavedOffset, StateStore
 from jfwatch.engine.actions import Actions, ExportFailed
 from jfwatch.engine.engine import Engine, Stream
 from jfwatch.parsers import create_parser
-from jfwatch.sources.files import Source, find_by_identity, sibling_paths
+from jfwatch.sources.files import Source, find_by_identity, nearby_logs, sibling_paths
 from jfwatch.sources.follow import DRAIN_GRACE, Follower, Identity, Piece, identity_of, open_regular
 from jfwatch.sources.lines import context_for
 
@@ -84,6 +84,7 @@ class Daemon:
         self._problems: dict[str, str | None] = {}
         self._skipped_reported: dict[str, int] = {}
         self._irregular_reported: set[str] = set()
+        self._empty_reported: dict[str, list[str] | None] = {}
         self._commit_problem: tuple[str, str] | None = None  # part, problem
 
     # -- lifecycle ----------------------------------------------------------------
@@ -250,6 +251,7 @@ class Daemon:
                 else:
                     self.log.info("source_available", path=src.config.path)
             self.actions.source_health(src.config.path, src.problem is None)
+            self._report_empty(src, paths)
             for path in paths:
                 if path in self.tracked:
                     continue
@@ -283,6 +285,23 @@ class Daemon:
                 self.log.warning("too_many_files", path=src.config.path, following=budget,
                                  skipped=skipped, oldest_skipped=src.skipped[0],
                                  fix="narrow the glob, or raise max_open_files")
+
+    def _report_empty(self, src: Source, paths: list[str]) -> None:
+        """Say (once) that a readable source matches no file, and which log-like files its
+        directory holds: a wrong name watches nothing and would say nothing.  A warning
+        unless another source in that directory follows files (the default follows both
+        of Jellyfin's names, one of which is always empty)."""
+        found = nearby_logs(src.config.path) if not paths and src.problem is None else None
+        if found == self._empty_reported.get(src.config.path):
+            return
+        self._empty_reported[src.config.path] = found
+        if found is None:
+            return
+        covered = any(t.source is not src and t.source.directory == src.directory
+                      for t in self.tracked.values())
+        report = self.log.info if covered else self.log.warning
+        report("no_file_matches", path=src.config.path, found=found,
+               fix="correct the path in the config" if found and not covered else None)
 
     def _let_go_of_unlisted(self, src: Source, listed: list[str]) -> None:
         """Stop following files the source no longer lists (now beyond the budget, or a

@@ -118,6 +118,19 @@ class Source:
         return sorted(path for _, path in regular)
 
 
+def nearby_logs(pattern: str, limit: int = 5) -> list[str]:
+    """Log-like files in a pattern's directory that it does not match (for a pattern that
+    matches nothing: "0 files match log_*.log; found jellyfin20261130.log")."""
+    directory = os.path.dirname(pattern) or "."
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    found = [n for n in names if ".log" in n and not fnmatch.fnmatch(os.path.join(directory, n),
+                                                                       pattern)]
+    return found[:limit]
+
+
 def find_by_identity(paths: list[str], saved: Identity) -> str | None:
     """The file among ``paths`` that is the one we were reading (it may have been renamed)."""
     from jfwatch.sources.follow import identity_of, open_regular
