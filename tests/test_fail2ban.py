@@ -121,3 +121,86 @@ def test_real_fail2ban_bans_the_attacker_not_the_allow_listed(tmp_path: Path) ->
         proc.wait(timeout=30)
     assert Counter({"203.0.113.44": 1}) == banned
     assert "203.0.113.44" in status and "192.0.2.55" not in status
+
+
+JAIL = ROOT / "contrib" / "fail2ban" / "jail.d" / "jfwatch.conf"
+
+
+def test_shipped_jail_starts_before_any_ban_and_bans_within_a_second(tmp_path: Path) -> None:
+    """
+    The shipped jail (jail.d/jfwatch.conf, overridden in jail.local as a user would) starts
+    on the empty feed a jfwatch that has banned no one created, then bans each attacker
+    soon after its BAN line: median of 10 under 1 s.  UNBAN lines are ignored.
+    """
+    server = require_tool("fail2ban-server")
+    client = require_tool("fail2ban-client")
+    (tmp_path / "jf").mkdir()
+    run, log = start_daemon(tmp_path / "jf")
+    feed = tmp_path / "jf" / "out" / "bans.log"
+    assert feed.exists() and feed.read_text() == ""  # there before the first ban
+    conf = tmp_path / "f2b"
+    for sub in ("filter.d", "action.d", "jail.d"):
+        (conf / sub).mkdir(parents=True)
+    shutil.copy(FILTER, conf / "filter.d" / "jfwatch.conf")
+    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
+    common = Path("/etc/fail2ban/filter.d/common.conf")
+    (conf / "filter.d" / "common.conf").write_text(
+        common.read_text() if common.exists() else "[DEFAULT]\n_daemon = \\S*\n")
+    recorded = tmp_path / "banned-by-fail2ban.txt"
+    (conf / "action.d" / "record.conf").write_text(
+        "[Definition]\nactionstart =\nactionstop =\nactioncheck =\n"
+        f"actionban = echo <ip> $(date +%%s.%%N) >> {recorded}\nactionunban =\n")
+    sock, pid = tmp_path / "f2b.sock", tmp_path / "f2b.pid"
+    (conf / "fail2ban.conf").write_text(
+        f"[Definition]\nloglevel = INFO\nlogtarget = {tmp_path / 'f2b.log'}\n"
+        f"socket = {sock}\npidfile = {pid}\ndbfile = :memory:\n")
+    (conf / "jail.conf").write_text("[DEFAULT]\n")
+    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n")
+    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    seen: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ping = subprocess.run([client, "-c", str(conf), "-s", str(sock), "status", "jfwatch"],
+                                  capture_output=True, text=True, check=False, timeout=30)
+            if ping.returncode == 0:
+                break
+            assert proc.poll() is None, (tmp_path / "f2b.log").read_text()
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the shipped jail did not start on the empty feed")
+        time.sleep(1.5)  # the jail's first look at the feed
+        attackers = [f"203.0.113.{60 + i}" for i in range(10)]
+        for ip in attackers:
+            now = datetime.now(UTC) - timedelta(seconds=10)
+            append(log, "".join(_line(now + timedelta(seconds=s), f"u{s}", ip) for s in range(5)))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and ip not in seen:
+                if f"BAN {ip} " in feed.read_text():
+                    seen[ip] = time.time()
+                time.sleep(0.005)
+            time.sleep(0.3)
+        append(feed, f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}+00:00 jfwatch[1]: UNBAN "
+                     f"{attackers[0]} rule=manual\n")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(_bans(recorded)) < len(attackers):
+            time.sleep(0.05)
+        time.sleep(1.5)  # an UNBAN line read as a failure would ban once more
+        bans = _bans(recorded)
+    finally:
+        subprocess.run([client, "-c", str(conf), "-s", str(sock), "stop"], capture_output=True,
+                       check=False, timeout=30)
+        proc.wait(timeout=30)
+        run.stop()
+    assert Counter(ip for ip, _ in bans) == Counter(attackers)
+    delays = sorted(when - seen[ip] for ip, when in bans)
+    print(f"fail2ban ban delays (s): {[round(d, 3) for d in delays]}")
+    assert delays[len(delays) // 2] < 1.0, f"ban delays {delays}"
+
+
+def _bans(recorded: Path) -> list[tuple[str, float]]:
+    if not recorded.exists():
+        return []
+    return [(ip, float(when)) for ip, when in
+            (line.split() for line in recorded.read_text().splitlines() if line.strip())]
