@@ -113,6 +113,7 @@ def test_notify_test_reports_each_target(tmp_path: Path) -> None:
         receiver.stop()
     assert result.returncode == 1
     assert "target 1 (JSON): delivered" in result.stdout
-    assert "target 2 (JSON): FAILED" in result.stdout
+    assert "target 2 (JSON): FAILED: " in result.stdout  # and why, in Apprise's words
+    assert "rror" in result.stdout.split("target 2 (JSON): FAILED: ", 1)[1]
     assert "TOPSECRET" not in result.stdout + result.stderr
     assert [m["title"] for m in receiver.messages] == ["[jellyfin] jfwatch test"]

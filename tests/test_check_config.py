@@ -110,3 +110,14 @@ def test_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
     result = _check("--config", str(cfg))
     assert result.returncode == 2
     assert f"{cfg}:2: YAML aliases" in result.stderr
+
+
+def test_an_apprise_url_that_cannot_load_is_an_error_without_its_secret(tmp_path: Path) -> None:
+    cfg = tmp_path / "jfwatch.yml"
+    cfg.write_text("notify:\n  urls:\n    - 'json://127.0.0.1:9/'\n    - 'tgram://SECRETTOKEN/123'\n"
+                   "    - 'nosuchservice://user:SECRETPW@host'\n")
+    result = _check("--config", str(cfg))
+    assert result.returncode == 2
+    assert f"{cfg}:4: notify.urls.1: " in result.stderr and "tgram://" in result.stderr
+    assert f"{cfg}:5: notify.urls.2: " in result.stderr and "nosuchservice://" in result.stderr
+    assert "SECRET" not in result.stdout + result.stderr

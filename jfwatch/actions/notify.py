@@ -7,6 +7,7 @@ Apprise URLs carry secrets: they are never logged or shown.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import threading
@@ -213,13 +214,46 @@ class Outbox:
         result = self.apprise.notify(**kwargs)
         return bool(result)
 
-    def test(self) -> list[tuple[str, bool]]:
-        """Send a test message to each target separately (``jfwatch notify-test``)."""
+    def test(self) -> list[tuple[str, bool, str | None]]:
+        """Send a test message to each target separately (``jfwatch notify-test``): its
+        name, whether it was delivered, and why not (Apprise's own words, without the
+        target's secrets)."""
         results = []
         for i, server in enumerate(self.apprise):
             one = apprise.Apprise()
             one.add(server)
-            ok = bool(one.notify(body="jfwatch test notification: delivery works.",
-                                 title=f"[{self.server}] jfwatch test"))
-            results.append((f"target {i + 1} ({server.service_name})", ok))
+            with _ApprisesWords() as words:
+                ok = bool(one.notify(body="jfwatch test notification: delivery works.",
+                                     title=f"[{self.server}] jfwatch test"))
+            url: str = server.url(privacy=False)  # type: ignore[no-untyped-call]
+            reason = None if ok else _without_secrets(words.last or "no reason given", url)
+            results.append((f"target {i + 1} ({server.service_name})", ok, reason))
         return results
+
+
+class _ApprisesWords(logging.Handler):
+    """Collects what Apprise logs while it sends (warnings and errors)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+    def __enter__(self) -> _ApprisesWords:
+        logging.getLogger("apprise").addHandler(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        logging.getLogger("apprise").removeHandler(self)
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """Apprise's words with every piece of the target's URL that could be a secret (a
+    token, a password, a topic) replaced, then redacted and cut short."""
+    for piece in sorted(set(re.split(r"[/:@?&=#]+", url.split("://", 1)[-1])), key=len,
+                        reverse=True):
+        if len(piece) >= 4:
+            text = text.replace(piece, "…")
+    return strip_control(redact(text))[:300]

@@ -6,7 +6,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from jfwatch.addresses import bad_networks
 from jfwatch.config.durations import Duration, between
@@ -53,8 +61,27 @@ class BanPolicy(Strict):
     max: Annotated[Duration, between("1m", "365d")] = Duration.parse("4w")
 
 
+def _apprise_loadable(url: SecretStr) -> SecretStr:
+    """A URL Apprise cannot load is an error, named by its service, never by its secret
+    (a mistyped token would otherwise silently drop every alert)."""
+    import logging
+
+    import apprise  # here: only configs with notification URLs pay for it
+
+    quiet = logging.getLogger("apprise")  # its own messages may quote the URL
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    text = url.get_secret_value()
+    if apprise.Apprise.instantiate(text, suppress_exceptions=True) is None:
+        scheme = text.split("://", 1)[0] if "://" in text else None
+        service = f"this {scheme}:// URL" if scheme and scheme.isalnum() else "this URL"
+        raise ValueError(f"Apprise cannot load {service}: an unknown service, or a token or "
+                         "field in the wrong form (the URL is not shown: it holds secrets)")
+    return url
+
+
 class NotifyConfig(Strict):
-    urls: list[SecretStr] = []
+    urls: list[Annotated[SecretStr, AfterValidator(_apprise_loadable)]] = []
     config_file: Path | None = None
     rdns: bool = False
     max_per_rule_per_hour: int = Field(10, ge=1, le=3600)

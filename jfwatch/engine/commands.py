@@ -196,9 +196,9 @@ def cmd_notify_test(args: argparse.Namespace, loaded: Loaded) -> int:
         print("no notification targets configured (notify.urls or notify.config_file)")
         return 1
     results = outbox.test()
-    for name, ok in results:
-        print(f"{name}: {'delivered' if ok else 'FAILED'}")
-    return 0 if all(ok for _, ok in results) else 1
+    for name, ok, reason in results:
+        print(f"{name}: delivered" if ok else f"{name}: FAILED: {reason}")
+    return 0 if all(ok for _, ok, _ in results) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
