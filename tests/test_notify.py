@@ -85,7 +85,7 @@ def test_message_is_short_titled_and_actionable() -> None:
     title, body = render(_alert("brute-force-ip", "203.0.113.9"), "media")
     assert len(title) <= 80
     assert "Address: 203.0.113.9" in body and "User: admin" in body
-    assert "Count: 5 within 10 min" in body and "Banned until 2026-03-02T03:30" in body
+    assert "Count: 5 within 10 min" in body and "Banned until 2026-03-02 03:30 UTC" in body
     assert "Rule: brute-force-ip (severity high) on media" in body
 
 
@@ -156,3 +156,22 @@ def test_an_alert_is_given_up_after_give_up_after(tmp_path: Path) -> None:
         if outbox.counts["dropped"]:
             break
     assert outbox.counts["dropped"] == 1 and outbox.depth() == 0
+
+
+def test_quiet_hours_are_read_in_the_configured_zone_across_a_dst_change(tmp_path: Path) -> None:
+    """Quiet 23:00-07:00 in Europe/Berlin: 22:30 UTC is 23:30 in winter (quiet) and 00:30
+    after the clocks went forward (quiet); 05:30 UTC is 06:30 in winter (quiet) but 07:30
+    in summer (not).  The message gives its times in that zone."""
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    config = NotifyConfig(urls=[SecretStr("json://127.0.0.1:9/")], quiet_hours="23:00-07:00")
+    outbox = Outbox(StateStore(tmp_path / "s.db"), config, "media", tz=berlin)
+    cases = {datetime(2026, 3, 28, 21, 30, tzinfo=UTC): False,  # 22:30 CET
+             datetime(2026, 3, 28, 22, 30, tzinfo=UTC): True,   # 23:30 CET
+             datetime(2026, 3, 29, 5, 30, tzinfo=UTC): False,   # 07:30 CEST (after the change)
+             datetime(2026, 3, 28, 5, 30, tzinfo=UTC): True}    # 06:30 CET (before it)
+    assert {when: outbox._quiet(when) for when in cases} == cases
+    alert = _alert("brute-force-ip", "203.0.113.1")  # 23:30 UTC on 1 March: 00:30 CET
+    _, body = render(alert, "media", berlin)
+    assert "00:28:00-00:30:00 CET" in body and "Banned until 2026-03-02 04:30 CET" in body

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import apprise
@@ -29,8 +29,9 @@ _TYPES = {"critical": "failure", "high": "failure", "medium": "warning", "low": 
           "info": "info"}
 
 
-def render(alert: Alert, server: str) -> tuple[str, str]:
-    """Title short enough for a lock screen, and a body a person can act on."""
+def render(alert: Alert, server: str, tz: tzinfo = UTC) -> tuple[str, str]:
+    """Title short enough for a lock screen, and a body a person can act on, its times in
+    the configured zone."""
     who = alert.ip or (f"user {alert.user}" if alert.user else "unknown source")
     title = f"[{server}] {alert.rule}: {who}"[:80]
     lines = [alert.description, ""]
@@ -40,10 +41,12 @@ def render(alert: Alert, server: str) -> tuple[str, str]:
         lines.append(f"User: {alert.user}")
     if alert.users:
         lines.append(f"Usernames tried: {', '.join(alert.users)}")
+    first, last = alert.first_time.astimezone(tz), alert.last_time.astimezone(tz)
     lines.append(f"Count: {alert.count} within {int(alert.window_seconds // 60)} min "
-                 f"({alert.first_time:%H:%M:%S}-{alert.last_time:%H:%M:%S} UTC{alert.time:%z})")
+                 f"({first:%H:%M:%S}-{last:%H:%M:%S} {last:%Z})")
     if alert.ban_until:
-        lines.append(f"Banned until {alert.ban_until.isoformat(timespec='minutes')}")
+        until = alert.ban_until.astimezone(tz)
+        lines.append(f"Banned until {until:%Y-%m-%d %H:%M} {until:%Z}")
     elif alert.not_banned_reason:
         lines.append(f"Not banned: {alert.not_banned_reason}")
     lines.append(f"Rule: {alert.rule} (severity {alert.severity}) on {server}")
@@ -54,8 +57,10 @@ class Outbox:
     """Queue alerts in SQLite and deliver them from a background thread."""
 
     def __init__(self, store: StateStore, cfg: NotifyConfig, server: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.store, self.cfg, self.server, self.clock = store, cfg, server, clock
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 tz: tzinfo = UTC) -> None:
+        """``tz``: the configured timezone, for quiet hours and the times in messages."""
+        self.store, self.cfg, self.server, self.clock, self.tz = store, cfg, server, clock, tz
         self.log = log.get("jfwatch.notify")
         self.apprise = apprise.Apprise()
         for url in cfg.urls:
@@ -112,7 +117,7 @@ class Outbox:
                 self.counts["digest"] += 1
                 return
             # Rendered only for alerts that are sent on their own, not for folded ones.
-            insert(dedup, *render(alert, self.server))
+            insert(dedup, *render(alert, self.server, self.tz))
         self._wake.set()
 
     def depth(self) -> int:
@@ -154,7 +159,7 @@ class Outbox:
         if not self.cfg.quiet_hours:
             return False
         start, end = self.cfg.quiet_hours.split("-")
-        t = now.strftime("%H:%M")
+        t = now.astimezone(self.tz).strftime("%H:%M")  # the household's clock, DST included
         return (start <= t < end) if start <= end else (t >= start or t < end)
 
     def deliver_due(self) -> int:

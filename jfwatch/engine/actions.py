@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from jfwatch import log
 from jfwatch.actions.banfeed import BanFeed
@@ -41,7 +42,8 @@ class Actions:
         self.metrics.stale_after = config.metrics.stale_after.total_seconds()
         self.feed = BanFeed(config.ban_feed.path, config.ban_feed.list_path) \
             if config.ban_feed.enabled else None
-        self.outbox = Outbox(store, config.notify, config.server_name)
+        self.outbox = Outbox(store, config.notify, config.server_name,
+                             tz=ZoneInfo(config.timezone))
         self.metrics_port: int | None = None
         self._events_path = config.events_file
         self._unwritten: dict[str, list[bytes]] = {}  # export lines by stream, until committed

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config, load_config
@@ -191,7 +192,8 @@ def cmd_notify_test(args: argparse.Namespace, loaded: Loaded) -> int:
     from jfwatch.actions.notify import Outbox
 
     cfg, _, _ = loaded
-    outbox = Outbox(StateStore(":memory:"), cfg.notify, cfg.server_name)
+    outbox = Outbox(StateStore(":memory:"), cfg.notify, cfg.server_name,
+                    tz=ZoneInfo(cfg.timezone))
     if not outbox.enabled:
         print("no notification targets configured (notify.urls or notify.config_file)")
         return 1
