@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -117,3 +118,37 @@ def test_notify_test_reports_each_target(tmp_path: Path) -> None:
     assert "rror" in result.stdout.split("target 2 (JSON): FAILED: ", 1)[1]
     assert "TOPSECRET" not in result.stdout + result.stderr
     assert [m["title"] for m in receiver.messages] == ["[jellyfin] jfwatch test"]
+
+
+def test_each_target_gets_each_alert_once_when_one_is_down_a_while(tmp_path: Path) -> None:
+    """Two targets, the second down at first and through a daemon restart: each alert
+    reaches each exactly once; the healthy one never gets an alert twice."""
+    up_port, down_port = free_port(), free_port()
+    up, down = Receiver(up_port), Receiver(down_port)
+    up.start()
+    extra = (f"notify:\n  urls: ['json://127.0.0.1:{up_port}/a', "
+             f"'json://127.0.0.1:{down_port}/b']\n  retry_max: 1s\n")
+    run, log = start_daemon(tmp_path, extra=extra)
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    attackers = [f"203.0.113.{120 + i}" for i in range(4)]
+    try:
+        append(log, "".join(_brute(ip, start + timedelta(seconds=10 * n))
+                            for n, ip in enumerate(attackers[:2])))
+        run.wait_for(lambda: len(up.messages) >= 2, what="the healthy target's first alerts")
+        assert run.stop() == 0
+        run.start()
+        append(log, "".join(_brute(ip, start + timedelta(seconds=30 + 10 * n))
+                            for n, ip in enumerate(attackers[2:])))
+        run.wait_for(lambda: len(up.messages) >= 4, what="the healthy target's other alerts")
+        down.start()  # the second target comes back: it gets what it missed, once
+        run.wait_for(lambda: len(down.messages) >= 4, timeout=30, what="the late target's alerts")
+        time.sleep(2.5)  # more retries would show now
+        assert run.stop() == 0
+    finally:
+        up.stop()
+        down.stop()
+    for receiver in (up, down):
+        titles = [m["title"] for m in receiver.messages]
+        assert sorted(titles) == sorted(set(titles)), f"sent twice: {titles}"
+        assert {t.rsplit(" ", 1)[1] for t in titles} == set(attackers)
+    assert '"notification_failed"' in run.log_text() and "target 2 (JSON)" in run.log_text()

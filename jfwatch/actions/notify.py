@@ -7,12 +7,14 @@ Apprise URLs carry secrets: they are never logged or shown.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -69,6 +71,7 @@ class Outbox:
             conf = apprise.AppriseConfig()
             conf.add(str(cfg.config_file))
             self.apprise.add(conf)
+        self.targets = [_Target.of(i, server) for i, server in enumerate(self.apprise)]
         self.counts: dict[str, int] = {"sent": 0, "failed": 0, "retried": 0, "digest": 0,
                                        "quiet": 0, "dropped": 0}
         self._held_quiet: set[int] = set()  # counted once, however long quiet hours last
@@ -163,14 +166,18 @@ class Outbox:
         return (start <= t < end) if start <= end else (t >= start or t < end)
 
     def deliver_due(self) -> int:
-        """Send what is due now; return how many were delivered."""
+        """
+        Send what is due now, to each target on its own: a target that fails is retried
+        alone, with backoff, and never holds back the others; a target that took an alert
+        is never sent it again.  Returns how many (alert, target) deliveries were made.
+        """
         now = self.clock()
         rows = self.store.db.execute(
-            "SELECT id, created, severity, tags, title, body, attempts FROM outbox "
-            "WHERE delivered IS NULL AND failed IS NULL AND next_try <= ? ORDER BY id LIMIT 50",
+            "SELECT id, created, severity, tags, title, body FROM outbox WHERE delivered IS NULL "
+            "AND failed IS NULL AND next_try <= ? ORDER BY id LIMIT 50",
             (now.timestamp(),)).fetchall()
         sent = 0
-        for row_id, created, severity, tags, title, body, attempts in rows:
+        for row_id, created, severity, tags, title, body in rows:
             if severity != "critical" and self._quiet(now):
                 if row_id not in self._held_quiet:
                     self._held_quiet.add(row_id)
@@ -178,25 +185,72 @@ class Outbox:
                 continue
             # A stable reference: the same in a copy sent again after a crash or a
             # timeout (delivery is at least once), for a reader or a service to match.
-            ref = f"\nRef: {self.server}/{row_id}"
-            ok = self._send(title, self._with_rdns(body) + ref, severity, tags.split(","))
-            with self.store.transaction() as db:
-                if ok:
-                    db.execute("UPDATE outbox SET delivered=? WHERE id=?", (now.isoformat(), row_id))
-                    self.counts["sent"] += 1
-                    sent += 1
-                elif now - datetime.fromisoformat(created) > self.cfg.give_up_after and attempts > 3:
-                    db.execute("UPDATE outbox SET failed=? WHERE id=?", (now.isoformat(), row_id))
-                    self.counts["dropped"] += 1
-                    self.log.error("notification_given_up", id=row_id, attempts=attempts + 1)
-                else:
-                    delay = min(self.cfg.retry_max.total_seconds(), 2.0 ** min(attempts, 20))
-                    db.execute("UPDATE outbox SET attempts=attempts+1, next_try=? WHERE id=?",
-                               (now.timestamp() + delay, row_id))
-                    self.counts["failed"] += 1
-                    self.counts["retried"] += 1
-                    self.log.warning("notification_failed", id=row_id, retry_in=delay)
+            message = self._with_rdns(body) + f"\nRef: {self.server}/{row_id}"
+            for target in self.targets:
+                sent += self._deliver(target, row_id, datetime.fromisoformat(created), now,
+                                      title, message, severity, tags.split(","))
+            self._settle(row_id, now)
         return sent
+
+    def _deliver(self, target: _Target, row_id: int, created: datetime, now: datetime,
+                 title: str, body: str, severity: str, tags: list[str]) -> int:
+        """One alert to one target, if it is due there; 1 if it was delivered now."""
+        db = self.store.db
+        row = db.execute("SELECT attempts, next_try, done FROM deliveries WHERE outbox_id=? AND "
+                         "target=?", (row_id, target.id)).fetchone()
+        attempts, next_try, done = row if row else (0, 0.0, None)
+        if done is not None or next_try > now.timestamp():
+            return 0
+        kwargs: dict[str, Any] = {"body": body, "title": title,
+                                  "notify_type": _TYPES.get(severity, "info")}
+        if self.cfg.config_file is not None:
+            kwargs["tag"] = [*tags, "always"]
+        with _ApprisesWords() as words:
+            outcome = _outcome(target.apprise.notify(**kwargs))
+        with self.store.transaction() as tx:
+            if outcome in ("sent", "not for it"):
+                tx.execute("INSERT OR REPLACE INTO deliveries (outbox_id, target, attempts, "
+                           "next_try, done, outcome) VALUES (?,?,?,?,?,?)",
+                           (row_id, target.id, attempts + 1, 0, now.isoformat(), outcome))
+                if outcome == "sent":
+                    self.counts["sent"] += 1
+                return 1 if outcome == "sent" else 0
+            reason = _without_secrets(words.last or "no reason given", target.url)
+            if now - created > self.cfg.give_up_after and attempts >= 3:
+                tx.execute("INSERT OR REPLACE INTO deliveries (outbox_id, target, attempts, "
+                           "next_try, done, outcome, last_error) VALUES (?,?,?,?,?,?,?)",
+                           (row_id, target.id, attempts + 1, 0, now.isoformat(), "gave up",
+                            reason))
+                self.counts["dropped"] += 1
+                self.log.error("notification_given_up", id=row_id, target=target.name,
+                               attempts=attempts + 1, reason=reason)
+                return 0
+            delay = min(self.cfg.retry_max.total_seconds(), 2.0 ** min(attempts, 20))
+            tx.execute("INSERT OR REPLACE INTO deliveries (outbox_id, target, attempts, "
+                       "next_try, last_error) VALUES (?,?,?,?,?)",
+                       (row_id, target.id, attempts + 1, now.timestamp() + delay, reason))
+        self.counts["failed"] += 1
+        self.counts["retried"] += 1
+        self.log.warning("notification_failed", id=row_id, target=target.name, retry_in=delay,
+                         reason=reason)
+        return 0
+
+    def _settle(self, row_id: int, now: datetime) -> None:
+        """The alert is done when every target is done with it (delivered, not for that
+        target, or given up); until then it is due again when its next target is."""
+        ids = [target.id for target in self.targets]
+        marks = ",".join("?" * len(ids))
+        rows = self.store.db.execute(
+            f"SELECT done, outcome, next_try FROM deliveries WHERE outbox_id=? AND target IN "  # noqa: S608 - placeholders only
+            f"({marks})", (row_id, *ids)).fetchall()
+        with self.store.transaction() as tx:
+            if len(rows) == len(ids) and all(done is not None for done, _, _ in rows):
+                column = "delivered" if any(o == "sent" for _, o, _ in rows) or \
+                    all(o == "not for it" for _, o, _ in rows) else "failed"
+                tx.execute(f"UPDATE outbox SET {column}=? WHERE id=?", (now.isoformat(), row_id))  # noqa: S608 - a fixed column name
+            else:
+                due = min((n for done, _, n in rows if done is None), default=0.0)
+                tx.execute("UPDATE outbox SET next_try=? WHERE id=?", (due, row_id))
 
     def _with_rdns(self, body: str) -> str:
         """Add the attacker's reverse DNS name, looked up here (sender thread) if enabled."""
@@ -211,29 +265,47 @@ class Outbox:
             return body
         return body.replace(m[0], f"{m[0]} ({strip_control(name)[:120]})", 1)
 
-    def _send(self, title: str, body: str, severity: str, tags: list[str]) -> bool:
-        kwargs: dict[str, Any] = {"body": body, "title": title,
-                                  "notify_type": _TYPES.get(severity, "info")}
-        if self.cfg.config_file is not None:
-            kwargs["tag"] = [*tags, "always"]
-        result = self.apprise.notify(**kwargs)
-        return bool(result)
-
     def test(self) -> list[tuple[str, bool, str | None]]:
         """Send a test message to each target separately (``jfwatch notify-test``): its
         name, whether it was delivered, and why not (Apprise's own words, without the
         target's secrets)."""
         results = []
-        for i, server in enumerate(self.apprise):
-            one = apprise.Apprise()
-            one.add(server)
+        for target in self.targets:
             with _ApprisesWords() as words:
-                ok = bool(one.notify(body="jfwatch test notification: delivery works.",
-                                     title=f"[{self.server}] jfwatch test"))
-            url: str = server.url(privacy=False)  # type: ignore[no-untyped-call]
-            reason = None if ok else _without_secrets(words.last or "no reason given", url)
-            results.append((f"target {i + 1} ({server.service_name})", ok, reason))
+                ok = bool(target.apprise.notify(body="jfwatch test notification: delivery works.",
+                                                title=f"[{self.server}] jfwatch test"))
+            reason = None if ok else _without_secrets(words.last or "no reason given", target.url)
+            results.append((target.name, ok, reason))
         return results
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One notification target, known by a hash of its URL (stable across restarts and
+    reorderings, and no secret in the state), named by position and service."""
+
+    id: str
+    name: str
+    url: str
+    apprise: apprise.Apprise
+
+    @classmethod
+    def of(cls, index: int, server: Any) -> _Target:
+        url: str = server.url(privacy=False)
+        one = apprise.Apprise()
+        one.add(server)
+        return cls(hashlib.sha256(url.encode()).hexdigest()[:16],
+                   f"target {index + 1} ({server.service_name})", url, one)
+
+
+def _outcome(result: object) -> str:
+    """sent, not for it (its tags do not match the alert's) or failed, from what Apprise
+    returned (an AppriseResult from 2.x, a bool or None from 1.x)."""
+    status = getattr(result, "status", None)
+    if status is not None:
+        name = getattr(status, "name", str(status))
+        return "sent" if name == "SUCCESS" else "not for it" if name == "NOMATCH" else "failed"
+    return "not for it" if result is None else "sent" if result else "failed"
 
 
 class _ApprisesWords(logging.Handler):

@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0,
     delivered TEXT, failed TEXT, last_error TEXT);
 CREATE INDEX IF NOT EXISTS outbox_rule ON outbox (rule, created);
+CREATE TABLE IF NOT EXISTS deliveries (
+    outbox_id INTEGER NOT NULL, target TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0, done TEXT, outcome TEXT, last_error TEXT,
+    PRIMARY KEY (outbox_id, target));
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, failed, next_try);
 """
 
@@ -233,6 +237,7 @@ class StateStore:
         with self.transaction() as db:
             gone = db.execute("DELETE FROM outbox WHERE (delivered IS NOT NULL OR failed IS NOT "
                               "NULL) AND created < ?", (outbox_cut,)).rowcount
+            db.execute("DELETE FROM deliveries WHERE outbox_id NOT IN (SELECT id FROM outbox)")
             gone += db.execute("DELETE FROM ban_history WHERE last < ? AND ip NOT IN "
                                "(SELECT ip FROM bans)", (history_cut,)).rowcount
         return int(gone)
