@@ -16,6 +16,7 @@ class Receiver:
         self.port = port
         self.messages: list[dict[str, Any]] = []
         self.auth: list[str | None] = []
+        self.headers: list[dict[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
@@ -26,6 +27,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.messages.append(json.loads(body))
                 receiver.auth.append(self.headers.get("Authorization"))
+                receiver.headers.append(dict(self.headers))
                 self.send_response(200)
                 self.end_headers()
 

@@ -175,3 +175,26 @@ def test_quiet_hours_are_read_in_the_configured_zone_across_a_dst_change(tmp_pat
     alert = _alert("brute-force-ip", "203.0.113.1")  # 23:30 UTC on 1 March: 00:30 CET
     _, body = render(alert, "media", berlin)
     assert "00:28:00-00:30:00 CET" in body and "Banned until 2026-03-02 04:30 CET" in body
+
+
+def test_severity_reaches_the_phone_as_the_services_priority(tmp_path: Path) -> None:
+    """An ntfy server (a local receiver speaking its API) gets the urgent priority for a
+    critical alert and its default for an info one; a URL's own priority is kept."""
+    port = free_port()
+    receiver = Receiver(port)
+    receiver.start()
+    try:
+        config = NotifyConfig(urls=[SecretStr(f"ntfy://127.0.0.1:{port}/alerts")])
+        outbox = Outbox(StateStore(tmp_path / "s.db"), config, "media", clock=lambda: T0)
+        outbox.enqueue(_alert("injection-attempt", "203.0.113.1", severity="critical"))
+        outbox.enqueue(_alert("new-ip-for-user", "203.0.113.2", severity="info"))
+        assert outbox.deliver_due() == 2
+        pinned = NotifyConfig(urls=[SecretStr(f"ntfy://127.0.0.1:{port}/alerts?priority=low")])
+        outbox = Outbox(StateStore(tmp_path / "p.db"), pinned, "media", clock=lambda: T0)
+        outbox.enqueue(_alert("injection-attempt", "203.0.113.3", severity="critical"))
+        assert outbox.deliver_due() == 1
+    finally:
+        receiver.stop()
+    priority = {m["title"].rsplit(" ", 1)[1]: h.get("X-Priority")
+                for m, h in zip(receiver.messages, receiver.headers, strict=True)}
+    assert priority == {"203.0.113.1": "max", "203.0.113.2": None, "203.0.113.3": "low"}

@@ -206,7 +206,7 @@ class Outbox:
         if self.cfg.config_file is not None:
             kwargs["tag"] = [*tags, "always"]
         with _ApprisesWords() as words:
-            outcome = _outcome(target.apprise.notify(**kwargs))
+            outcome = _outcome(target.for_severity(severity).notify(**kwargs))
         with self.store.transaction() as tx:
             if outcome in ("sent", "not for it"):
                 tx.execute("INSERT OR REPLACE INTO deliveries (outbox_id, target, attempts, "
@@ -272,11 +272,23 @@ class Outbox:
         results = []
         for target in self.targets:
             with _ApprisesWords() as words:
-                ok = bool(target.apprise.notify(body="jfwatch test notification: delivery works.",
-                                                title=f"[{self.server}] jfwatch test"))
+                ok = bool(target.sender.notify(body="jfwatch test notification: delivery works.",
+                                               title=f"[{self.server}] jfwatch test"))
             reason = None if ok else _without_secrets(words.last or "no reason given", target.url)
             results.append((target.name, ok, reason))
         return results
+
+
+# Severity as the service's own priority (an Apprise URL parameter), for the push services
+# that have one: critical wakes the phone (past its do-not-disturb where the service can),
+# high stands out, the rest keep the service's default.  A URL that sets a priority keeps it.
+_NTFY = {"critical": "max", "high": "high"}
+_PRIORITY: dict[str, dict[str, str]] = {
+    "ntfy": _NTFY, "ntfys": _NTFY,
+    "pover": {"critical": "high"},  # Pushover's emergency would need acknowledging
+    "gotify": {"critical": "10", "high": "8"}, "gotifys": {"critical": "10", "high": "8"},
+    "prowl": {"critical": "emergency", "high": "high"},
+}
 
 
 @dataclass(frozen=True)
@@ -287,15 +299,33 @@ class _Target:
     id: str
     name: str
     url: str
-    apprise: apprise.Apprise
+    sender: apprise.Apprise
+    by_severity: dict[str, apprise.Apprise]
 
     @classmethod
     def of(cls, index: int, server: Any) -> _Target:
         url: str = server.url(privacy=False)
         one = apprise.Apprise()
         one.add(server)
+        scheme = url.split("://", 1)[0].lower()
+        by_severity = {}
+        default = getattr(server, "template_args", {}).get("priority", {}).get("default")
+        if str(getattr(server, "priority", default)) == str(default):  # the URL sets none
+            for severity, priority in _PRIORITY.get(scheme, {}).items():
+                variant = apprise.Apprise()
+                variant.add(_with_priority(url, priority), tag=server.tags)
+                by_severity[severity] = variant
         return cls(hashlib.sha256(url.encode()).hexdigest()[:16],
-                   f"target {index + 1} ({server.service_name})", url, one)
+                   f"target {index + 1} ({server.service_name})", url, one, by_severity)
+
+    def for_severity(self, severity: str) -> apprise.Apprise:
+        return self.by_severity.get(severity, self.sender)
+
+
+def _with_priority(url: str, priority: str) -> str:
+    if re.search(r"[?&]priority=", url):
+        return re.sub(r"([?&])priority=[^&]*", rf"\g<1>priority={priority}", url, count=1)
+    return f"{url}{'&' if '?' in url else '?'}priority={priority}"
 
 
 def _outcome(result: object) -> str:
