@@ -253,16 +253,18 @@ def test_restart_does_not_re_alert_on_an_active_ban(tmp_path: Path) -> None:
     assert again == []
 
 
+@pytest.mark.system
 class TestBansCommand:
     def test_list_and_unban(self, tmp_path: Path) -> None:
-        """``jfwatch bans`` lists the state's bans; ``unban`` lifts one and writes the feed."""
+        """``jfwatch bans`` lists the state's bans; ``unban`` lifts one and writes the feed
+        (enforced by the list: nothing else to lift)."""
         state_dir = tmp_path / "state"
         store = StateStore(state_dir / "state.db")
         now = datetime.now(UTC)
         store.record_ban("203.0.113.9", "bf", now, now + timedelta(hours=1), 0)
         cfg = tmp_path / "c.yml"
         cfg.write_text(f"state_dir: {state_dir}\nban_feed: {{path: {tmp_path / 'bans.log'}, "
-                       f"list_path: {tmp_path / 'banned.txt'}}}\n")
+                       f"list_path: {tmp_path / 'banned.txt'}, enforcer: list}}\n")
         base = [sys.executable, "-m", "jfwatch", "bans", "--config", str(cfg)]
         listed = subprocess.run(base, capture_output=True, text=True, check=True, timeout=60)
         assert listed.stdout.startswith("203.0.113.9\tbf\tuntil ")
@@ -274,3 +276,17 @@ class TestBansCommand:
         again = subprocess.run([*base, "unban", "203.0.113.9"], capture_output=True, text=True,
                                check=False, timeout=60)
         assert again.returncode == 1
+
+    def test_unban_says_what_to_run_when_fail2ban_cannot_be_reached(self, tmp_path: Path) -> None:
+        store = StateStore(tmp_path / "state" / "state.db")
+        now = datetime.now(UTC)
+        store.record_ban("203.0.113.8", "bf", now, now + timedelta(hours=1), 0)
+        cfg = tmp_path / "c.yml"
+        cfg.write_text(f"state_dir: {tmp_path / 'state'}\nban_feed: {{path: "
+                       f"{tmp_path / 'bans.log'}, fail2ban_socket: {tmp_path / 'none.sock'}}}\n")
+        lifted = subprocess.run([sys.executable, "-m", "jfwatch", "bans", "--config", str(cfg),
+                                 "unban", "203.0.113.8"], capture_output=True, text=True,
+                                check=False, timeout=60)
+        assert lifted.returncode == 1 and "unbanned 203.0.113.8 in jfwatch" in lifted.stdout
+        assert f"sudo fail2ban-client -s {tmp_path / 'none.sock'} set jfwatch unbanip " \
+               "203.0.113.8" in lifted.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -149,7 +150,8 @@ def test_shipped_jail_starts_before_any_ban_and_bans_within_a_second(tmp_path: P
     recorded = tmp_path / "banned-by-fail2ban.txt"
     (conf / "action.d" / "record.conf").write_text(
         "[Definition]\nactionstart =\nactionstop =\nactioncheck =\n"
-        f"actionban = echo <ip> $(date +%%s.%%N) >> {recorded}\nactionunban =\n")
+        f"actionban = echo <ip> $(date +%%s.%%N) >> {recorded}\n"
+        f"actionunban = echo <ip> >> {tmp_path / 'unbanned-by-fail2ban.txt'}\n")
     sock, pid = tmp_path / "f2b.sock", tmp_path / "f2b.pid"
     (conf / "fail2ban.conf").write_text(
         f"[Definition]\nloglevel = INFO\nlogtarget = {tmp_path / 'f2b.log'}\n"
@@ -188,12 +190,27 @@ def test_shipped_jail_starts_before_any_ban_and_bans_within_a_second(tmp_path: P
             time.sleep(0.05)
         time.sleep(1.5)  # an UNBAN line read as a failure would ban once more
         bans = _bans(recorded)
+        # `jfwatch bans unban` lifts the ban in Fail2Ban too (its UNBAN line is ignored).
+        config = tmp_path / "jf" / "unban.yml"
+        config.write_text(run.config.read_text().replace(
+            "list_path: out/banned.txt}", f"list_path: out/banned.txt, fail2ban_socket: {sock}}}"))
+        lifted = subprocess.run([sys.executable, "-m", "jfwatch", "bans", "--config", str(config),
+                                 "unban", attackers[1]], cwd=tmp_path / "jf", capture_output=True,
+                                text=True, timeout=60, check=False)
+        unbanned = tmp_path / "unbanned-by-fail2ban.txt"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not unbanned.exists():
+            time.sleep(0.1)
+        lifted_ips = unbanned.read_text().split() if unbanned.exists() else []
     finally:
         subprocess.run([client, "-c", str(conf), "-s", str(sock), "stop"], capture_output=True,
                        check=False, timeout=30)
         proc.wait(timeout=30)
         run.stop()
     assert Counter(ip for ip, _ in bans) == Counter(attackers)
+    assert lifted.returncode == 0, lifted.stderr
+    assert "lifted in Fail2Ban (jail jfwatch)" in lifted.stdout
+    assert lifted_ips == [attackers[1]]  # (stopping Fail2Ban lifts the rest)
     delays = sorted(when - seen[ip] for ip, when in bans)
     print(f"fail2ban ban delays (s): {[round(d, 3) for d in delays]}")
     assert delays[len(delays) // 2] < 1.0, f"ban delays {delays}"

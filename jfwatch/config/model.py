@@ -48,9 +48,22 @@ CIDR = Annotated[str, Field(min_length=2)]
 
 
 class BanFeedConfig(Strict):
+    """
+    Where bans go and who enforces them.  ``enforcer: fail2ban``: Fail2Ban's jail reads
+    the feed and decides how long a ban lasts (it ignores the line's duration), so every
+    ban lasts the jail's ``bantime``, times ``ban.factor`` per repeat offence, up to
+    ``ban.max``, and that is what alerts and ``bans list`` say; keep these in step with
+    the jail.  ``enforcer: list``: something else enforces the banned list (nginx deny,
+    ipset) for each rule's own duration.
+    """
+
     enabled: bool = True
     path: Path = Path("/var/log/jfwatch/bans.log")
     list_path: Path | None = Path("/var/log/jfwatch/banned.txt")
+    enforcer: Literal["fail2ban", "list"] = "fail2ban"
+    jail: str = Field("jfwatch", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    jail_bantime: Annotated[Duration, between("1m", "365d")] = Duration.parse("4h")
+    fail2ban_socket: Path | None = None  # fail2ban-client's default when None
 
 
 class BanPolicy(Strict):

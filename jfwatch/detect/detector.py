@@ -71,6 +71,9 @@ class DetectorSettings:
     ban_increment: bool = True
     ban_factor: float = 2.0
     ban_max: timedelta = timedelta(weeks=4)
+    # Set when an enforcer owns durations (Fail2Ban's jail bantime): every ban starts
+    # from it, whatever the rule's own duration.
+    ban_base: timedelta | None = None
     # An event dated further ahead of the clock than this is counted as forged or
     # wrongly clocked (anything ahead is taken at the clock's time either way).
     future_tolerance: timedelta = timedelta(minutes=5)
@@ -663,11 +666,14 @@ class Detector:
         level = self.store.ban_count(ip) if self.settings.ban_increment else 0
         # Computed in float seconds and capped before it becomes a timedelta: a repeat
         # offender's factor**level overflows timedelta long before it overflows a float.
-        seconds = rule.actions.ban.duration.total_seconds() * self.settings.ban_factor ** min(level, 64)
+        base = self.settings.ban_base or rule.actions.ban.duration
+        seconds = base.total_seconds() * self.settings.ban_factor ** min(level, 64)
         duration = timedelta(seconds=min(seconds, self.settings.ban_max.total_seconds()))
         until = event.time + duration
-        if active is not None and active.until >= until:
-            return None, None  # already banned for longer: no second line in the feed
+        if active is not None and (active.until >= until or self.settings.ban_base is not None):
+            # Already banned for longer; or banned at all where the enforcer owns the
+            # duration (a second BAN line would change nothing in Fail2Ban).
+            return None, None
         self.store.record_ban(ip, rule.name, event.time, until, level)
         if self._next_expiry is None or until < self._next_expiry:
             self._next_expiry = until
@@ -686,4 +692,6 @@ def settings_from_config(cfg: Config) -> DetectorSettings:
         allow=networks(cfg.allow), trusted_proxies=networks(cfg.trusted_proxies),
         private=networks(PRIVATE_RANGES), ipv6_prefix=cfg.ipv6_prefix,
         max_groups=cfg.max_groups, ban_increment=cfg.ban.increment,
-        ban_factor=cfg.ban.factor, ban_max=cfg.ban.max, future_tolerance=cfg.future_tolerance)
+        ban_factor=cfg.ban.factor, ban_max=cfg.ban.max, future_tolerance=cfg.future_tolerance,
+        ban_base=cfg.ban_feed.jail_bantime
+        if cfg.ban_feed.enabled and cfg.ban_feed.enforcer == "fail2ban" else None)

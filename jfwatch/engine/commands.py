@@ -168,6 +168,8 @@ def _run(args: argparse.Namespace, loaded: Loaded) -> int:
 def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
     cfg, _, _ = loaded
     store = StateStore(cfg.state_dir / "state.db")
+    feed = cfg.ban_feed
+    fail2ban = feed.enabled and feed.enforcer == "fail2ban"
     if args.action == "unban":
         from jfwatch.actions.banfeed import BanFeed
 
@@ -175,16 +177,43 @@ def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
         if row is None:
             print(f"{args.ip} is not banned", file=sys.stderr)
             return 1
-        if cfg.ban_feed.enabled:
-            feed = BanFeed(cfg.ban_feed.path, cfg.ban_feed.list_path)
+        print(f"unbanned {row.ip} in jfwatch (was banned by {row.rule} until "
+              f"{row.until.isoformat()})")
+        if feed.enabled:
+            banfeed = BanFeed(feed.path, feed.list_path)
             now = datetime.now(UTC)
-            feed.write(Unban(row.ip, row.rule, now, "manual"), now)
-            feed.write_list([b.ip for b in store.bans()])
-        print(f"unbanned {row.ip} (was banned by {row.rule} until {row.until.isoformat()})")
-        return 0
+            banfeed.write(Unban(row.ip, row.rule, now, "manual"), now)
+            banfeed.write_list([b.ip for b in store.bans()])
+        return _lift_in_fail2ban(cfg, row.ip) if fail2ban else 0
+    enforced = f"enforced by Fail2Ban jail {feed.jail}" if fail2ban else \
+        f"in the list {feed.list_path}" if feed.enabled else "not enforced (ban_feed disabled)"
     for row in store.bans():
-        print(f"{row.ip}\t{row.rule}\tuntil {row.until.isoformat()}\tlevel {row.level}")
+        print(f"{row.ip}\t{row.rule}\tuntil {row.until.isoformat()}\tlevel {row.level}\t{enforced}")
     return 0
+
+
+def _lift_in_fail2ban(cfg: Config, ip: str) -> int:
+    """Fail2Ban ignores the feed's UNBAN lines: lift the ban through fail2ban-client, or
+    say exactly what to run where this user may not."""
+    import shutil
+    import subprocess
+
+    feed = cfg.ban_feed
+    socket = ["-s", str(feed.fail2ban_socket)] if feed.fail2ban_socket else []
+    command = ["fail2ban-client", *socket, "set", feed.jail, "unbanip", ip]
+    client = shutil.which("fail2ban-client") or "/usr/bin/fail2ban-client"
+    try:
+        done = subprocess.run([client, *command[1:]], capture_output=True, text=True,
+                              timeout=30, check=False)
+        ok, why = done.returncode == 0, (done.stderr or done.stdout).strip()[-300:]
+    except OSError as exc:
+        ok, why = False, str(exc)
+    if ok:
+        print(f"lifted in Fail2Ban (jail {feed.jail})")
+        return 0
+    print(f"not lifted in Fail2Ban ({why or 'no answer'}): run\n  sudo {' '.join(command)}",
+          file=sys.stderr)
+    return 1
 
 
 @_with_config
