@@ -121,3 +121,19 @@ def test_an_apprise_url_that_cannot_load_is_an_error_without_its_secret(tmp_path
     assert f"{cfg}:4: notify.urls.1: " in result.stderr and "tgram://" in result.stderr
     assert f"{cfg}:5: notify.urls.2: " in result.stderr and "nosuchservice://" in result.stderr
     assert "SECRET" not in result.stdout + result.stderr
+
+
+def test_an_apprise_config_file_entry_that_cannot_load_is_an_error(tmp_path: Path) -> None:
+    apprise_file = tmp_path / "apprise.yml"
+    apprise_file.write_text("urls:\n  - json://127.0.0.1:9/:\n      tag: critical\n"
+                            "  - tgram://SECRETTOKEN/1\n  - ntfy://127.0.0.1/topic\n")
+    cfg = tmp_path / "jfwatch.yml"
+    cfg.write_text(f"notify:\n  config_file: {apprise_file}\n")
+    result = _check("--config", str(cfg))
+    assert result.returncode == 2
+    assert "notify.config_file" in result.stderr and "entry 2 (tgram://)" in result.stderr
+    assert "SECRET" not in result.stdout + result.stderr
+    apprise_file.write_text("critical=json://127.0.0.1:9/\nntfy://127.0.0.1/topic\n")
+    apprise_file.rename(tmp_path / "apprise.txt")
+    cfg.write_text(f"notify:\n  config_file: {tmp_path / 'apprise.txt'}\n")
+    assert _check("--config", str(cfg)).returncode == 0

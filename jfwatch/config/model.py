@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -93,9 +94,44 @@ def _apprise_loadable(url: SecretStr) -> SecretStr:
     return url
 
 
+def _apprise_file_loadable(path: Path | None) -> Path | None:
+    """Every entry of an Apprise config file must load, as every URL must."""
+    if path is None:
+        return None
+    try:
+        entries = _apprise_file_entries(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the Apprise config file: {exc}") from None
+    bad = []
+    for number, url in enumerate(entries, 1):
+        try:
+            _apprise_loadable(SecretStr(url))
+        except ValueError:
+            scheme = url.split("://", 1)[0] if "://" in url else "?"
+            bad.append(f"entry {number} ({scheme}://)" if scheme.isalnum() else f"entry {number}")
+    if bad:
+        raise ValueError(f"Apprise cannot load {', '.join(bad)} of {path}: an unknown service, "
+                         "or a token or field in the wrong form (URLs are not shown)")
+    return path
+
+
+def _apprise_file_entries(path: Path) -> list[str]:
+    """The URLs of an Apprise config file: YAML (``urls:``, each a URL or a URL with its
+    options) or text (``[tags=]URL`` lines)."""
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text) if path.suffix in (".yml", ".yaml") else None
+    if isinstance(data, dict):
+        entries = data.get("urls") or []
+        return [str(next(iter(e))) if isinstance(e, dict) and e else str(e)
+                for e in entries if e]
+    lines = [line.strip() for line in text.splitlines()]
+    return [line.split("=", 1)[1].strip() if "=" in line.split("://", 1)[0] else line
+            for line in lines if line and not line.startswith(("#", ";"))]
+
+
 class NotifyConfig(Strict):
     urls: list[Annotated[SecretStr, AfterValidator(_apprise_loadable)]] = []
-    config_file: Path | None = None
+    config_file: Annotated[Path | None, AfterValidator(_apprise_file_loadable)] = None
     rdns: bool = False
     max_per_rule_per_hour: int = Field(10, ge=1, le=3600)
     quiet_hours: str | None = Field(None, pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")
