@@ -57,6 +57,7 @@ class Actions:
         self.feed_path = config.ban_feed.path
         self._feed_problem: str | None = None  # why the feed cannot be written now
         self._feed_tried = 0.0
+        self._unchecked_since_start = True
         self._list_problem: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -69,7 +70,6 @@ class Actions:
         self.outbox.start()
         if self.feed is not None and self.feed.problem is not None:
             self._feed_fault(self.feed.problem)
-        self._publish_pending(after_crash=True)
         self._refresh_bans()
 
     def stop(self) -> None:
@@ -162,7 +162,12 @@ class Actions:
     def idle(self, detector: Detector) -> None:
         """Housekeeping after each pass: the banned list, gauges, a failed feed retried."""
         self._detector_gauges(detector)
-        if self._feed_problem is not None and \
+        if self._unchecked_since_start:
+            # Bans recorded before a crash and perhaps never written: the first pass
+            # writes them (again on a later pass if the state could not be read now).
+            self._publish_pending(after_crash=True)
+            self._unchecked_since_start = False
+        elif self._feed_problem is not None and \
                 time.monotonic() - self._feed_tried >= FEED_RETRY_SECONDS:
             self._publish_pending(after_crash=False)
         if self._bans_dirty:

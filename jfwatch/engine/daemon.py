@@ -103,9 +103,12 @@ class Daemon:
         signal.signal(signal.SIGHUP, hup)
 
     def run(self) -> int:
-        self.actions.start()
-        self._resume()
-        self._scan()
+        try:
+            self.actions.start()
+            self._resume()
+            self._scan()
+        except (sqlite3.Error, ExportFailed) as exc:  # a full disk at start: wait, retry
+            self._commit_fault(exc)
         for src in self.sources:
             self.log.info("watching", path=src.config.path, format=src.config.format,
                           mode=src.config.watch_mode, start=src.config.start)
@@ -115,16 +118,16 @@ class Daemon:
         last_scan = time.monotonic()
         while not self.stop_event.is_set():
             self.wake.clear()
-            listing_changed = any(src.rescan.is_set() for src in self.sources)
-            if listing_changed or time.monotonic() - last_scan >= RESCAN_SECONDS:
-                for src in self.sources:
-                    src.rescan.clear()
-                self._scan()
-                last_scan = time.monotonic()
             if self._hup:
                 self._hup = False
                 self._reload()
             try:
+                listing_changed = any(src.rescan.is_set() for src in self.sources)
+                if listing_changed or time.monotonic() - last_scan >= RESCAN_SECONDS:
+                    for src in self.sources:
+                        src.rescan.clear()
+                    last_scan = time.monotonic()
+                    self._scan()  # a new file's first commit can fail too
                 busy = self._pass()
             except (sqlite3.Error, ExportFailed) as exc:
                 self._commit_fault(exc)
