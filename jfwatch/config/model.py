@@ -15,6 +15,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from jfwatch.addresses import bad_networks
@@ -65,6 +66,14 @@ class BanFeedConfig(Strict):
     jail: str = Field("jfwatch", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     jail_bantime: Annotated[Duration, between("1m", "365d")] = Duration.parse("4h")
     fail2ban_socket: Path | None = None  # fail2ban-client's default when None
+
+    @model_validator(mode="after")
+    def _list_beside_the_feed(self) -> BanFeedConfig:
+        """Paths that belong together default together: a feed moved elsewhere takes its
+        banned list with it, unless the list is set too."""
+        if "path" in self.model_fields_set and "list_path" not in self.model_fields_set:
+            object.__setattr__(self, "list_path", self.path.parent / "banned.txt")
+        return self
 
 
 class BanPolicy(Strict):

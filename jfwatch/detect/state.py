@@ -68,11 +68,20 @@ class BanRow:
 class StateStore:
     """Access to the state file; ``":memory:"`` gives a throw-away store (replay)."""
 
-    def __init__(self, path: str | Path) -> None:
-        """Open (creating) the state; StateUnusable if it cannot be read and written."""
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """Open (creating) the state; StateUnusable if it cannot be read and written.
+        ``read_only``: open an existing state for reading only, creating nothing."""
         self.path = str(path)
+        self.read_only = read_only
         self._local = threading.local()
         self._memory: sqlite3.Connection | None = None
+        if read_only:
+            try:
+                self.db.execute("SELECT 1 FROM bans LIMIT 1")
+            except sqlite3.Error as exc:
+                self.close()
+                raise StateUnusable(f"{self.path}: {exc}") from exc
+            return
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +113,12 @@ class StateStore:
             return self._memory
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            if self.read_only:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            else:
+                conn = sqlite3.connect(self.path, timeout=30)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
 

@@ -1,4 +1,5 @@
-"""The ``jfwatch`` command line: parse, replay, run, check-config, demo, bans, notify-test."""
+"""jfwatch: a security log monitor for Jellyfin.  Commands: parse, replay, run,
+check-config, bans, notify-test, demo."""
 
 from __future__ import annotations
 
@@ -45,55 +46,66 @@ def _pipeline(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+CONFIG_HELP = ("config file (none: $JFWATCH_CONFIG, else /etc/jfwatch/jfwatch.yml if it "
+               "exists, else the built-in defaults)")
+
+
 def _config_options(sp: argparse.ArgumentParser, *, rules: bool = True) -> None:
-    sp.add_argument("--config", type=Path)
+    sp.add_argument("--config", type=Path, help=CONFIG_HELP)
     if rules:
-        sp.add_argument("--rules", type=Path, action="append", help="extra rule directory")
+        sp.add_argument("--rules", type=Path, action="append",
+                        help="an extra rule directory (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jfwatch", description=__doc__)
+    plain = argparse.ArgumentDefaultsHelpFormatter  # every --help shows the defaults
+    p = argparse.ArgumentParser(prog="jfwatch", description=__doc__, formatter_class=plain)
     p.add_argument("--version", action="version", version=f"jfwatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sp = sub.add_parser("parse", help="print one JSON event per recognised log line")
-    sp.add_argument("--format", choices=FORMATS, default="auto")
-    sp.add_argument("--timezone", help="zone for logs without one (default UTC)")
+    sp = sub.add_parser("parse", formatter_class=plain, help="print one JSON event per recognised log line")
+    sp.add_argument("--format", choices=FORMATS, default="auto", help="the logs' format")
+    sp.add_argument("--timezone", default="UTC", help="zone for log times without one")
     sp.add_argument("--token-failures", action="store_true",
                     help="count proxy 401s outside login endpoints as token_failure")
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.set_defaults(func=cmd_parse, batch=True)
 
-    sp = sub.add_parser("replay", help="run the whole pipeline over log files in event time")
+    sp = sub.add_parser("replay", formatter_class=plain,
+                        help="run the whole pipeline over log files in event time")
     _config_options(sp)
-    sp.add_argument("--format", choices=FORMATS, default="auto")
-    sp.add_argument("--state", type=Path, help="use (and update) this state file")
+    sp.add_argument("--format", choices=FORMATS, default="auto", help="the logs' format")
+    sp.add_argument("--state", type=Path,
+                    help="use (and update) this state file; none: the state lives in memory")
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.set_defaults(func=_pipeline("cmd_replay"), batch=True)
 
-    sp = sub.add_parser("check-config", help="validate the config and every rule")
+    sp = sub.add_parser("check-config", formatter_class=plain, help="validate the config and every rule")
     _config_options(sp)
     sp.set_defaults(func=_pipeline("cmd_check_config"))
 
-    sp = sub.add_parser("run", help="run the daemon")
+    sp = sub.add_parser("run", formatter_class=plain, help="run the daemon")
     _config_options(sp)
-    sp.add_argument("--log-level", default="info",
+    sp.add_argument("--log-level", default="info", help="the least important log lines shown",
                     choices=["debug", "info", "warning", "error"])
     sp.set_defaults(func=_pipeline("cmd_run"))
 
-    sp = sub.add_parser("bans", help="list or lift bans kept in the state")
+    sp = sub.add_parser("bans", formatter_class=plain, help="list or lift bans kept in the state")
     _config_options(sp, rules=False)
     bsub = sp.add_subparsers(dest="action")
-    bsub.add_parser("list", help="show active bans")
-    unban = bsub.add_parser("unban", help="lift the ban of one address")
+    listing = bsub.add_parser("list", formatter_class=plain, help="show active bans")
+    unban = bsub.add_parser("unban", formatter_class=plain, help="lift the ban of one address")
     unban.add_argument("ip")
+    for action in (listing, unban):  # --config before or after the action
+        action.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
     sp.set_defaults(func=_pipeline("cmd_bans"), action="list")
 
-    sp = sub.add_parser("notify-test", help="send a test alert to every notification target")
+    sp = sub.add_parser("notify-test", formatter_class=plain,
+                        help="send a test alert to every notification target")
     _config_options(sp, rules=False)
     sp.set_defaults(func=_pipeline("cmd_notify_test"))
 
-    sp = sub.add_parser("demo", help="run the real daemon over bundled attack logs")
+    sp = sub.add_parser("demo", formatter_class=plain, help="run the real daemon over bundled attack logs")
     sp.add_argument("--keep", type=Path, help="work in this directory instead of a temporary one")
     sp.add_argument("--port", type=int, default=0, help="metrics port (default: any free port)")
     sp.add_argument("--pace", type=float, default=0.02, help="seconds between demo log lines")

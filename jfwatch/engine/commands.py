@@ -167,7 +167,11 @@ def _run(args: argparse.Namespace, loaded: Loaded) -> int:
 @_with_config
 def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
     cfg, _, _ = loaded
-    store = StateStore(cfg.state_dir / "state.db")
+    path = cfg.state_dir / "state.db"
+    if not path.exists():  # listing creates nothing: no state, no bans
+        print(f"no bans: no state yet at {path}", file=sys.stderr)
+        return 1 if args.action == "unban" else 0
+    store = StateStore(path, read_only=args.action == "list")
     feed = cfg.ban_feed
     fail2ban = feed.enabled and feed.enforcer == "fail2ban"
     if args.action == "unban":
