@@ -76,3 +76,35 @@ def _first_log_line(tmp_path: Path, journal: bool) -> str:
 def test_log_lines_carry_a_journald_priority_under_systemd_only(tmp_path: Path) -> None:
     assert _first_log_line(tmp_path, journal=True).startswith("<6>{")
     assert _first_log_line(tmp_path, journal=False).startswith("{")
+
+
+@pytest.mark.system
+def test_status_from_the_running_daemon_then_from_the_state(tmp_path: Path) -> None:
+    from daemon_helper import append, denied, start_daemon
+    from http_receiver import free_port
+
+    port = free_port()
+    run, log = start_daemon(tmp_path, metrics_port=port)
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    stamp = f"{now:%Y-%m-%d %H:%M:%S}.000"  # recent: the ban is still running
+    append(log, "".join(denied(f"u{i}", ip="203.0.113.9", ts=stamp) for i in range(5)))
+    run.wait_for(lambda: "BAN 203.0.113.9" in (tmp_path / "out" / "bans.log").read_text(),
+                 what="a ban")
+    time.sleep(1.5)  # the daemon refreshes its status once a second
+    live = _run("status", "--config", str(run.config), cwd=tmp_path)
+    as_json = _run("status", "-o", "json", "--config", str(run.config), cwd=tmp_path)
+    assert live.returncode == 0, live.stdout + live.stderr
+    assert "jfwatch is running" in live.stdout and "log_20260501.log: offset" in live.stdout
+    assert "bans active: 1" in live.stdout
+    import orjson
+
+    status = orjson.loads(as_json.stdout)
+    assert status["running"] and status["bans_active"] == 1
+    assert status["files"][0]["lag_bytes"] == 0
+    assert run.stop() == 0
+    down = _run("status", "--config", str(run.config), cwd=tmp_path)
+    assert down.returncode == 3 and "not running" in down.stdout and "bans active: 1" in down.stdout
+    listed = _run("bans", "list", "-o", "json", "--config", str(run.config), cwd=tmp_path)
+    assert [b["ip"] for b in orjson.loads(listed.stdout)] == ["203.0.113.9"]

@@ -13,6 +13,7 @@ from socketserver import ThreadingMixIn
 from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, make_wsgi_app
 
 from jfwatch import __version__
@@ -94,6 +95,9 @@ class Metrics:
         Info("jfwatch_build", "Build information", registry=r).info({"version": __version__})
         self._unhealthy_since: dict[str, float] = {}
         self._faults: dict[str, str] = {}
+        # The daemon's latest snapshot for /status, replaced whole (never changed in place),
+        # so the HTTP thread reads it without a lock.
+        self.status: dict[str, Any] = {}
         self.faults = Gauge("jfwatch_fault", "1 while a part cannot do its job (ban_feed, "
                             "state): see /health and the log", ["part"], registry=r)
         self.stale_after = 600.0
@@ -145,8 +149,11 @@ class Metrics:
                 start_response("200 OK" if ok else "503 Service Unavailable",
                                [("Content-Type", "text/plain")])
                 return [text.encode()]
+            if path.startswith("/status"):  # what `jfwatch status` shows (no secrets in it)
+                start_response("200 OK", [("Content-Type", "application/json")])
+                return [orjson.dumps(self.status)]
             start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"see /metrics and /health\n"]
+            return [b"see /metrics, /health and /status\n"]
 
         self._server = make_server(host, port, app, server_class=_BoundedServer,
                                    handler_class=_QuietHandler)

@@ -123,6 +123,15 @@ class Outbox:
             insert(dedup, *render(alert, self.server, self.tz))
         self._wake.set()
 
+    def failing_targets(self) -> list[dict[str, object]]:
+        """Targets with alerts waiting after a failure, and the last reason (no secrets)."""
+        rows = self.store.db.execute(
+            "SELECT target, COUNT(*), MAX(last_error) FROM deliveries WHERE done IS NULL "
+            "AND last_error IS NOT NULL GROUP BY target").fetchall()
+        names = {target.id: target.name for target in self.targets}
+        return [{"target": names.get(tid, tid), "waiting": n, "last_error": why}
+                for tid, n, why in rows]
+
     def depth(self) -> int:
         row = self.store.db.execute(
             "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND failed IS NULL").fetchone()

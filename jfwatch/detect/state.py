@@ -173,6 +173,9 @@ class StateStore:
                               (ip,)).fetchone()
         return None if row is None else _ban(row)
 
+    def bans_active(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM bans").fetchone()[0])
+
     def bans(self) -> list[BanRow]:
         rows = self.db.execute("SELECT ip, rule, since, until, level FROM bans ORDER BY until")
         return [_ban(r) for r in rows]

@@ -98,7 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     unban.add_argument("ip")
     for action in (listing, unban):  # --config before or after the action
         action.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
+    listing.add_argument("-o", "--output", choices=["text", "json"], default="text")
     sp.set_defaults(func=_pipeline("cmd_bans"), action="list")
+
+    sp = sub.add_parser("status", formatter_class=plain,
+                        help="how the daemon is: files, lag, bans, alerts waiting, faults")
+    _config_options(sp, rules=False)
+    sp.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    sp.set_defaults(func=_pipeline("cmd_status"))
 
     sp = sub.add_parser("notify-test", formatter_class=plain,
                         help="send a test alert to every notification target")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from jfwatch.config.errors import ConfigError
@@ -191,9 +192,88 @@ def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
         return _lift_in_fail2ban(cfg, row.ip) if fail2ban else 0
     enforced = f"enforced by Fail2Ban jail {feed.jail}" if fail2ban else \
         f"in the list {feed.list_path}" if feed.enabled else "not enforced (ban_feed disabled)"
+    if getattr(args, "output", "text") == "json":
+        import orjson
+
+        print(orjson.dumps([{"ip": row.ip, "rule": row.rule, "since": row.since,
+                             "until": row.until, "level": row.level, "enforced": enforced}
+                            for row in store.bans()], option=orjson.OPT_INDENT_2).decode())
+        return 0
     for row in store.bans():
         print(f"{row.ip}\t{row.rule}\tuntil {row.until.isoformat()}\tlevel {row.level}\t{enforced}")
     return 0
+
+
+@_with_config
+def cmd_status(args: argparse.Namespace, loaded: Loaded) -> int:
+    """How the daemon is: asked over its metrics port; from the state when it is down.
+    Exit 0 when it runs, 3 when it does not (as ``systemctl status``)."""
+    import orjson
+
+    cfg = loaded[0]
+    status = _status_from_daemon(cfg) or _status_from_state(cfg)
+    if args.output == "json":
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(_status_text(status))
+    return 0 if status.get("running") else 3
+
+
+def _status_from_daemon(cfg: Config) -> dict[str, Any] | None:
+    import urllib.request
+
+    import orjson
+
+    if not cfg.metrics.enabled:
+        return None
+    # A daemon listening on every interface is asked on the loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(  # noqa: S104 - a name compared, not bound
+        cfg.metrics.listen, cfg.metrics.listen)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{cfg.metrics.port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            status = orjson.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) and status.get("running") else None
+
+
+def _status_from_state(cfg: Config) -> dict[str, Any]:
+    path = cfg.state_dir / "state.db"
+    status: dict[str, Any] = {"running": False, "state": str(path)}
+    if not path.exists():
+        return status | {"note": "no state yet: jfwatch has never run with this config"}
+    store = StateStore(path, read_only=True)
+    waiting = store.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND "
+                               "failed IS NULL").fetchone()[0]
+    return status | {"bans_active": store.bans_active(), "outbox_waiting": int(waiting),
+                     "files": [{"path": row.path, "offset": row.offset}
+                               for row in sorted(store.offsets(), key=lambda r: r.path)]}
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    if status.get("running"):
+        head = f"jfwatch is running (pid {status['pid']}): " + \
+            ("healthy" if status["healthy"] else f"NOT healthy: {status['health']}")
+    else:
+        head = f"jfwatch is not running (from the state {status['state']})"
+    lines = [head]
+    if status.get("note"):
+        return "\n".join([*lines, status["note"]])
+    for src in status.get("sources", []):
+        state = "readable" if src["readable"] else f"NOT readable: {src['problem']}"
+        lines.append(f"source {src['path']} ({src['format']}): {state}, "
+                     f"{len(src['files'])} file(s) followed"
+                     + (f", {src['skipped']} beyond max_open_files" if src["skipped"] else ""))
+    for f in status.get("files", []):
+        lag = f", {f['lag_bytes']} bytes behind" if "lag_bytes" in f else ""
+        lines.append(f"  {f['path']}: offset {f['offset']}{lag}")
+    lines.append(f"bans active: {status.get('bans_active', 0)}; alerts waiting to be sent: "
+                 f"{status.get('outbox_waiting', 0)}")
+    for target in status.get("failing_targets", []):
+        lines.append(f"  {target['target']}: {target['waiting']} waiting, last error: "
+                     f"{target['last_error']}")
+    return "\n".join(lines)
 
 
 def _lift_in_fail2ban(cfg: Config, ip: str) -> int:

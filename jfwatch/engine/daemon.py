@@ -86,6 +86,7 @@ class Daemon:
         self._irregular_reported: set[str] = set()
         self._empty_reported: dict[str, list[str] | None] = {}
         self._commit_problem: tuple[str, str] | None = None  # part, problem
+        self._status_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------------
     def install_signals(self) -> None:
@@ -145,11 +146,33 @@ class Daemon:
         busy = self._read_all()
         self.actions.act(self.detector.expire(datetime.now(UTC)))
         self.actions.idle(self.detector)
+        if time.monotonic() - self._status_at >= 1.0:
+            self._status_at = time.monotonic()
+            self.actions.metrics.status = self._status()
         if self._commit_problem is not None:
             self.actions.metrics.fault(self._commit_problem[0], None)
             self._commit_problem = None
             self.log.info("commits_work_again")
         return busy
+
+    def _status(self) -> dict[str, object]:
+        """What ``jfwatch status`` shows: sources, files and how far behind, bans, alerts
+        waiting, faults."""
+        healthy, health = self.actions.metrics.healthy()
+        return {
+            "running": True, "pid": os.getpid(), "healthy": healthy, "health": health.strip(),
+            "sources": [{"path": src.config.path, "format": src.config.format,
+                         "readable": src.problem is None, "problem": src.problem,
+                         "files": sorted(p for p, t in self.tracked.items() if t.source is src),
+                         "skipped": len(src.skipped)} for src in self.sources],
+            "files": [{"path": path, "offset": t.follower.offset,
+                       "lag_bytes": t.follower.pending_bytes}
+                      for path, t in sorted(self.tracked.items())],
+            "bans_active": self.store.bans_active(),
+            "outbox_waiting": self.actions.outbox.depth(),
+            "failing_targets": self.actions.outbox.failing_targets(),
+            "tracked_groups": self.detector.tracked_groups,
+        }
 
     def _commit_fault(self, exc: sqlite3.Error | ExportFailed) -> None:
         """
