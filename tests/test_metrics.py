@@ -68,7 +68,16 @@ def test_scrape_matches_what_was_written(tmp_path: Path) -> None:
     assert _value(samples, "jfwatch_lines_total", outcome="matched", source=source) == 6
     assert _value(samples, "jfwatch_lines_total", outcome="unmatched", source=source) >= 1
     assert _value(samples, "jfwatch_lines_total", outcome="rejected", source=source) == 1
-    assert _value(samples, "jfwatch_events_total", kind="auth_failure", source="jellyfin") == 6
+    assert _value(samples, "jfwatch_events_total", kind="auth_failure", source=source,
+                  format="jellyfin") == 6
+    # Every series known at start exists from the start, at zero (increase() sees the
+    # first event), and the source's files are counted.
+    assert any(name == "jfwatch_alerts_total" and dict(labels) == {
+        "rule": "account-locked", "severity": "critical"} for name, labels in samples)
+    assert any(name == "jfwatch_events_total" and dict(labels).get("kind") == "mfa_failure"
+               for name, labels in samples)
+    assert any(name == "jfwatch_notifications_total" for name, _ in samples)
+    assert _value(samples, "jfwatch_files", source=source) == 1
     assert _value(samples, "jfwatch_alerts_total", rule="brute-force-ip", severity="high") == 1
     assert _value(samples, "jfwatch_alerts_total", rule="user-enumeration") == 0
     assert _value(samples, "jfwatch_bans_total", rule="brute-force-ip") == 1
@@ -149,3 +158,18 @@ def test_dashboard_and_alerts_only_use_exported_metrics() -> None:
     assert used, "no jfwatch metric referenced"
     missing = used - _exported_names()
     assert not missing, f"referenced but not exported: {sorted(missing)}"
+
+
+@pytest.mark.system
+def test_promtool_unit_tests_of_every_shipped_alert() -> None:
+    """contrib/prometheus/jfwatch-alerts.test.yml: each alert fires on what it is for, a
+    quiet healthy source and a busy one do not stall, and every alert has a test."""
+    promtool = require_tool("promtool")
+    rules = (ROOT / "contrib" / "prometheus" / "jfwatch-alerts.yml").read_text()
+    tests = (ROOT / "contrib" / "prometheus" / "jfwatch-alerts.test.yml").read_text()
+    for alert in re.findall(r"- alert: (\w+)", rules):
+        assert f"alertname: {alert}" in tests, f"{alert} has no promtool test"
+    result = subprocess.run([promtool, "test", "rules", "jfwatch-alerts.test.yml"],
+                            cwd=ROOT / "contrib" / "prometheus", capture_output=True, text=True,
+                            check=False, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

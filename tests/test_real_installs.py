@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from jfwatch.config.model import Config
 
 from daemon_helper import DaemonRun, append, denied
+from http_receiver import free_port
 
 pytestmark = pytest.mark.system
 
@@ -61,9 +64,20 @@ def test_a_source_matching_nothing_says_what_the_directory_holds(tmp_path: Path)
                             check=False)
     assert result.returncode == 0
     assert "0 files match" in result.stderr and "jellyfin20261130.log" in result.stderr
+    port = free_port()
+    run.config.write_text(run.config.read_text().replace(
+        "metrics: {enabled: false}", f"metrics: {{port: {port}, stale_after: 1s}}"))
     run.start()
     run.wait_for(lambda: '"no_file_matches"' in run.log_text(), what="the empty source reported")
     assert "jellyfin20261130.log" in run.log_text() and '"level": "warning"' in run.log_text()
+
+    def health() -> int:
+        try:
+            return int(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    run.wait_for(lambda: health() == 503, what="/health 503 for a source matching nothing")
     assert run.stop() == 0
 
 

@@ -68,7 +68,9 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.lines = Counter("jfwatch_lines", "Log lines read", ["source", "outcome"], registry=r)
-        self.events = Counter("jfwatch_events", "Events parsed", ["source", "kind", "service"],
+        # source: the configured source (its name:, else its path) on every series;
+        # format: the format it is configured with.
+        self.events = Counter("jfwatch_events", "Events parsed", ["source", "format", "kind"],
                               registry=r)
         self.alerts = Counter("jfwatch_alerts", "Alerts raised", ["rule", "severity"], registry=r)
         self.bans = Counter("jfwatch_bans", "Bans issued", ["rule"], registry=r)
@@ -86,11 +88,14 @@ class Metrics:
         self.last_event = Gauge("jfwatch_last_event_timestamp_seconds",
                                 "Time of the newest event per source", ["source"], registry=r)
         self.lag = Gauge("jfwatch_tail_lag_bytes", "Bytes written but not yet read",
-                         ["file"], registry=r)
+                         ["source", "file"], registry=r)
+        self.files = Gauge("jfwatch_files", "Files followed per source (0: its pattern "
+                           "matches nothing)", ["source"], registry=r)
         self.files_skipped = Gauge("jfwatch_files_skipped",
                                    "Matching files not followed (beyond max_open_files)",
                                    ["source"], registry=r)
-        self.source_up = Gauge("jfwatch_source_readable", "1 if the source can be read",
+        self.source_up = Gauge("jfwatch_source_readable", "1 if the source can be read and "
+                               "has files to read (or another source in its directory has)",
                                ["source"], registry=r)
         Info("jfwatch_build", "Build information", registry=r).info({"version": __version__})
         self._unhealthy_since: dict[str, float] = {}
@@ -103,6 +108,28 @@ class Metrics:
         self.stale_after = 600.0
         self._server: _BoundedServer | None = None
         self._notify_seen: dict[str, int] = {}
+
+    def prepare(self, sources: list[tuple[str, str]], rules: list[tuple[str, str, bool]],
+                outcomes: list[str]) -> None:
+        """
+        Create every series known at start at zero: lines and events per configured
+        source (label, format) and kind, alerts per rule and severity, bans per banning
+        rule, notifications per outcome.  A counter that appears only at its first
+        increment is missed by increase() and rate(), and dashboards undercount.
+        """
+        from jfwatch.events import EventKind
+
+        for source, fmt in sources:
+            for outcome in ("matched", "unmatched", "rejected"):
+                self.lines.labels(source, outcome)
+            for kind in EventKind:
+                self.events.labels(source, fmt, kind.value)
+        for rule, severity, bans in rules:
+            self.alerts.labels(rule, severity)
+            if bans:
+                self.bans.labels(rule)
+        for outcome in outcomes:
+            self.notifications.labels(outcome)
 
     def source_health(self, source: str, readable: bool) -> None:
         self.source_up.labels(source).set(1 if readable else 0)

@@ -38,12 +38,18 @@ class SourceConfig(Strict):
     """One log to follow: a path or a glob inside one directory."""
 
     path: str
+    # What metrics, logs and `status` call it (the path when not given).
+    name: str | None = Field(None, pattern=r"^[\w.@/ -]{1,64}$")
     format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
     timezone: str | None = None
     start: Literal["end", "beginning"] = "end"
     watch_mode: Literal["auto", "inotify", "poll"] = "auto"
     quoting: Literal["auto", "quoted", "raw"] = "auto"
     proxy_token_failures: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path
 
 
 CIDR = Annotated[str, Field(min_length=2)]

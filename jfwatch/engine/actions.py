@@ -139,21 +139,21 @@ class Actions:
     def source_health(self, source: str, readable: bool) -> None:
         self.metrics.source_health(source, readable)
 
-    def tail_lag(self, path: str, lag: int) -> None:
-        self.metrics.lag.labels(path).set(lag)
+    def tail_lag(self, source: str, path: str, lag: int) -> None:
+        self.metrics.lag.labels(source, path).set(lag)
 
     def files_skipped(self, source: str, count: int) -> None:
         self.metrics.files_skipped.labels(source).set(count)
 
-    def forget_file(self, path: str) -> None:
+    def forget_file(self, source: str, path: str) -> None:
         """A file that is gone keeps no series (daily log names would pile up)."""
-        self.metrics.lag.remove(path)
+        with contextlib.suppress(KeyError):
+            self.metrics.lag.remove(source, path)
 
     def events(self, stream: Stream, events: list[Event]) -> None:
         # Counted per label set, then added: one counter update per kind, not per event.
-        for (parser, kind, service), n in Counter(
-                (e.source, str(e.kind), e.service) for e in events).items():
-            self.metrics.events.labels(parser, kind, service).inc(n)
+        for kind, n in Counter(str(e.kind) for e in events).items():
+            self.metrics.events.labels(stream.source, stream.format, kind).inc(n)
         self.metrics.last_event.labels(stream.source).set(max(e.time for e in events).timestamp())
         if self._events_path is not None:  # written with the stream's next commit
             self._unwritten.setdefault(stream.key, []).extend(

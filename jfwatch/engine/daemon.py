@@ -78,6 +78,10 @@ class Daemon:
         self.actions = Actions(self.config, self.store)
         self.detector = Detector(self.rules, settings_from_config(self.config), self.store)
         self.engine = Engine(self.actions, self.detector)
+        self.actions.metrics.prepare(
+            [(s.label, s.format) for s in self.config.sources],
+            [(r.name, r.severity, r.actions.ban is not None) for r in self.rules],
+            list(self.actions.outbox.counts))
         self.sources = [Source(s, self.wake) for s in self.config.sources]
         self.tracked: dict[str, _Tracked] = {}
         self._hup = False
@@ -276,8 +280,8 @@ class Daemon:
                                      problem=src.problem, retry="automatic")
                 else:
                     self.log.info("source_available", path=src.config.path)
-            self.actions.source_health(src.config.path, src.problem is None)
-            self._report_empty(src, paths)
+            covered = self._report_empty(src, paths)
+            self.actions.source_health(src.config.label, src.problem is None and covered)
             for path in paths:
                 if path in self.tracked:
                     continue
@@ -294,6 +298,8 @@ class Daemon:
                 else:
                     self._track(src, path, offset)
             src.started = True
+            self.actions.metrics.files.labels(src.config.label).set(
+                sum(1 for t in self.tracked.values() if t.source is src))
 
     def _report_skipped(self, src: Source, budget: int) -> None:
         """Say (once) which matching files are not followed: FIFOs, sockets and devices,
@@ -304,7 +310,7 @@ class Daemon:
                 self.log.warning("file_not_followed", path=path,
                                  problem="not a regular file (a FIFO, socket or device)")
         skipped = len(src.skipped)
-        self.actions.files_skipped(src.config.path, skipped)
+        self.actions.files_skipped(src.config.label, skipped)
         if skipped != self._skipped_reported.get(src.config.path, 0):
             self._skipped_reported[src.config.path] = skipped
             if skipped:
@@ -312,22 +318,24 @@ class Daemon:
                                  skipped=skipped, oldest_skipped=src.skipped[0],
                                  fix="narrow the glob, or raise max_open_files")
 
-    def _report_empty(self, src: Source, paths: list[str]) -> None:
+    def _report_empty(self, src: Source, paths: list[str]) -> bool:
         """Say (once) that a readable source matches no file, and which log-like files its
         directory holds: a wrong name watches nothing and would say nothing.  A warning
         unless another source in that directory follows files (the default follows both
-        of Jellyfin's names, one of which is always empty)."""
+        of Jellyfin's names, one of which is always empty).  Whether the source is fine:
+        it has files, or another source in its directory has."""
         found = nearby_logs(src.config.path) if not paths and src.problem is None else None
+        covered = found is None or any(t.source is not src and t.source.directory == src.directory
+                                       for t in self.tracked.values())
         if found == self._empty_reported.get(src.config.path):
-            return
+            return covered
         self._empty_reported[src.config.path] = found
         if found is None:
-            return
-        covered = any(t.source is not src and t.source.directory == src.directory
-                      for t in self.tracked.values())
+            return covered
         report = self.log.info if covered else self.log.warning
         report("no_file_matches", path=src.config.path, found=found,
                fix="correct the path in the config" if found and not covered else None)
+        return covered
 
     def _let_go_of_unlisted(self, src: Source, listed: list[str]) -> None:
         """Stop following files the source no longer lists (now beyond the budget, or a
@@ -340,7 +348,7 @@ class Daemon:
                     self._drained(tracked):
                 tracked.follower.close()
                 del self.tracked[path]
-                self.actions.forget_file(path)
+                self.actions.forget_file(tracked.source.config.label, path)
 
     @staticmethod
     def _drained(tracked: _Tracked) -> bool:
@@ -369,7 +377,8 @@ class Daemon:
             name or path, tz, quoting=cfg.quoting, proxy_token_failures=cfg.proxy_token_failures))
         follower = Follower(path, offset, self.config.max_line)
         self.tracked[path] = _Tracked(src, follower,
-                                      Stream(cfg.path, parser, self.config.max_line, key=path),
+                                      Stream(cfg.label, parser, self.config.max_line, key=path,
+                                             fmt=cfg.format),
                                       name=name or path)
         self.log.info("following", path=path, offset=follower.offset)
 
@@ -383,12 +392,12 @@ class Daemon:
                     self.log.warning("file_not_followed", path=path, problem=tracked.problem)
             busy = busy or bool(pieces)
             self._process(tracked, pieces, final=False)
-            self.actions.tail_lag(path, tracked.follower.pending_bytes)
+            self.actions.tail_lag(tracked.source.config.label, path, tracked.follower.pending_bytes)
             if not os.path.exists(path) and not pieces and self._drained(tracked):
                 # Deleted, drained and quiet: a recreated file is picked up by the next scan.
                 tracked.follower.close()
                 del self.tracked[path]
-                self.actions.forget_file(path)
+                self.actions.forget_file(tracked.source.config.label, path)
         return busy
 
     def _process(self, tracked: _Tracked, pieces: list[Piece], *, final: bool) -> None:

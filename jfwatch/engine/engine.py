@@ -43,8 +43,8 @@ class Stream:
     of its own (the file's path: a source's glob matches many files)."""
 
     def __init__(self, source: str, parser: StreamParser, max_line: int = DEFAULT_MAX_LINE,
-                 key: str | None = None) -> None:
-        self.source, self.parser, self.max_line = source, parser, max_line
+                 key: str | None = None, fmt: str = "auto") -> None:
+        self.source, self.parser, self.max_line, self.format = source, parser, max_line, fmt
         self.key = source if key is None else key
 
     def parse(self, data: bytes) -> tuple[list[Event], LineStats]:
