@@ -105,3 +105,14 @@ def test_a_huge_line_is_cut_and_never_held_whole(tmp_path: Path) -> None:
     lines = [line for data, _, _ in follower.read(budget=1 << 20) for line in data.splitlines()]
     assert [len(line) for line in lines] == [101, 2]  # rejected later as over-long
     assert follower.offset == log.stat().st_size
+
+
+def test_an_unfinished_line_is_not_unread(tmp_path: Path) -> None:
+    """What a stall is measured by: bytes no read has taken (not a line waiting for its
+    newline, which is read already)."""
+    log, clock = tmp_path / "a.log", Clock()
+    log.write_bytes(b"one\ntw")
+    follower = Follower(str(log), clock=clock)
+    assert follower.unread_bytes == 6
+    assert _lines(follower) == [b"one"]
+    assert follower.unread_bytes == 0 and follower.pending_bytes == 2

@@ -59,6 +59,7 @@ class _Tracked:
     # file, and a rotated-away one still drained), with the name it had.
     uncommitted: dict[tuple[int, int], SavedOffset] = field(default_factory=dict)
     name: str = ""  # the name the source followed it under (its offsets are kept with it)
+    last_progress: float = field(default_factory=time.monotonic)  # read, or nothing to read
     last_commit: float = field(default_factory=time.monotonic)
     problem: str | None = None  # the follower's, as last reported
 
@@ -268,6 +269,7 @@ class Daemon:
 
     def _scan(self) -> None:
         budget = max(1, self.config.max_open_files // max(1, len(self.sources)))
+        stale_after = self.config.metrics.stale_after.total_seconds()
         for src in self.sources:
             src.watch()
             paths = src.scan(budget)
@@ -281,7 +283,11 @@ class Daemon:
                 else:
                     self.log.info("source_available", path=src.config.path)
             covered = self._report_empty(src, paths)
-            self.actions.source_health(src.config.label, src.problem is None and covered)
+            # A stall: bytes wait in one of its files and none was read for stale_after.
+            stalled = any(t.source is src and time.monotonic() - t.last_progress > stale_after
+                          for t in self.tracked.values())
+            self.actions.source_health(src.config.label,
+                                       src.problem is None and covered and not stalled)
             for path in paths:
                 if path in self.tracked:
                     continue
@@ -392,7 +398,10 @@ class Daemon:
                     self.log.warning("file_not_followed", path=path, problem=tracked.problem)
             busy = busy or bool(pieces)
             self._process(tracked, pieces, final=False)
-            self.actions.tail_lag(tracked.source.config.label, path, tracked.follower.pending_bytes)
+            if pieces or not tracked.follower.unread_bytes:
+                tracked.last_progress = time.monotonic()
+            self.actions.tail_lag(tracked.source.config.label, path,
+                                  tracked.follower.pending_bytes)
             if not os.path.exists(path) and not pieces and self._drained(tracked):
                 # Deleted, drained and quiet: a recreated file is picked up by the next scan.
                 tracked.follower.close()

@@ -154,6 +154,17 @@ class Follower:
         except OSError:
             return 0
 
+    @property
+    def unread_bytes(self) -> int:
+        """Bytes written that no read has taken yet (an unfinished last line, already
+        read and waiting for its newline, does not count)."""
+        if self._cur is None:
+            return 0
+        try:
+            return max(0, os.stat(self.path).st_size - self._cur.reader.position)
+        except OSError:
+            return 0
+
     def idle_seconds(self) -> float:
         """How long since any followed file (current or rotated) last grew."""
         cursors = [c for c in (self._cur, *self._rotated) if c is not None]
