@@ -36,7 +36,10 @@ def test_listing_bans_creates_nothing_and_takes_config_anywhere(tmp_path: Path) 
     cfg.write_text(f"state_dir: {state}\n")
     before = _run("bans", "list", "--config", str(cfg))
     after = _run("bans", "--config", str(cfg), "list")
-    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    first = _run("--config", str(cfg), "bans", "list")
+    assert before.returncode == after.returncode == first.returncode == 0, \
+        before.stderr + after.stderr + first.stderr
+    assert str(state) in first.stderr  # the config given first was used
     assert "no state yet" in before.stderr
     assert not state.exists()  # a command that only reads writes nothing
 

@@ -51,7 +51,8 @@ CONFIG_HELP = ("config file (none: $JFWATCH_CONFIG, else /etc/jfwatch/jfwatch.ym
 
 
 def _config_options(sp: argparse.ArgumentParser, *, rules: bool = True) -> None:
-    sp.add_argument("--config", type=Path, help=CONFIG_HELP)
+    # SUPPRESS: a --config given before the command is not reset by this level's default.
+    sp.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
     if rules:
         sp.add_argument("--rules", type=Path, action="append",
                         help="an extra rule directory (repeatable)")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     plain = argparse.ArgumentDefaultsHelpFormatter  # every --help shows the defaults
     p = argparse.ArgumentParser(prog="jfwatch", description=__doc__, formatter_class=plain)
     p.add_argument("--version", action="version", version=f"jfwatch {__version__}")
+    p.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)  # or after the command
     sub = p.add_subparsers(dest="command", required=True)
 
     sp = sub.add_parser("parse", formatter_class=plain, help="print one JSON event per recognised log line")
