@@ -198,3 +198,19 @@ def test_severity_reaches_the_phone_as_the_services_priority(tmp_path: Path) -> 
     priority = {m["title"].rsplit(" ", 1)[1]: h.get("X-Priority")
                 for m, h in zip(receiver.messages, receiver.headers, strict=True)}
     assert priority == {"203.0.113.1": "max", "203.0.113.2": None, "203.0.113.3": "low"}
+
+
+def test_critical_alerts_pass_quiet_hours_behind_any_number_of_held_ones(tmp_path: Path) -> None:
+    port = free_port()
+    receiver = Receiver(port)
+    receiver.start()
+    try:
+        outbox = _outbox(tmp_path, port, quiet_hours="23:00-07:00", max_per_rule_per_hour=100)
+        for i in range(60):  # more than one batch of held, non-critical alerts
+            outbox.enqueue(_alert("brute-force-ip", f"203.0.113.{i}"))
+        outbox.enqueue(_alert("injection-attempt", "198.51.100.1", severity="critical"))
+        assert outbox.deliver_due() == 1
+        assert outbox.counts["quiet"] == 60
+    finally:
+        receiver.stop()
+    assert [m["title"].rsplit(" ", 1)[1] for m in receiver.messages] == ["198.51.100.1"]

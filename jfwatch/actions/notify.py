@@ -181,17 +181,22 @@ class Outbox:
         is never sent it again.  Returns how many (alert, target) deliveries were made.
         """
         now = self.clock()
-        rows = self.store.db.execute(
-            "SELECT id, created, severity, tags, title, body FROM outbox WHERE delivered IS NULL "
-            "AND failed IS NULL AND next_try <= ? ORDER BY id LIMIT 50",
-            (now.timestamp(),)).fetchall()
-        sent = 0
-        for row_id, created, severity, tags, title, body in rows:
-            if severity != "critical" and self._quiet(now):
+        due = "FROM outbox WHERE delivered IS NULL AND failed IS NULL AND next_try <= ?"
+        quiet = self._quiet(now)
+        if quiet:  # held, counted once each; the critical ones go out (however many wait)
+            for (row_id,) in self.store.db.execute(
+                    f"SELECT id {due} AND severity != 'critical' LIMIT 10000",
+                    (now.timestamp(),)):
                 if row_id not in self._held_quiet:
                     self._held_quiet.add(row_id)
                     self.counts["quiet"] += 1
-                continue
+        critical_only = " AND severity = 'critical'" if quiet else ""
+        rows = self.store.db.execute(
+            f"SELECT id, created, severity, tags, title, body {due}{critical_only} "
+            "ORDER BY id LIMIT 50",
+            (now.timestamp(),)).fetchall()
+        sent = 0
+        for row_id, created, severity, tags, title, body in rows:
             # A stable reference: the same in a copy sent again after a crash or a
             # timeout (delivery is at least once), for a reader or a service to match.
             message = self._with_rdns(body) + f"\nRef: {self.server}/{row_id}"
