@@ -1,8 +1,9 @@
 """
 Exactly once through chaos: two sources (daily Jellyfin files, and a log renamed away by
-rotation, also while the daemon is down), failures and held successes, and at least 20
-SIGKILLs at random moments.  In the end every line's event is in the export exactly
-once, and every ban the state recorded is in the feed exactly once.
+rotation, also while the daemon is down, and files created and renamed away entirely while
+it is down), failures and held successes, and at least 20 SIGKILLs at random moments.  In
+the end every line's event is in the export exactly once, and every ban the state recorded
+is in the feed exactly once.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ class Writer:
                 self.day += 1  # tomorrow's file
                 self.daily().write_text("")
 
+    def unseen_file(self, tag: str, lines: int) -> list[str]:
+        """While the daemon is down: a new app.log written and renamed away before it can
+        ever see it.  The users of its lines."""
+        users = [f"{tag}-{j}" for j in range(lines)]
+        with self.lock:
+            self.rotations += 1
+            self.app.rename(self.app_dir / f"app.log.{self.rotations}")
+            self.app.write_text("".join(denied(u, ip="198.51.100.7") for u in users))
+            self.rotations += 1
+            self.app.rename(self.app_dir / f"app.log.{self.rotations}")
+            self.app.write_text("")
+        return users
+
     def rotate_app(self) -> None:
         """Rename the app log away (never overwriting an older one) and start a new one."""
         with self.lock:
@@ -89,18 +103,21 @@ def test_sigkills_and_rotations_lose_and_repeat_nothing(tmp_path: Path) -> None:
     run.start()
     thread = threading.Thread(target=write_all)
     thread.start()
-    kills = 0
+    kills, unseen = 0, []
     while not done.is_set() or kills < 20:
         time.sleep(rng.uniform(0.2, 1.0))
         run.stop(signal.SIGKILL)
         kills += 1
         if kills % 5 == 0:
             writer.rotate_app()  # rotated while the daemon is down
+        if kills % 7 == 0:  # created and rotated away while it is down, never seen
+            unseen += writer.unseen_file(f"x{kills}", 3)
         run.start()
     thread.join(timeout=120)
     assert done.is_set() and kills >= 20 and writer.rotations >= 6
 
-    run.wait_users(Counter({f"m{i:05d}": 1 for i in range(total)}), timeout=90)
+    assert len(unseen) >= 6
+    run.wait_users(Counter([*(f"m{i:05d}" for i in range(total)), *unseen]), timeout=90)
     assert run.stop() == 0
     feed = (tmp_path / "out" / "bans.log").read_text().splitlines()
     written = Counter(line.split()[3] for line in feed if " BAN " in line)

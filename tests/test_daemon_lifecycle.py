@@ -110,3 +110,35 @@ def test_sighup_with_hostile_config_keeps_the_daemon_running(tmp_path: Path) -> 
         run.wait_for(lambda n=number: run.users()[f"after-{n}"] == 1, what=f"line {number}")
     assert "bomb.yaml:2: YAML aliases" in run.log_text()
     assert run.stop() == 0
+
+
+def test_files_created_and_rotated_away_while_stopped_are_read_once(tmp_path: Path) -> None:
+    """While jfwatch is stopped: a rename rotation, a file created and renamed away
+    entirely, and a copytruncate; on start every line is read exactly once."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "app.log"
+    log.write_text(denied("before"))
+    run = DaemonRun(tmp_path, pattern="logs/app.log", start="beginning")
+    run.start()
+    run.wait_users(Counter({"before": 1}))
+    assert run.stop() == 0
+    append(log, denied("tail-of-1"))
+    log.rename(logs / "app.log.1")                      # known file, renamed
+    log.write_text(denied("unseen-a") + denied("unseen-b"))
+    log.rename(logs / "app.log.2")                      # created and renamed away, unseen
+    log.write_text(denied("current"))
+    run.start()
+    expected = Counter(dict.fromkeys(("before", "tail-of-1", "unseen-a", "unseen-b", "current"), 1))
+    run.wait_users(expected)
+    assert run.stop() == 0
+    append(log, denied("copied"))                       # copytruncate while stopped
+    (logs / "app.log.3").write_bytes(log.read_bytes())
+    with open(log, "r+b") as fh:
+        fh.truncate(0)
+    append(log, denied("after-truncate"))
+    run.start()
+    run.wait_users(expected + Counter({"copied": 1, "after-truncate": 1}))
+    time.sleep(1)  # nothing more arrives
+    assert run.users() == expected + Counter({"copied": 1, "after-truncate": 1})
+    assert run.stop() == 0

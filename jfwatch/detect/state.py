@@ -141,6 +141,13 @@ class StateStore:
         rows = self.db.execute("SELECT dev, ino, fingerprint, offset, path FROM file_offsets")
         return [SavedOffset(int(r[0]), int(r[1]), bytes(r[2]), int(r[3]), r[4]) for r in rows]
 
+    def last_commit_time(self) -> float | None:
+        """When an offset was last committed (epoch seconds): how long jfwatch was away."""
+        row = self.db.execute("SELECT MAX(updated) FROM file_offsets").fetchone()
+        if not row or not row[0]:
+            return None
+        return datetime.fromisoformat(f"{row[0]}+00:00").timestamp()
+
     def offset_of(self, dev: int, ino: int, fingerprint: bytes) -> int | None:
         """How far the file was read, if it was (a shorter fingerprint, taken while the
         file was shorter, is a prefix of the longer one)."""

@@ -47,7 +47,6 @@ class Actions:
         self.metrics_port: int | None = None
         self._events_path = config.events_file
         self._unwritten: dict[str, list[bytes]] = {}  # export lines by stream, until committed
-        self._restore_export()
         self._evictions_seen = 0
         self._future_seen = 0
         # Bans that were over before they could be written (backfill of old logs): their
@@ -71,6 +70,7 @@ class Actions:
         if self.feed is not None and self.feed.problem is not None:
             self._feed_fault(self.feed.problem)
         self._refresh_bans()
+        self.restore_export()  # last: metrics and alerts run even if it fails
 
     def stop(self) -> None:
         self.outbox.stop()
@@ -80,9 +80,9 @@ class Actions:
         self.config = config
         self._evictions_seen = self._future_seen = 0
 
-    def _restore_export(self) -> None:
+    def restore_export(self) -> None:
         """Cut the event export back to what the committed offsets account for (a first
-        start records the size it found)."""
+        start records the size it found): at start, and after a commit that failed."""
         if self._events_path is None:
             return
         size = self._events_path.stat().st_size if self._events_path.exists() else 0
@@ -90,8 +90,11 @@ class Actions:
         if committed is None:
             self.store.save_offsets([], {"events": size})
         elif size > committed:
-            with open(self._events_path, "r+b") as fh:
-                fh.truncate(committed)
+            try:
+                with open(self._events_path, "r+b") as fh:
+                    fh.truncate(committed)
+            except OSError as exc:
+                raise ExportFailed(f"{self._events_path}: {exc.strerror or exc}") from exc
 
     def unwritten(self, stream: Stream) -> int:
         """Events of this stream waiting for its commit."""

@@ -48,6 +48,8 @@ MAX_UNCOMMITTED_EVENTS = 10_000
 # latency: a read of an unchanged file is one fstat and an empty read, cheap enough at 4 Hz.
 IDLE_WAIT = 0.25
 STATE_RETRY_SECONDS = 5.0
+# Rotated names that hold compressed data: never read as text.
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Daemon:
         self._empty_reported: dict[str, list[str] | None] = {}
         self._commit_problem: tuple[str, str] | None = None  # part, problem
         self._status_at = 0.0
+        self._needs_restore = False  # the export must be cut back before the next read
 
     # -- lifecycle ----------------------------------------------------------------
     def install_signals(self) -> None:
@@ -148,6 +151,9 @@ class Daemon:
 
     def _pass(self) -> bool:
         """Read a block of every file, expire bans, housekeeping; whether lines were read."""
+        if self._needs_restore:
+            self.actions.restore_export()
+            self._needs_restore = False
         busy = self._read_all()
         self.actions.act(self.detector.expire(datetime.now(UTC)))
         self.actions.idle(self.detector)
@@ -202,6 +208,9 @@ class Daemon:
         self.tracked.clear()
         with contextlib.suppress(sqlite3.Error):
             self.store.db.rollback()
+        # Export lines written for a commit that then failed are cut off again before
+        # anything is read (retried on each pass until it works).
+        self._needs_restore = True
         self.detector = self.engine.detector = Detector(
             self.rules, settings_from_config(self.config), self.store)
         self.stop_event.wait(STATE_RETRY_SECONDS)
@@ -266,6 +275,42 @@ class Daemon:
                     self.store.forget_offset(row.dev, row.ino)  # gone: nothing left to read
                 elif found not in self.tracked:
                     self._track(src, found, row.offset, name=row.path)
+            self._drain_rotated_while_stopped(src, mine, siblings)
+
+    def _drain_rotated_while_stopped(self, src: Source, mine: list[SavedOffset],
+                                     siblings: list[str]) -> None:
+        """
+        Files written while jfwatch was stopped under a name it follows, and renamed away
+        before it came back (``app.log`` -> ``app.log.3``, or ``-20261130``): never seen,
+        so unknown by identity, and modified since the last commit.  Each is read from its
+        start, or from the saved offset when it is a copy of a file read before
+        (copytruncate: its first bytes are that file's).
+        """
+        since = self.store.last_commit_time()
+        if since is None:
+            return
+        names = {os.path.basename(row.path): row.path for row in mine}
+        for path in siblings:
+            base = os.path.basename(path)
+            name = next((full for short, full in names.items()
+                         if base.startswith((short + ".", short + "-"))), None)
+            if name is None or path in self.tracked or base.endswith(_COMPRESSED) or \
+                    fnmatch.fnmatchcase(path, src.config.path):  # the scan's own files
+                continue
+            try:
+                with open_regular(path) as fh:
+                    ident, modified = identity_of(fh), os.fstat(fh.fileno()).st_mtime
+            except OSError:
+                continue
+            if modified <= since or self.store.offset_of(ident.dev, ident.ino,
+                                                         ident.fingerprint) is not None or \
+                    any(t.follower.owns(ident) for t in self.tracked.values()):
+                continue
+            copied = next((row.offset for row in mine if row.fingerprint and
+                           ident.fingerprint.startswith(row.fingerprint)), 0)
+            self.log.info("reading_file_rotated_while_stopped", path=path, offset=copied)
+            self._track(src, path, copied, name=name)
+            self._commit(self.tracked[path], initial=True)  # known from now on, by identity
 
     def _scan(self) -> None:
         budget = max(1, self.config.max_open_files // max(1, len(self.sources)))
