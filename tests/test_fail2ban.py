@@ -52,6 +52,26 @@ def _feed_from_daemon(tmp_path: Path) -> Path:
     return feed
 
 
+def _fail2ban_dir(tmp_path: Path, actionban: str, actionunban: str = "") -> tuple[Path, Path, Path]:
+    """A private Fail2Ban configuration: the shipped filter, a recording action, a socket
+    and pid file of its own.  Returns (config dir, socket, pid file)."""
+    conf = tmp_path / "f2b"
+    for sub in ("filter.d", "action.d", "jail.d"):
+        (conf / sub).mkdir(parents=True)
+    shutil.copy(FILTER, conf / "filter.d" / "jfwatch.conf")
+    common = Path("/etc/fail2ban/filter.d/common.conf")
+    (conf / "filter.d" / "common.conf").write_text(
+        common.read_text() if common.exists() else "[DEFAULT]\n_daemon = \\S*\n")
+    (conf / "action.d" / "record.conf").write_text(
+        "[Definition]\nactionstart =\nactionstop =\nactioncheck =\n"
+        f"actionban = {actionban}\nactionunban = {actionunban}\n")
+    sock, pid = tmp_path / "f2b.sock", tmp_path / "f2b.pid"
+    (conf / "fail2ban.conf").write_text(
+        f"[Definition]\nloglevel = INFO\nlogtarget = {tmp_path / 'f2b.log'}\n"
+        f"socket = {sock}\npidfile = {pid}\ndbfile = :memory:\n")
+    return conf, sock, pid
+
+
 def test_fail2ban_regex_matches_every_ban_line_and_nothing_else(tmp_path: Path) -> None:
     """fail2ban-regex on a feed written during an injection attack: BAN lines only."""
     regex = require_tool("fail2ban-regex")
@@ -73,26 +93,13 @@ def test_real_fail2ban_bans_the_attacker_not_the_allow_listed(tmp_path: Path) ->
     """fail2ban-server with a private socket and a recording action enforces the feed."""
     server = require_tool("fail2ban-server")
     client = require_tool("fail2ban-client")
-    conf = tmp_path / "f2b"
-    (conf / "filter.d").mkdir(parents=True)
-    (conf / "action.d").mkdir()
-    shutil.copy(FILTER, conf / "filter.d" / "jfwatch.conf")
-    common = Path("/etc/fail2ban/filter.d/common.conf")
-    (conf / "filter.d" / "common.conf").write_text(
-        common.read_text() if common.exists() else "[DEFAULT]\n_daemon = \\S*\n")
     recorded = tmp_path / "banned-by-fail2ban.txt"
-    (conf / "action.d" / "record.conf").write_text(
-        "[Definition]\nactionstart =\nactionstop =\nactioncheck =\n"
-        f"actionban = echo <ip> >> {recorded}\nactionunban =\n")
-    sock, pid = tmp_path / "f2b.sock", tmp_path / "f2b.pid"
+    conf, sock, pid = _fail2ban_dir(tmp_path, f"echo <ip> >> {recorded}")
     feed_dir = tmp_path / "jf"
     feed_dir.mkdir()
     feed = feed_dir / "out" / "bans.log"
     feed.parent.mkdir(parents=True)
     feed.write_text("")
-    (conf / "fail2ban.conf").write_text(
-        f"[Definition]\nloglevel = INFO\nlogtarget = {tmp_path / 'f2b.log'}\n"
-        f"socket = {sock}\npidfile = {pid}\ndbfile = :memory:\n")
     (conf / "jail.conf").write_text(
         "[DEFAULT]\nbackend = polling\nusedns = no\n"
         f"[jfwatch]\nenabled = true\nfilter = jfwatch\nlogpath = {feed}\n"
@@ -139,23 +146,10 @@ def test_shipped_jail_starts_before_any_ban_and_bans_within_a_second(tmp_path: P
     run, log = start_daemon(tmp_path / "jf")
     feed = tmp_path / "jf" / "out" / "bans.log"
     assert feed.exists() and feed.read_text() == ""  # there before the first ban
-    conf = tmp_path / "f2b"
-    for sub in ("filter.d", "action.d", "jail.d"):
-        (conf / sub).mkdir(parents=True)
-    shutil.copy(FILTER, conf / "filter.d" / "jfwatch.conf")
-    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
-    common = Path("/etc/fail2ban/filter.d/common.conf")
-    (conf / "filter.d" / "common.conf").write_text(
-        common.read_text() if common.exists() else "[DEFAULT]\n_daemon = \\S*\n")
     recorded = tmp_path / "banned-by-fail2ban.txt"
-    (conf / "action.d" / "record.conf").write_text(
-        "[Definition]\nactionstart =\nactionstop =\nactioncheck =\n"
-        f"actionban = echo <ip> $(date +%%s.%%N) >> {recorded}\n"
-        f"actionunban = echo <ip> >> {tmp_path / 'unbanned-by-fail2ban.txt'}\n")
-    sock, pid = tmp_path / "f2b.sock", tmp_path / "f2b.pid"
-    (conf / "fail2ban.conf").write_text(
-        f"[Definition]\nloglevel = INFO\nlogtarget = {tmp_path / 'f2b.log'}\n"
-        f"socket = {sock}\npidfile = {pid}\ndbfile = :memory:\n")
+    conf, sock, pid = _fail2ban_dir(tmp_path, f"echo <ip> $(date +%%s.%%N) >> {recorded}",
+                                    f"echo <ip> >> {tmp_path / 'unbanned-by-fail2ban.txt'}")
+    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
     (conf / "jail.conf").write_text("[DEFAULT]\n")
     (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n")
     proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
