@@ -156,3 +156,18 @@ def test_a_wrapped_line_yields_the_bare_lines_events(sample: tuple[str, str], ki
             event["time"] = when
     assert [dict(e, time=e["time"].astimezone(UTC)) for e in wrapped] == \
         [dict(e, time=e["time"].astimezone(UTC)) for e in bare]
+
+
+def test_a_split_line_whose_end_never_came_is_released_at_the_end() -> None:
+    """A json-file entry cut short (the container died mid-line): held while more could
+    come, given up as it is on the final flush, so the stream never holds forever."""
+    parser = create_parser("jellyfin", context_for(None, UTC))
+    piece = orjson.dumps({"log": '[2026-05-22 10:00:00.000 +00:00] [INF] [9] Jellyfin.Server.'
+                          'Implementations.Users.UserManager: Authentication request for "bob" '
+                          'has been denied (IP: "203.0.113.5").', "stream": "stdout",
+                          "time": "2026-05-22T10:00:00Z"}).decode()
+    assert parser.feed(piece) == [] and parser.holding
+    assert parser.flush(force=False) == [] and parser.holding
+    events = parser.flush(force=True)
+    assert [(e.user, str(e.ip)) for e in events] == [("bob", "203.0.113.5")]
+    assert not parser.holding

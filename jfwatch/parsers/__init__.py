@@ -139,7 +139,11 @@ class Unwrapping:
         return [e for line in block[:end].decode().split("\n") for e in self.feed(line.rstrip("\r"))]
 
     def flush(self, *, force: bool) -> list[Event]:
-        return self.inner.flush(force=force)
+        # A split line whose last piece never came is a line too, at the end (else the
+        # stream would hold forever and its file never commit).
+        rest = self._joiner.take() if force else None
+        return [*(self.inner.feed(rest) if rest is not None else []),
+                *self.inner.flush(force=force)]
 
 
 def create_parser(fmt: str, ctx: StreamContext) -> StreamParser:

@@ -106,6 +106,14 @@ class Joiner:
         self._pieces, self._size = [], 0
         return whole
 
+    def take(self) -> str | None:
+        """What waits for its last piece, as it is (the end of input, or waited too long)."""
+        if not self._pieces:
+            return None
+        whole = "".join(self._pieces)
+        self._pieces, self._size = [], 0
+        return whole
+
     @property
     def waiting(self) -> bool:
         return bool(self._pieces)
