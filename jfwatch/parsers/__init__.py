@@ -14,7 +14,7 @@ from types import ModuleType
 
 from jfwatch.events import Event
 from jfwatch.parsers import authelia, authentik, caddy, jellyfin, nginx, traefik
-from jfwatch.parsers.base import StreamContext, StreamParser
+from jfwatch.parsers.base import StreamContext, StreamParser, feed_each_line
 from jfwatch.parsers.wrappers import Joiner, unwrap
 
 
@@ -79,7 +79,7 @@ class AutoParser:
         specs = {spec.name for line in head + tail for spec in PARSERS.values() if spec.sniff(line)}
         if len(specs) == 1:
             return self._parser(PARSERS[specs.pop()]).feed_block(block, end)
-        return [e for line in block[:end].decode().split("\n") for e in self.feed(line.rstrip("\r"))]
+        return feed_each_line(self, block, end)
 
     def flush(self, *, force: bool) -> list[Event]:
         return [e for p in self._parsers.values() for e in p.flush(force=force)]
@@ -136,7 +136,7 @@ class Unwrapping:
         first_end = block.find(b"\n", 0, end)
         if not self._is_wrapped(block[:end if first_end == -1 else first_end].decode()):
             return self.inner.feed_block(block, end)
-        return [e for line in block[:end].decode().split("\n") for e in self.feed(line.rstrip("\r"))]
+        return feed_each_line(self, block, end)
 
     def flush(self, *, force: bool) -> list[Event]:
         # A split line whose last piece never came is a line too, at the end (else the

@@ -123,6 +123,11 @@ def json_object(line: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def feed_each_line(parser: StreamParser, block: bytes, end: int) -> list[Event]:
+    """``block[:end]`` fed line by line: a parser's bulk path where it has no faster one."""
+    return [e for line in block[:end].decode().split("\n") for e in parser.feed(line.rstrip("\r"))]
+
+
 class StatelessParser:
     """Base for parsers whose result depends on one line only."""
 
@@ -138,7 +143,7 @@ class StatelessParser:
         return [event]
 
     def feed_block(self, block: bytes, end: int) -> list[Event]:
-        return [e for line in block[:end].decode().split("\n") for e in self.feed(line.rstrip("\r"))]
+        return feed_each_line(self, block, end)
 
     def parse(self, line: str) -> Event | None:  # pragma: no cover - overridden
         raise NotImplementedError
