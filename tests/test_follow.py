@@ -113,6 +113,6 @@ def test_an_unfinished_line_is_not_unread(tmp_path: Path) -> None:
     log, clock = tmp_path / "a.log", Clock()
     log.write_bytes(b"one\ntw")
     follower = Follower(str(log), clock=clock)
-    assert follower.unread_bytes == 6
+    assert follower.backlog() == (6, 6)
     assert _lines(follower) == [b"one"]
-    assert follower.unread_bytes == 0 and follower.pending_bytes == 2
+    assert follower.backlog() == (2, 0)  # lag 2, and nothing unread

@@ -133,9 +133,7 @@ class Outbox:
                 for tid, n, why in rows]
 
     def depth(self) -> int:
-        row = self.store.db.execute(
-            "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND failed IS NULL").fetchone()
-        return int(row[0])
+        return self.store.outbox_waiting()
 
     # -- consumer side (own thread) ------------------------------------------------
     def start(self) -> None:

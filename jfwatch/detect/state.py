@@ -183,6 +183,11 @@ class StateStore:
     def bans_active(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM bans").fetchone()[0])
 
+    def outbox_waiting(self) -> int:
+        """Alerts not yet delivered nor given up."""
+        return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND "
+                                   "failed IS NULL").fetchone()[0])
+
     def bans(self) -> list[BanRow]:
         rows = self.db.execute("SELECT ip, rule, since, until, level FROM bans ORDER BY until")
         return [_ban(r) for r in rows]

@@ -244,9 +244,7 @@ def _status_from_state(cfg: Config) -> dict[str, Any]:
     if not path.exists():
         return status | {"note": "no state yet: jfwatch has never run with this config"}
     store = StateStore(path, read_only=True)
-    waiting = store.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND "
-                               "failed IS NULL").fetchone()[0]
-    return status | {"bans_active": store.bans_active(), "outbox_waiting": int(waiting),
+    return status | {"bans_active": store.bans_active(), "outbox_waiting": store.outbox_waiting(),
                      "files": [{"path": row.path, "offset": row.offset}
                                for row in sorted(store.offsets(), key=lambda r: r.path)]}
 

@@ -177,7 +177,7 @@ class Daemon:
                          "files": sorted(p for p, t in self.tracked.items() if t.source is src),
                          "skipped": len(src.skipped)} for src in self.sources],
             "files": [{"path": path, "offset": t.follower.offset,
-                       "lag_bytes": t.follower.pending_bytes}
+                       "lag_bytes": t.follower.backlog()[0]}
                       for path, t in sorted(self.tracked.items())],
             "bans_active": self.store.bans_active(),
             "outbox_waiting": self.actions.outbox.depth(),
@@ -443,10 +443,10 @@ class Daemon:
                     self.log.warning("file_not_followed", path=path, problem=tracked.problem)
             busy = busy or bool(pieces)
             self._process(tracked, pieces, final=False)
-            if pieces or not tracked.follower.unread_bytes:
+            lag, unread = tracked.follower.backlog()
+            if pieces or not unread:
                 tracked.last_progress = time.monotonic()
-            self.actions.tail_lag(tracked.source.config.label, path,
-                                  tracked.follower.pending_bytes)
+            self.actions.tail_lag(tracked.source.config.label, path, lag)
             if not os.path.exists(path) and not pieces and self._drained(tracked):
                 # Deleted, drained and quiet: a recreated file is picked up by the next scan.
                 tracked.follower.close()

@@ -146,24 +146,16 @@ class Follower:
     def offset(self) -> int:
         return 0 if self._cur is None else self._cur.offset
 
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes written but not yet read (tail lag)."""
+    def backlog(self) -> tuple[int, int]:
+        """Bytes written after the committable offset (tail lag), and bytes no read has
+        taken yet (an unfinished last line, read and waiting for its newline, is not
+        among them): one stat for both."""
         try:
-            return max(0, os.stat(self.path).st_size - self.offset)
+            size = os.stat(self.path).st_size
         except OSError:
-            return 0
-
-    @property
-    def unread_bytes(self) -> int:
-        """Bytes written that no read has taken yet (an unfinished last line, already
-        read and waiting for its newline, does not count)."""
-        if self._cur is None:
-            return 0
-        try:
-            return max(0, os.stat(self.path).st_size - self._cur.reader.position)
-        except OSError:
-            return 0
+            return 0, 0
+        unread = 0 if self._cur is None else max(0, size - self._cur.reader.position)
+        return max(0, size - self.offset), unread
 
     def idle_seconds(self) -> float:
         """How long since any followed file (current or rotated) last grew."""
