@@ -15,7 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -172,3 +172,31 @@ def test_damaged_state_is_refused_with_a_recovery(tmp_path: Path, damage: str) -
     run2 = DaemonRun(tmp_path)
     run2.start()  # the documented recovery works
     assert run2.stop() == 0
+
+
+def test_a_ban_written_just_before_a_crash_is_not_written_again(tmp_path: Path) -> None:
+    """SIGKILL between writing a BAN line and recording it as written: on start the line is
+    found in the feed and the ban marked published, not written twice; a ban recorded but
+    never written is written once."""
+    from jfwatch.config.model import Config
+    from jfwatch.detect.decisions import Ban
+    from jfwatch.detect.detector import Detector, settings_from_config
+    from jfwatch.detect.state import StateStore
+    from jfwatch.engine.actions import Actions
+
+    now = datetime.now(UTC)
+    config = Config.model_validate({
+        "state_dir": str(tmp_path / "state"), "metrics": {"enabled": False},
+        "ban_feed": {"path": str(tmp_path / "out" / "bans.log")}})
+    store = StateStore(tmp_path / "state" / "state.db")
+    until = now + timedelta(hours=4)
+    store.record_ban("203.0.113.70", "brute-force-ip", now, until, 0)  # written, then killed
+    store.record_ban("203.0.113.71", "brute-force-ip", now, until, 0)  # killed before writing
+    actions = Actions(config, store)
+    assert actions.feed is not None
+    actions.feed.write(Ban("203.0.113.70", "brute-force-ip", now, until, 0), datetime.now(UTC))
+    actions.start()
+    actions.idle(Detector([], settings_from_config(config), store))
+    actions.stop()
+    assert _bans(tmp_path / "out" / "bans.log") == Counter({"203.0.113.70": 1, "203.0.113.71": 1})
+    assert StateStore(tmp_path / "state" / "state.db").unpublished_bans() == []

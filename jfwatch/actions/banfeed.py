@@ -24,6 +24,7 @@ from jfwatch.addresses import canonical
 from jfwatch.detect.decisions import Ban, Unban
 
 _RULE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_BAN_LINE = re.compile(r"^(?P<stamp>\S+) jfwatch\[\d+\]: BAN (?P<ip>\S+) rule=(?P<rule>\S+) ")
 
 
 def feed_address(ip: str) -> str:
@@ -115,26 +116,26 @@ class BanFeed:
         finally:
             os.close(fd)
 
-    def has_ban(self, ip: str, rule: str, since: datetime, tail_bytes: int = 1 << 20) -> bool:
-        """Whether a BAN line for this address and rule was written at ``since`` or later
-        (in the feed's last ``tail_bytes``): after a crash between writing a ban and
-        recording that it was written, it is not written twice."""
+    def last_bans(self, tail_bytes: int = 1 << 20) -> dict[tuple[str, str], datetime]:
+        """When each (address, rule) was last written as a BAN line, in the feed's last
+        ``tail_bytes`` (read once): after a crash between writing a ban and recording that
+        it was written, it is not written twice."""
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(max(0, os.fstat(fh.fileno()).st_size - tail_bytes))
                 tail = fh.read().decode("ascii", errors="replace").splitlines()
         except OSError:
-            return False
-        needle = f": BAN {feed_address(ip)} rule={rule} "
-        for line in reversed(tail):
-            if needle in line:
-                try:
-                    stamp = datetime.fromisoformat(line.split(" ", 1)[0])
-                except ValueError:
-                    continue
-                if stamp >= since.replace(microsecond=0):
-                    return True
-        return False
+            return {}
+        last: dict[tuple[str, str], datetime] = {}
+        for line in tail:
+            m = _BAN_LINE.match(line)
+            if m is None:
+                continue
+            try:
+                last[m["ip"], m["rule"]] = datetime.fromisoformat(m["stamp"])
+            except ValueError:
+                continue
+        return last
 
     def write_list(self, addresses: list[str]) -> None:
         if self.list_path is None:

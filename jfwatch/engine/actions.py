@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from jfwatch import log
-from jfwatch.actions.banfeed import BanFeed
+from jfwatch.actions.banfeed import BanFeed, feed_address
 from jfwatch.actions.metrics import Metrics
 from jfwatch.actions.notify import Outbox
 from jfwatch.config.model import Config
@@ -232,8 +232,11 @@ class Actions:
         """
         if self.feed is None:
             return
-        for ban, recorded in self.store.unpublished_bans():
-            if after_crash and self.feed.has_ban(ban.ip, ban.rule, recorded):
+        pending = self.store.unpublished_bans()
+        written = self.feed.last_bans() if after_crash and pending else {}
+        for ban, recorded in pending:
+            stamp = written.get((feed_address(ban.ip), ban.rule))
+            if stamp is not None and stamp >= recorded.replace(microsecond=0):
                 self.store.mark_published(ban.ip, ban.until)
                 continue
             self._write_feed(Ban(ban.ip, ban.rule, ban.since, ban.until, ban.level))
