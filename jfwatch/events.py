@@ -27,8 +27,6 @@ class EventKind(StrEnum):
     INJECTION_SUSPECTED = "injection_suspected"
 
 
-
-
 @dataclass(slots=True)
 class Event:
     """
@@ -54,6 +52,12 @@ class Event:
     status: int | None = None
     detail: str | None = None
     excerpt: str = ""
+    # Where the address is (``enrich.geo``): ISO 3166 country code, autonomous system,
+    # and with city-level data a city and (latitude, longitude).
+    country: str | None = None
+    asn: int | None = None
+    city: str | None = None
+    location: tuple[float, float] | None = None
 
     def json_line(self) -> bytes:
         """The event as one line of JSON (``jfwatch parse``, the event export), no newline."""
@@ -74,4 +78,7 @@ class Event:
             "status": self.status,
             "detail": self.detail,
             "excerpt": self.excerpt,
+            "country": self.country,
+            "asn": self.asn,
+            "city": self.city,
         }

@@ -154,6 +154,25 @@ class NotifyConfig(Strict):
     give_up_after: Annotated[Duration, between("1m", "30d")] = Duration.parse("2d")
 
 
+def _databases_open(paths: list[Path]) -> list[Path]:
+    """Every ``.mmdb`` must open now, not at the first public address."""
+    from jfwatch.enrich.geo import GeoError, open_databases
+
+    try:
+        open_databases(paths)
+    except GeoError as exc:
+        raise ValueError(f"cannot open the database: {exc}") from None
+    return paths
+
+
+class GeoConfig(Strict):
+    """Where addresses are, all looked up locally: the embedded country table, plus
+    optional MaxMind/DB-IP ``.mmdb`` files (City for cities and impossible travel, ASN)."""
+
+    enabled: bool = True
+    mmdb: Annotated[list[Path], AfterValidator(_databases_open)] = []
+
+
 class MetricsConfig(Strict):
     enabled: bool = True
     listen: str = "127.0.0.1"
@@ -192,6 +211,7 @@ class Config(Strict):
     ban: BanPolicy = BanPolicy()
     notify: NotifyConfig = NotifyConfig()
     metrics: MetricsConfig = MetricsConfig()
+    geo: GeoConfig = GeoConfig()
 
     @field_validator("allow", "trusted_proxies")
     @classmethod
@@ -248,6 +268,10 @@ def load_config(path: Path | None) -> tuple[Config, Path | None]:
         if isinstance(src, dict) and isinstance(src.get("path"), str) and \
                 not Path(src["path"]).is_absolute():
             src["path"] = str(base / src["path"])
+    geo = data.get("geo")
+    if isinstance(geo, dict) and isinstance(geo.get("mmdb"), list):
+        geo["mmdb"] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p
+                       for p in geo["mmdb"]]
     feed = data.get("ban_feed")
     if isinstance(feed, dict):
         for key in ("path", "list_path"):

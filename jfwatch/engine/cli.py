@@ -26,9 +26,10 @@ def cmd_parse(args: argparse.Namespace) -> int:
     """The engine without a detector: it imports no config models, state or rules."""
     from jfwatch.engine.engine import Engine
     from jfwatch.engine.oneshot import EventPrinter, read_files, summary
+    from jfwatch.enrich.geo import Geo
 
     printer = EventPrinter(sys.stdout)
-    read_files(Engine(printer), args.files, args.format, _tz(args.timezone),
+    read_files(Engine(printer, geo=Geo()), args.files, args.format, _tz(args.timezone),
                proxy_token_failures=args.token_failures)
     print(summary(printer.totals), file=sys.stderr)
     return 0

@@ -33,6 +33,7 @@ from jfwatch.detect.rules import Rule
 from jfwatch.detect.state import SavedOffset, StateStore
 from jfwatch.engine.actions import Actions, ExportFailed
 from jfwatch.engine.engine import Engine, Stream
+from jfwatch.enrich.geo import Geo
 from jfwatch.parsers import create_parser
 from jfwatch.sources.files import Source, find_by_identity, nearby_logs, sibling_paths
 from jfwatch.sources.follow import DRAIN_GRACE, Follower, Identity, Piece, identity_of, open_regular
@@ -80,7 +81,8 @@ class Daemon:
         self.store = StateStore(self.config.state_dir / "state.db")
         self.actions = Actions(self.config, self.store)
         self.detector = Detector(self.rules, settings_from_config(self.config), self.store)
-        self.engine = Engine(self.actions, self.detector)
+        self.engine = Engine(self.actions, self.detector,
+                             geo=Geo(self.config.geo.mmdb) if self.config.geo.enabled else None)
         self.actions.metrics.prepare(
             [(s.label, s.format) for s in self.config.sources],
             [(r.name, r.severity, r.actions.ban is not None) for r in self.rules],

@@ -20,6 +20,7 @@ from jfwatch.sources.lines import DEFAULT_MAX_LINE, Block, LineStats, decode, sp
 if TYPE_CHECKING:  # parse needs neither, nor the config models they bring in
     from jfwatch.detect.decisions import Decision
     from jfwatch.detect.detector import Detector
+    from jfwatch.enrich.geo import Geo
 
 _KIND_OF = attrgetter("kind")
 _TIME_OF = attrgetter("time")
@@ -89,14 +90,16 @@ def _count_kinds(events: list[Event], counts: LineStats) -> None:
 
 class Engine:
     """
-    Parse, detect, act.  ``in_event_time``: hold every event until ``finish`` and feed
-    the detector in time order (ties keep input order), as ``replay`` over several files
-    needs; otherwise (the daemon) events are detected as they arrive.
+    Parse, enrich (where each address is), detect, act.  ``in_event_time``: hold every
+    event until ``finish`` and feed the detector in time order (ties keep input order),
+    as ``replay`` over several files needs; otherwise (the daemon) events are detected
+    as they arrive.
     """
 
     def __init__(self, sink: Sink, detector: Detector | None = None, *,
-                 in_event_time: bool = False) -> None:
+                 in_event_time: bool = False, geo: Geo | None = None) -> None:
         self.sink, self.detector, self.in_event_time = sink, detector, in_event_time
+        self.geo = geo
         self._waiting: list[Event] = []
 
     def feed(self, stream: Stream, data: bytes) -> None:
@@ -110,6 +113,8 @@ class Engine:
         self.sink.lines(stream, counts)
         if not events:
             return
+        if self.geo is not None:
+            events = self.geo.enrich(events)
         self.sink.events(stream, events)
         if self.detector is None:
             return

@@ -95,12 +95,14 @@ def replay(files: Sequence[str], cfg: Config, rules: list[Rule], fmt: str = "aut
     from jfwatch.detect.detector import Detector, settings_from_config
     from jfwatch.detect.memory_state import MemoryState
     from jfwatch.detect.state import StateStore
+    from jfwatch.enrich.geo import Geo
 
     newest = newest_plausible_time(files)
     store = StateStore(state) if state else MemoryState()
     detector = Detector(rules, settings_from_config(cfg), store, lambda: newest)
     printer = printer or DecisionPrinter(None)
-    read_files(Engine(printer, detector, in_event_time=True), files, fmt,
+    geo = Geo(cfg.geo.mmdb) if cfg.geo.enabled else None
+    read_files(Engine(printer, detector, in_event_time=True, geo=geo), files, fmt,
                ZoneInfo(cfg.timezone), max_line=cfg.max_line)
     printer.future = detector.future_events
     return printer

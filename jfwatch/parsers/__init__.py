@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from jfwatch.events import Event
-from jfwatch.parsers import authelia, authentik, caddy, jellyfin, nginx, traefik
+from jfwatch.parsers import authelia, authentik, caddy, jellyfin, jellyfin_activity, nginx, traefik
 from jfwatch.parsers.base import StreamContext, StreamParser, feed_each_line
 from jfwatch.parsers.wrappers import Joiner, unwrap
 
@@ -33,7 +33,8 @@ def _spec(module: ModuleType) -> ParserSpec:
 # Order matters for auto-detection: Traefik CLF is nginx combined plus a tail.
 PARSERS: dict[str, ParserSpec] = {
     spec.name: spec
-    for spec in map(_spec, (jellyfin, authelia, authentik, caddy, traefik, nginx))
+    for spec in map(_spec, (jellyfin, jellyfin_activity, authelia, authentik, caddy, traefik,
+                            nginx))
 }
 FORMATS = ("auto", *PARSERS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any, Protocol
 
@@ -82,6 +82,8 @@ class StreamContext:
     file_date: date | None = None
     proxy_token_failures: bool = False
     quoting: str = "auto"  # Jellyfin only: auto | quoted (file sink) | raw (console sink)
+    # Jellyfin Activity Log only: Name templates by entry type, in the server's language.
+    activity_templates: dict[str, str] = field(default_factory=dict)
     # The time of the collector's wrapper around the line being parsed (set per line by
     # parsers.Unwrapping), for lines that carry only a clock.
     outer_time: datetime | None = None

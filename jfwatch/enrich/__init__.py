@@ -1,0 +1,1 @@
+"""Enrichment: what the engine adds to parsed events before detection (where an address is)."""
