@@ -173,6 +173,36 @@ class GeoConfig(Strict):
     mmdb: Annotated[list[Path], AfterValidator(_databases_open)] = []
 
 
+ActivityType = Literal["AuthenticationFailed", "AuthenticationSucceeded", "UserLockedOut"]
+
+
+class JellyfinApiConfig(Strict):
+    """
+    Jellyfin's Activity Log, polled (the ``jellyfin_api`` source): where every login came
+    from, also for servers whose log jfwatch cannot read.  The key (Dashboard > API Keys)
+    is read from ``api_key_file`` or the environment variable ``api_key_env``, never
+    from this file.
+    """
+
+    url: str = Field(pattern=r"^https?://[^\s/@]+(/[^\s@]*)?$")
+    name: str = Field("jellyfin-api", pattern=r"^[\w.@/ -]{1,64}$")
+    api_key_file: Path | None = None
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    poll_interval: Annotated[Duration, between("1s", "1h")] = Duration.parse("10s")
+    timeout: Annotated[Duration, between("1s", "5m")] = Duration.parse("10s")
+    page_size: int = Field(100, ge=10, le=1000)
+    start: Literal["end", "beginning"] = "end"
+    verify_tls: bool = True
+    # Entry Name templates in the server's UI language (en-US built in), {0}: the user.
+    name_templates: dict[ActivityType, Annotated[str, Field(pattern=r"^[^{}]*\{0\}[^{}]*$")]] = {}
+
+    @model_validator(mode="after")
+    def _one_key(self) -> JellyfinApiConfig:
+        if (self.api_key_file is None) == (self.api_key_env is None):
+            raise ValueError("set one of api_key_file and api_key_env")
+        return self
+
+
 class MetricsConfig(Strict):
     enabled: bool = True
     listen: str = "127.0.0.1"
@@ -192,6 +222,7 @@ class Config(Strict):
     # FFmpeg.*.log and upload_*.log files beside them.
     sources: list[SourceConfig] = [SourceConfig(path="/var/log/jellyfin/log_*.log"),
                                    SourceConfig(path="/var/log/jellyfin/jellyfin*.log")]
+    jellyfin_api: list[JellyfinApiConfig] = []
     allow: list[CIDR] = PRIVATE_RANGES
     trusted_proxies: list[CIDR] = []
     ipv6_prefix: int = Field(64, ge=8, le=128)
@@ -268,6 +299,10 @@ def load_config(path: Path | None) -> tuple[Config, Path | None]:
         if isinstance(src, dict) and isinstance(src.get("path"), str) and \
                 not Path(src["path"]).is_absolute():
             src["path"] = str(base / src["path"])
+    for api in data.get("jellyfin_api") or []:
+        if isinstance(api, dict) and isinstance(api.get("api_key_file"), str) and \
+                not Path(api["api_key_file"]).is_absolute():
+            api["api_key_file"] = str(base / api["api_key_file"])
     geo = data.get("geo")
     if isinstance(geo, dict) and isinstance(geo.get("mmdb"), list):
         geo["mmdb"] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p

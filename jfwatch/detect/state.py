@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_try REAL NOT NULL DEFAULT 0, done TEXT, outcome TEXT, last_error TEXT,
     PRIMARY KEY (outbox_id, target));
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, failed, next_try);
+CREATE TABLE IF NOT EXISTS api_cursors (
+    source TEXT PRIMARY KEY, last_id INTEGER NOT NULL, last_date TEXT, updated TEXT);
 """
 
 
@@ -158,13 +160,23 @@ class StateStore:
         short, long_ = sorted((bytes(row[0]), fingerprint), key=len)
         return int(row[1]) if long_.startswith(short) else None
 
-    def save_offsets(self, read: list[SavedOffset], sinks: dict[str, int]) -> None:
-        """Commit read positions together with the sizes of the files they produced."""
+    def save_offsets(self, read: list[SavedOffset], sinks: dict[str, int],
+                     cursors: dict[str, tuple[int, str | None]] | None = None) -> None:
+        """Commit read positions (of files, of API sources) together with the sizes of the
+        files they produced."""
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO file_offsets VALUES (?,?,?,?,?,"
                            "datetime('now'))",
                            [(r.dev, r.ino, r.fingerprint, r.offset, r.path) for r in read])
+            db.executemany("INSERT OR REPLACE INTO api_cursors VALUES (?,?,?,datetime('now'))",
+                           [(name, *c) for name, c in (cursors or {}).items()])
             db.executemany("INSERT OR REPLACE INTO sinks VALUES (?,?)", sinks.items())
+
+    def cursor(self, source: str) -> tuple[int, str | None] | None:
+        """An API source's last committed entry: its id and date."""
+        row = self.db.execute("SELECT last_id, last_date FROM api_cursors WHERE source=?",
+                              (source,)).fetchone()
+        return None if row is None else (int(row[0]), row[1])
 
     def forget_offset(self, dev: int, ino: int) -> None:
         with self.transaction() as db:

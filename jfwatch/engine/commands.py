@@ -161,6 +161,9 @@ def _run(args: argparse.Namespace, loaded: Loaded) -> int:
     except OSError as exc:
         logger.error("cannot_start", problem=str(exc))
         return 1
+    except ConfigError as exc:  # found only when starting (an API key that cannot be read)
+        logger.error("cannot_start", problems=exc.problems)
+        return 2
     daemon.install_signals()
     return daemon.run()
 

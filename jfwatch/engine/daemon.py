@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from jfwatch import log
 from jfwatch.config.errors import ConfigError
-from jfwatch.config.model import Config, SourceConfig
+from jfwatch.config.model import Config, JellyfinApiConfig, SourceConfig
 from jfwatch.detect.detector import Detector, settings_from_config
 from jfwatch.detect.rules import Rule
 from jfwatch.detect.state import SavedOffset, StateStore
@@ -35,8 +35,16 @@ from jfwatch.engine.actions import Actions, ExportFailed
 from jfwatch.engine.engine import Engine, Stream
 from jfwatch.enrich.geo import Geo
 from jfwatch.parsers import create_parser
+from jfwatch.parsers.base import StreamContext
 from jfwatch.sources.files import Source, find_by_identity, nearby_logs, sibling_paths
 from jfwatch.sources.follow import DRAIN_GRACE, Follower, Identity, Piece, identity_of, open_regular
+from jfwatch.sources.jellyfin_api import (
+    ActivityClient,
+    ActivityPoller,
+    ApiError,
+    Cursor,
+    read_api_key,
+)
 from jfwatch.sources.lines import context_for
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
@@ -68,6 +76,17 @@ class _Tracked:
 
 
 @dataclass
+class _Polled:
+    """An API source: its poller thread, its stream, and its last committed cursor."""
+
+    config: JellyfinApiConfig
+    poller: ActivityPoller
+    stream: Stream
+    cursor: Cursor | None
+    problem: str | None = None  # as last reported
+
+
+@dataclass
 class Daemon:
     config: Config
     rules: list[Rule]
@@ -84,10 +103,12 @@ class Daemon:
         self.engine = Engine(self.actions, self.detector,
                              geo=Geo(self.config.geo.mmdb) if self.config.geo.enabled else None)
         self.actions.metrics.prepare(
-            [(s.label, s.format) for s in self.config.sources],
+            [(s.label, s.format) for s in self.config.sources] +
+            [(api.name, "jellyfin_api") for api in self.config.jellyfin_api],
             [(r.name, r.severity, r.actions.ban is not None) for r in self.rules],
             list(self.actions.outbox.counts))
         self.sources = [Source(s, self.wake) for s in self.config.sources]
+        self.polled = [self._poller(api) for api in self.config.jellyfin_api]
         self.tracked: dict[str, _Tracked] = {}
         self._hup = False
         self._problems: dict[str, str | None] = {}
@@ -114,6 +135,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, hup)
 
     def run(self) -> int:
+        for polled in self.polled:
+            polled.poller.start()
         try:
             self.actions.start()
             self._resume()
@@ -157,6 +180,7 @@ class Daemon:
             self.actions.restore_export()
             self._needs_restore = False
         busy = self._read_all()
+        busy = self._take_polled() or busy
         self.actions.act(self.detector.expire(datetime.now(UTC)))
         self.actions.idle(self.detector)
         if time.monotonic() - self._status_at >= 1.0:
@@ -208,6 +232,9 @@ class Daemon:
             tracked.follower.close()
             self.actions.drop_unwritten(tracked.stream)
         self.tracked.clear()
+        for polled in self.polled:
+            polled.poller.rewind(polled.cursor)
+            self.actions.drop_unwritten(polled.stream)
         with contextlib.suppress(sqlite3.Error):
             self.store.db.rollback()
         # Export lines written for a commit that then failed are cut off again before
@@ -232,6 +259,10 @@ class Daemon:
             self._process(tracked, [], final=True)
         for src in self.sources:
             src.stop()
+        for polled in self.polled:
+            polled.poller.stop()
+        for polled in self.polled:
+            polled.poller.join(timeout=polled.config.timeout.total_seconds() + 1)
         self.actions.stop()
         self.log.info("stopped")
 
@@ -258,6 +289,59 @@ class Daemon:
                    if getattr(config, name) != getattr(self.config, name)]
         if pending:
             self.log.warning("restart_needed", changed=pending)
+
+    # -- the Activity Log ---------------------------------------------------------------
+    def _poller(self, api: JellyfinApiConfig) -> _Polled:
+        try:
+            key = read_api_key(str(api.api_key_file) if api.api_key_file else None,
+                               api.api_key_env)
+        except ApiError as exc:
+            raise ConfigError([f"jellyfin_api {api.name}: {exc}"]) from None
+        saved = self.store.cursor(api.name)
+        cursor = None if saved is None else Cursor(*saved)
+        client = ActivityClient(api.url, key, timeout=api.timeout.total_seconds(),
+                                verify=api.verify_tls)
+        poller = ActivityPoller(client, cursor, name=api.name,
+                                interval=api.poll_interval.total_seconds(),
+                                page_size=api.page_size, start=api.start, wake=self.wake)
+        ctx = StreamContext(activity_templates={str(k): v for k, v in api.name_templates.items()})
+        stream = Stream(api.name, create_parser("jellyfin_activity", ctx), self.config.max_line,
+                        key=f"api:{api.name}", fmt="jellyfin_api")
+        return _Polled(api, poller, stream, cursor)
+
+    def _take_polled(self) -> bool:
+        """Each API source's batch, if one waits: through the engine, then committed with
+        its cursor.  A batch that does not start at the committed cursor was built before
+        a rewind: dropped, and the poller starts again from the cursor."""
+        busy = False
+        for polled in self.polled:
+            self._report_api(polled)
+            batch = polled.poller.take()
+            if batch is None:
+                continue
+            if batch.after != polled.cursor:
+                polled.poller.rewind(polled.cursor)
+                continue
+            busy = True
+            self.engine.feed(polled.stream, batch.data)
+            self.engine.flush(polled.stream, force=True)
+            sizes = self.actions.write_export(polled.stream)
+            cursor = batch.cursor
+            self.store.save_offsets([], sizes, {polled.config.name: (cursor.last_id,
+                                                                     cursor.last_date)})
+            polled.cursor = batch.cursor
+        return busy
+
+    def _report_api(self, polled: _Polled) -> None:
+        problem = polled.poller.problem
+        if problem != polled.problem:
+            polled.problem = problem
+            if problem:
+                self.log.warning("source_unavailable", source=polled.config.name,
+                                 url=polled.config.url, problem=problem, retry="with backoff")
+            else:
+                self.log.info("source_available", source=polled.config.name)
+        self.actions.source_health(polled.config.name, problem is None)
 
     # -- files ----------------------------------------------------------------------
     def _resume(self) -> None:

@@ -1,0 +1,323 @@
+"""
+The ``jellyfin_api`` source: Jellyfin's Activity Log, polled over HTTP.
+
+``GET /System/ActivityLog/Entries`` lists entries newest first, ``minDate`` filtered and
+paged by ``startIndex``/``limit``.  Each round asks for entries since the last one taken
+(minus a minute of slack), then walks the pages from the oldest end, so every batch is
+in ascending id order and small.  An entry added while the walk goes on pushes the older
+ones down a place: every answer carries ``TotalRecordCount``, and a changed count moves
+the walk by as much, so nothing is skipped; ids at or below the last one taken are
+dropped, so nothing is taken twice.
+
+Each batch goes to the daemon as JSON lines (``parsers.jellyfin_activity``) with the
+cursor after it, and is committed with the event export: a batch continues where the
+committed one ended or it is dropped and the walk starts again from there (after a
+crash, a failed commit or a server restart in the middle of paging).
+
+The API key goes in the ``Authorization`` header only (never a URL, a log line or an
+error message).  Fetching runs in its own thread: a slow or absent server never holds
+up the files.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+
+from jfwatch import log
+from jfwatch.parsers.base import parse_iso
+from jfwatch.parsers.jellyfin_activity import RESOLVED_USER
+
+ENTRIES = "/System/ActivityLog/Entries"
+SLACK = timedelta(minutes=1)  # entries written in the same second as the last one taken
+MAX_RESHUFFLES = 10  # count changes in a row before a round gives up (retried later)
+BACKOFF_MAX = 300.0
+# The fields a detection needs: Overview can be long, and nothing else is read.
+_KEPT = ("Id", "Type", "Date", "Name", "ShortOverview", "UserId", "Severity")
+
+
+class ApiError(Exception):
+    """The server could not be asked, or answered with something unusable.  The message
+    says what, never the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """The last entry taken: its id and date (as the server wrote it)."""
+
+    last_id: int
+    last_date: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Entries after ``after`` up to ``cursor``, as JSON lines."""
+
+    after: Cursor | None
+    cursor: Cursor
+    data: bytes
+    entries: int
+
+
+def read_api_key(key_file: str | None, key_env: str | None) -> str:
+    """The API key, from a file (first line) or the environment; ApiError names where
+    it looked, never what it found."""
+    if key_file:
+        try:
+            with open(key_file, encoding="utf-8") as fh:
+                key = fh.readline().strip()
+        except OSError as exc:
+            raise ApiError(f"cannot read the API key file {key_file}: {exc.strerror}") from None
+        if not key:
+            raise ApiError(f"the API key file {key_file} is empty")
+        return key
+    key = os.environ.get(key_env or "", "").strip()
+    if not key:
+        raise ApiError(f"the environment variable {key_env} holding the API key is not set")
+    return key
+
+
+class ActivityClient:
+    """The HTTP side: one page of entries, and the server's user names."""
+
+    def __init__(self, url: str, key: str, *, timeout: float = 10.0, verify: bool = True,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if '"' in key or "\n" in key:
+            raise ApiError("the API key holds a quote or a line break: not a Jellyfin key")
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), timeout=timeout, verify=verify, transport=transport,
+            follow_redirects=False, headers={
+                # The only form 12.0 accepts by default; the legacy ones put the key in
+                # URLs and access logs.
+                "Authorization": f'MediaBrowser Client="jfwatch", Token="{key}"',
+                "Accept": "application/json"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def page(self, start: int, limit: int, min_date: datetime | None) -> tuple[list[Any], int]:
+        """Entries ``start`` to ``start + limit`` (newest first) and how many there are."""
+        params: dict[str, str | int] = {"startIndex": start, "limit": limit}
+        if min_date is not None:
+            params["minDate"] = min_date.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        doc = self._get(ENTRIES, params)
+        items, total = (doc.get("Items"), doc.get("TotalRecordCount")) \
+            if isinstance(doc, dict) else (None, None)
+        if not isinstance(items, list) or not isinstance(total, int) or isinstance(total, bool):
+            raise ApiError("malformed answer: no Items list and TotalRecordCount")
+        return items, total
+
+    def user_names(self) -> dict[str, str]:
+        """Names by user id (ids without dashes, lower case)."""
+        doc = self._get("/Users", {})
+        if not isinstance(doc, list):
+            raise ApiError("malformed answer to /Users: not a list")
+        return {_guid(u["Id"]): u["Name"] for u in doc if isinstance(u, dict)
+                and isinstance(u.get("Id"), str) and isinstance(u.get("Name"), str)}
+
+    def _get(self, path: str, params: dict[str, str | int]) -> Any:
+        try:
+            answer = self._http.get(path, params=params)
+        except httpx.TimeoutException:
+            raise ApiError("the server did not answer in time") from None
+        except httpx.HTTPError as exc:  # refused, reset, DNS, TLS
+            raise ApiError(f"cannot reach the server: {type(exc).__name__}") from None
+        if answer.status_code in (401, 403):
+            raise ApiError(f"the server refused the API key (HTTP {answer.status_code}): "
+                           "create one in Dashboard > API Keys") from None
+        if answer.status_code != 200:
+            raise ApiError(f"HTTP {answer.status_code} from {path}")
+        try:
+            return orjson.loads(answer.content)
+        except orjson.JSONDecodeError:
+            raise ApiError(f"malformed answer from {path}: not JSON") from None
+
+
+def _guid(text: str) -> str:
+    return text.replace("-", "").lower()
+
+
+def _entry_id(entry: object) -> int | None:
+    value = entry.get("Id") if isinstance(entry, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class ActivityPoller(threading.Thread):
+    """
+    Polls one server every ``interval`` seconds (``backoff`` doubling up to 5 minutes
+    while it fails) and hands batches to the daemon through ``take``.  ``problem`` is
+    the last failure, None while the server answers.
+    """
+
+    def __init__(self, client: ActivityClient, cursor: Cursor | None, *, name: str,
+                 interval: float, page_size: int = 100, start: str = "end",
+                 wake: threading.Event | None = None) -> None:
+        super().__init__(name=f"poll-{name}", daemon=True)
+        self.client, self.interval, self.page_size = client, interval, page_size
+        self.start_at_end = start == "end"
+        self.problem: str | None = None
+        self.polls = 0
+        self._cursor = cursor
+        self._rewind: Cursor | bool | None = False  # False: none asked
+        self._batches: queue.Queue[Batch] = queue.Queue(maxsize=1)
+        self._stop_event = threading.Event()
+        self._wake = wake
+        self._names: dict[str, str] = {}
+        self._names_round = -1
+        self._lock = threading.Lock()
+        self.log = log.get("jfwatch.api")
+
+    # -- the daemon's side --------------------------------------------------------
+    def take(self) -> Batch | None:
+        try:
+            return self._batches.get_nowait()
+        except queue.Empty:
+            return None
+
+    def rewind(self, cursor: Cursor | None) -> None:
+        """Start again from ``cursor`` (the last committed): batches handed out after it
+        were not committed."""
+        with self._lock:
+            self._rewind = cursor
+        self.take()  # a batch waiting was built on the old position
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    # -- the thread ----------------------------------------------------------------
+    def run(self) -> None:
+        backoff = self.interval
+        while not self._stop_event.is_set():
+            try:
+                self.poll_once()
+            except ApiError as exc:
+                self._report(str(exc))
+                backoff = min(max(backoff, self.interval) * 2, BACKOFF_MAX)
+                self._stop_event.wait(backoff)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug must not end polling silently
+                self._report(f"unexpected error: {exc!r}")
+                self._stop_event.wait(BACKOFF_MAX)
+                continue
+            self._report(None)
+            backoff = self.interval
+            self._stop_event.wait(self.interval)
+        self.client.close()
+
+    def _report(self, problem: str | None) -> None:
+        if problem != self.problem:
+            self.problem = problem
+            if self._wake is not None:
+                self._wake.set()  # the daemon reports health changes
+
+    def poll_once(self) -> None:
+        """One round: every entry since the cursor, in batches; or at the first start,
+        just where the log ends now (``start: end``)."""
+        self.polls += 1
+        self._take_rewind()
+        if self._cursor is None and self.start_at_end:
+            items, _ = self.client.page(0, 1, None)
+            newest = items[0] if items else None
+            cursor = Cursor(_entry_id(newest) or 0,
+                            newest.get("Date") if isinstance(newest, dict) else None)
+            self._hand_over(Batch(None, cursor, b"", 0))
+            return
+        for batch in self._walk():
+            if not self._hand_over(batch):
+                return
+
+    def _take_rewind(self) -> bool:
+        with self._lock:
+            rewind, self._rewind = self._rewind, False
+        if rewind is False:
+            return False
+        self._cursor = rewind  # type: ignore[assignment]  # a Cursor or None
+        return True
+
+    def _hand_over(self, batch: Batch) -> bool:
+        """Wait for the daemon to take the batch; False if the walk must stop (asked to
+        rewind, or stopping)."""
+        while not self._stop_event.is_set():
+            if self._take_rewind():
+                return False
+            try:
+                self._batches.put(batch, timeout=0.2)
+            except queue.Full:
+                continue
+            self._cursor = batch.cursor
+            if self._wake is not None:
+                self._wake.set()
+            return True
+        return False
+
+    def _walk(self) -> Iterator[Batch]:
+        """Batches of new entries, oldest first."""
+        after = self._cursor
+        last_id = after.last_id if after else 0
+        min_date = _date(after.last_date) if after else None
+        since = None if min_date is None else min_date - SLACK
+        newest, total = self.client.page(0, 1, since)
+        if newest and after is not None and (_entry_id(newest[0]) or 0) < last_id:
+            # The server's log starts again at lower ids (a new database): take what is
+            # newer than the last entry by date.
+            self.log.warning("activity_log_restarted", last_id=last_id,
+                             newest_id=_entry_id(newest[0]))
+            last_id = 0
+        size = min(self.page_size, total)
+        start = total - size
+        reshuffles = 0
+        while size > 0:
+            items, now_total = self.client.page(start, size, since)
+            if now_total != total:
+                # Entries came (or went) since the count: ours moved by as many places.
+                reshuffles += 1
+                if reshuffles > MAX_RESHUFFLES:
+                    raise ApiError("the activity log changes faster than it can be paged")
+                start = max(0, start + now_total - total)
+                total = now_total
+                continue
+            reshuffles = 0
+            fresh = sorted(((i, e) for e in items if (i := _entry_id(e)) is not None
+                            and i > last_id), key=lambda pair: pair[0])
+            if fresh:
+                entries = [e for _, e in fresh]
+                self._resolve_users(entries)
+                last = entries[-1]
+                cursor = Cursor(fresh[-1][0], last.get("Date") if isinstance(
+                    last.get("Date"), str) else (after.last_date if after else None))
+                data = b"".join(orjson.dumps({k: e[k] for k in (*_KEPT, RESOLVED_USER)
+                                              if k in e}) + b"\n" for e in entries)
+                yield Batch(after, cursor, data, len(entries))
+                after, last_id = cursor, cursor.last_id
+            if start == 0:
+                return
+            size = min(self.page_size, start)
+            start -= size
+
+    def _resolve_users(self, entries: list[dict[str, Any]]) -> None:
+        """Add the name of each entry's user (any UI language): ``Name`` is localised."""
+        ids = {_guid(e["UserId"]) for e in entries if isinstance(e.get("UserId"), str)}
+        ids.discard("0" * 32)  # failures: no user
+        if ids - self._names.keys() and self._names_round != self.polls:
+            self._names_round = self.polls  # once a round: a deleted user stays unknown
+            try:
+                self._names.update(self.client.user_names())
+            except ApiError as exc:  # the names fall back to Name's template
+                self.log.debug("user_names_unavailable", problem=str(exc))
+        for entry in entries:
+            uid = entry.get("UserId")
+            name = self._names.get(_guid(uid)) if isinstance(uid, str) else None
+            if name is not None:
+                entry[RESOLVED_USER] = name
+
+
+def _date(text: str | None) -> datetime | None:
+    return parse_iso(text, UTC) if text else None
