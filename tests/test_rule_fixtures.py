@@ -19,6 +19,7 @@ from jfwatch.detect.rules import load_rules, shipped_rules_dir
 from jfwatch.engine.oneshot import replay
 
 from conftest import ROOT
+from mmdb import write_db
 
 FIXTURES = ROOT / "tests" / "golden" / "rules"
 SHIPPED = sorted(p.stem for p in shipped_rules_dir().glob("*.yaml"))
@@ -29,13 +30,18 @@ def _matches(alert: Alert, want: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_rule_fixture(name: str) -> None:
-    """The fixture's log raises every expected alert and none of the forbidden ones."""
+def test_rule_fixture(name: str, tmp_path: Path) -> None:
+    """The fixture's log raises every expected alert and none of the forbidden ones.
+    A fixture's ``geo`` (network -> place) becomes a real City database for its replay."""
     case_dir = FIXTURES / name
     assert (case_dir / "case.yaml").exists(), f"rule {name} has no replay fixture"
     case = yaml.safe_load((case_dir / "case.yaml").read_text())
     rules = load_rules([])
-    alerts = [d for d in replay([str(case_dir / "input.log")], Config(), rules).decisions
+    cfg = Config()
+    if "geo" in case:
+        db = write_db(tmp_path / "city.mmdb", case["geo"])
+        cfg = Config.model_validate({"geo": {"mmdb": [str(db)]}})
+    alerts = [d for d in replay([str(case_dir / "input.log")], cfg, rules).decisions
               if isinstance(d, Alert)]
     for want in case["must"]:
         assert want["rule"] == name

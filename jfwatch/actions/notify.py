@@ -35,10 +35,14 @@ def render(alert: Alert, server: str, tz: tzinfo = UTC) -> tuple[str, str]:
     """Title short enough for a lock screen, and a body a person can act on, its times in
     the configured zone."""
     who = alert.ip or (f"user {alert.user}" if alert.user else "unknown source")
+    if alert.ip and alert.country:
+        who += f" ({alert.country})"
     title = f"[{server}] {alert.rule}: {who}"[:80]
     lines = [alert.description, ""]
     if alert.ip:
-        lines.append(f"Address: {alert.ip}")
+        lines.append(f"Address: {alert.ip}{_place(alert)}")
+    if alert.detail:
+        lines.append(alert.detail)
     if alert.user:
         lines.append(f"User: {alert.user}")
     if alert.users:
@@ -53,6 +57,14 @@ def render(alert: Alert, server: str, tz: tzinfo = UTC) -> tuple[str, str]:
         lines.append(f"Not banned: {alert.not_banned_reason}")
     lines.append(f"Rule: {alert.rule} (severity {alert.severity}) on {server}")
     return title, redact("\n".join(lines))
+
+
+def _place(alert: Alert) -> str:
+    """`` (Berlin, DE, AS3320)``: where the address is, as far as the data says."""
+    parts = [p for p in (alert.city, alert.country) if p]
+    if alert.asn is not None:
+        parts.append(f"AS{alert.asn}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 class Outbox:

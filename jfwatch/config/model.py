@@ -235,6 +235,9 @@ class Config(Strict):
     # Event time is attacker input: an event dated further ahead of the wall clock than
     # this is counted as forged or wrongly clocked (any event ahead is taken at "now").
     future_tolerance: Annotated[Duration, between("0s", "1d")] = Duration.parse("5m")
+    # One authentication in Jellyfin's log and in its Activity Log (jellyfin_api) within
+    # this time is counted once by rules; 0s turns it off.
+    dedup_window: Annotated[Duration, between("0s", "1m")] = Duration.parse("5s")
     # Optional JSON-lines copy of every event (SIEM export, debugging); written
     # exactly once per line even across crashes (its length is committed with offsets).
     events_file: Path | None = None

@@ -31,6 +31,10 @@ class Alert:
     not_banned_reason: str | None = None
     users: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
+    country: str | None = None  # of ``ip``
+    asn: int | None = None
+    city: str | None = None
+    detail: str | None = None  # what the rule type adds (impossible_travel: how far, how fast)
     samples: tuple[str, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -42,7 +46,8 @@ class Alert:
             "description": self.description, "tags": list(self.tags), "simulate": self.simulate,
             "ban_until": self.ban_until if self.ban_until else None,
             "not_banned_reason": self.not_banned_reason, "users": list(self.users),
-            "kinds": list(self.kinds), "samples": list(self.samples),
+            "kinds": list(self.kinds), "country": self.country, "asn": self.asn,
+            "city": self.city, "detail": self.detail, "samples": list(self.samples),
         }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import math
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -24,7 +25,8 @@ from typing import Protocol
 
 from jfwatch.addresses import Network, network, networks
 from jfwatch.config.model import PRIVATE_RANGES, Config
-from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
+from jfwatch.detect.decisions import Alert, Ban, Decision, Unban, format_duration_s
+from jfwatch.detect.dedup import RecentLogins, Seen
 from jfwatch.detect.rules import Match, Rule
 from jfwatch.detect.state import BanRow
 from jfwatch.events import Event, EventKind, IPAddress
@@ -77,6 +79,9 @@ class DetectorSettings:
     # An event dated further ahead of the clock than this is counted as forged or
     # wrongly clocked (anything ahead is taken at the clock's time either way).
     future_tolerance: timedelta = timedelta(minutes=5)
+    # One authentication reported by two parsers (the log and the Activity Log) within
+    # this time is counted once (``dedup``); zero turns it off.
+    dedup_window: timedelta = timedelta(seconds=5)
 
 
 class NetSet:
@@ -147,6 +152,12 @@ def compile_match(match: Match, settings: DetectorSettings, kind: str | None = N
     if match.has_user is not None:
         has_user = match.has_user
         checks.append(lambda e: (e.user is not None) == has_user)
+    if match.country is not None:
+        countries = frozenset(match.country)
+        checks.append(lambda e: e.country in countries)
+    if match.not_country is not None:
+        excluded = frozenset(match.not_country)
+        checks.append(lambda e: e.country is not None and e.country not in excluded)
     if not checks:
         return True
     combined = checks[0]
@@ -210,6 +221,7 @@ class _Group:
     values: list[str] | None = None
     kinds: int = 0
     last_alert: int | None = None
+    place: tuple[int, float, float] | None = None  # impossible_travel: time, lat, lon
 
     def clear(self) -> None:
         if self.times is not None:
@@ -258,6 +270,7 @@ class _CompiledRule:
     # stretch, the cooldown is not longer than the window).
     idle: int
     bans: bool  # the rule has a ban action (its keys are evicted last among equals)
+    needs_address: bool  # counts only events with an address (see dedup)
 
 
 @dataclass(slots=True)
@@ -294,6 +307,10 @@ class Detector:
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
         self._steps = self._index_rules()
+        # The same, for a second report of an authentication that brings its address.
+        self._address_steps = {kind: [entry for entry in entries if entry[0].c.needs_address]
+                               for kind, entries in self._steps.items()}
+        self._recent = RecentLogins(micros(settings.dedup_window))
         # A key with no event for this long holds nothing any rule still needs.
         self._horizon = max((max(c.window, c.cooldown) for c in self.rules), default=0)
         self._keys: dict[str, _Key] = {}
@@ -311,13 +328,15 @@ class Detector:
 
     def _compile(self, rule: Rule) -> _CompiledRule:
         handler = {"threshold": self._threshold, "new_value": self._new_value,
-                   "trigger": self._trigger, "sequence": self._sequence}[rule.type]
+                   "trigger": self._trigger, "sequence": self._sequence,
+                   "impossible_travel": self._travel}[rule.type]
         window, cooldown = micros(rule.window), micros(rule.cooldown)
         first_count = rule.first.count if rule.first is not None else 0
         group_by = tuple(sorted(set(rule.group_by)))
         return _CompiledRule(rule, rule.name, group_by, "|".join(group_by), handler,
                              window, cooldown, rule.threshold, rule.distinct, first_count,
-                             max(0, cooldown - window), rule.actions.ban is not None)
+                             max(0, cooldown - window), rule.actions.ban is not None,
+                             rule.needs_address())
 
     def _index_rules(self) -> dict[str, list[_Entry]]:
         """For each kind, the rules its events can concern, narrowed to that kind."""
@@ -345,6 +364,11 @@ class Detector:
     def tracked_groups(self) -> int:
         return self._group_count
 
+    @property
+    def duplicates(self) -> int:
+        """Second reports of one authentication (counted once)."""
+        return self._recent.duplicates
+
     # -- public -----------------------------------------------------------------
     def feed(self, event: Event) -> list[Decision]:
         """Process one event; windows use ``event.time``, never later than the clock."""
@@ -360,6 +384,11 @@ class Detector:
         if not steps:
             return out
         now = micros(event.time)
+        seen = self._recent.classify(event, now)
+        if seen is not Seen.NEW:
+            if seen is Seen.DUPLICATE:
+                return out
+            steps = self._address_steps[event.kind]
         self._touched.clear()
         keys = self._event_keys(event)
         for step, group_by, reset, match, handler in steps:
@@ -591,14 +620,9 @@ class Detector:
 
     def _new_value(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
-        if c.rule.field == "ip":
-            if event.ip is None:
-                return []
-            value = str(event.ip)
-        else:
-            if event.user is None:
-                return []
-            value = event.user.casefold()
+        value = _value_of(c.rule.field, event)
+        if value is None:
+            return []
         known_before = self.store.has_values(c.name, key)
         is_new = self.store.remember(c.name, key, value, event.time)
         if not (is_new and known_before):
@@ -607,6 +631,27 @@ class Detector:
         assert group is not None
         return self._fire(c, event, key, now, group, 1, now, users=(), kinds=(event.kind,))
 
+    def _travel(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
+        """Two events of a group from places farther apart than the rule's speed allows
+        in the time between them.  Needs coordinates (a City database)."""
+        if event.location is None:
+            return []
+        c = step.c
+        group = self._group(c, key, now, create=True)
+        assert group is not None
+        before, group.place = group.place, (now, *event.location)
+        if before is None:
+            return []
+        km = distance_km(before[1:], event.location)
+        hours = max(now - before[0], 1) / 3.6e9
+        rule = c.rule
+        if km < rule.min_distance_km or km / hours <= rule.max_speed_kmh:
+            return []
+        return self._fire(c, event, key, now, group, 2, before[0], users=(),
+                          kinds=(event.kind,),
+                          detail=f"{km:,.0f} km in {format_duration_s(round(hours * 3600))}"
+                                 f" ({km / hours:,.0f} km/h)")
+
     # -- firing -----------------------------------------------------------------
     def _key_fields(self, group_by: tuple[str, ...], event: Event) -> dict[str, str]:
         """An alert's group key as fields, e.g. ``{"ip": "2001:db8::/64"}``."""
@@ -614,8 +659,8 @@ class Detector:
         return {name: keys[name].partition("=")[2] for name in group_by}
 
     def _fire(self, c: _CompiledRule, event: Event, key: str, now: int, group: _Group,
-              count: int, first: int, *, users: tuple[str, ...], kinds: tuple[str, ...]
-              ) -> list[Decision]:
+              count: int, first: int, *, users: tuple[str, ...], kinds: tuple[str, ...],
+              detail: str | None = None) -> list[Decision]:
         rule = c.rule
         if group.last_alert is not None and c.cooldown and now - group.last_alert < c.cooldown:
             return []
@@ -647,8 +692,8 @@ class Detector:
             first_time=event.time - (now - first) * _MICROSECOND, last_time=event.time,
             tags=tuple(rule.actions.notify.tags) if rule.actions.notify else (),
             simulate=rule.simulate, ban_until=ban_until, not_banned_reason=reason,
-            users=users, kinds=kinds,
-            samples=(event.excerpt,))
+            users=users, kinds=kinds, country=event.country, asn=event.asn, city=event.city,
+            detail=detail, samples=(event.excerpt,))
         return [alert, *out]
 
     def _ban(self, rule: Rule, event: Event, active: BanRow | None
@@ -680,6 +725,28 @@ class Detector:
         return Ban(ip, rule.name, event.time, until, level), None
 
 
+def _value_of(field: str | None, event: Event) -> str | None:
+    """What a new_value rule remembers of an event (None: the event has none)."""
+    if field == "ip":
+        return None if event.ip is None else str(event.ip)
+    if field == "user":
+        return None if event.user is None else event.user.casefold()
+    if field == "country":
+        return event.country
+    return None if event.asn is None else str(event.asn)
+
+
+EARTH_RADIUS_KM = 6371.0
+
+
+def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance between two (latitude, longitude) points (haversine)."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + \
+        math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
 @functools.lru_cache(maxsize=4096)
 def _v6_prefix(ip: IPAddress, prefix: int) -> str:
     """The /prefix network of an IPv6 address as text (cached: formatting IPv6 is slow)."""
@@ -693,5 +760,6 @@ def settings_from_config(cfg: Config) -> DetectorSettings:
         private=networks(PRIVATE_RANGES), ipv6_prefix=cfg.ipv6_prefix,
         max_groups=cfg.max_groups, ban_increment=cfg.ban.increment,
         ban_factor=cfg.ban.factor, ban_max=cfg.ban.max, future_tolerance=cfg.future_tolerance,
+        dedup_window=cfg.dedup_window,
         ban_base=cfg.ban_feed.jail_bantime
         if cfg.ban_feed.enabled and cfg.ban_feed.enforcer == "fail2ban" else None)

@@ -23,6 +23,8 @@ from jfwatch.events import EventKind
 
 Severity = Literal["info", "low", "medium", "high", "critical"]
 GroupField = Literal["ip", "user"]
+# What a new_value rule remembers per group.
+ValueField = Literal["ip", "user", "country", "asn"]
 # Symbolic address sets filled from the config, so rules need not repeat it.
 SYMBOLIC_NETS = ("@trusted_proxies", "@private", "@allow")
 # A group keeps its last ``threshold`` times: the bound keeps every group small.
@@ -45,11 +47,30 @@ class Match(Strict):
     not_ip: list[str] | None = None
     has_ip: bool | None = None
     has_user: bool | None = None
+    # ISO 3166 country codes of the address (``geo``); an event whose country is unknown
+    # (a private address, no data) matches neither.
+    country: list[str] | None = None
+    not_country: list[str] | None = None
 
-    @field_validator("kind", "source", "service", "origin", "user", "ip", "not_ip", mode="before")
+    @field_validator("kind", "source", "service", "origin", "user", "ip", "not_ip", "country",
+                     "not_country", mode="before")
     @classmethod
     def _listify(cls, value: object) -> object:
         return _as_list(value)
+
+    @field_validator("country", "not_country")
+    @classmethod
+    def _codes(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        bad = [v for v in values if len(v) != 2 or not v.isascii() or not v.isalpha()]
+        if bad:
+            raise ValueError(f"not a two-letter country code: {', '.join(bad)}")
+        return [v.upper() for v in values]
+
+    def needs_address(self) -> bool:
+        """Whether only events with an address can match."""
+        return bool(self.has_ip or self.ip or self.country or self.not_country)
 
     @field_validator("ip", "not_ip")
     @classmethod
@@ -84,7 +105,7 @@ class Rule(Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,63}$")
     description: str = Field(min_length=3)
-    type: Literal["threshold", "sequence", "new_value", "trigger"]
+    type: Literal["threshold", "sequence", "new_value", "trigger", "impossible_travel"]
     enabled: bool = True
     match: Match = Match()
     group_by: list[GroupField] = ["ip"]
@@ -93,7 +114,12 @@ class Rule(Strict):
     distinct: GroupField | None = None
     first: Step | None = None
     then: Match | None = None
-    field: GroupField | None = None
+    field: ValueField | None = None
+    # impossible_travel: two successes farther apart than this speed allows (an airliner
+    # does about 900 km/h), ignoring moves shorter than min_distance_km (city data is
+    # approximate, and mobile networks move addresses around a country).
+    max_speed_kmh: float = Field(900.0, gt=0, le=100_000, allow_inf_nan=False)
+    min_distance_km: float = Field(300.0, ge=0, le=20_000, allow_inf_nan=False)
     reset_on: Match | None = None
     cooldown: Annotated[Duration, between("0s", "30d")] = Duration.parse("0s")
     severity: Severity = "medium"
@@ -115,7 +141,18 @@ class Rule(Strict):
             raise ValueError("a new_value rule needs 'field' (the value to remember per group)")
         if self.distinct is not None and self.type != "threshold":
             raise ValueError("'distinct' belongs to threshold rules only")
+        travel = {"max_speed_kmh", "min_distance_km"} & self.model_fields_set
+        if travel and self.type != "impossible_travel":
+            raise ValueError(f"{', '.join(sorted(travel))}: impossible_travel rules only")
         return self
+
+    def needs_address(self) -> bool:
+        """Whether the rule can only count events with an address (so a second report of
+        one authentication that brings the address is news to it: ``dedup``)."""
+        return "ip" in self.group_by or self.distinct == "ip" or \
+            self.field in ("ip", "country", "asn") or self.type == "impossible_travel" or \
+            self.match.needs_address() or \
+            any(step is not None and step.needs_address() for step in (self.first, self.then))
 
 
 def shipped_rules_dir() -> Path:
