@@ -42,7 +42,7 @@ DEFAULT_TEMPLATES: Final = {
 _BREAKS: Final = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 RESOLVED_USER: Final = "jfwatch.user"  # added by the source: the name of UserId
 # Address-shaped runs: IPv4, IPv6 (also IPv4-mapped); validated by parse_ip.
-_ADDRESS_RUN = re.compile(r"[0-9A-Fa-f]*[:.][0-9A-Fa-f:.]*[0-9A-Fa-f]")
+_ADDRESS_RUN = re.compile(r"[0-9A-Fa-f]*[:.][0-9A-Fa-f:.]*")
 
 
 def sniff(line: str) -> bool:
@@ -53,7 +53,9 @@ def sniff(line: str) -> bool:
 def address_in(text: str) -> IPAddress | None:
     """The one address written in ``text`` (any language around it), or None when there
     is none or more than one."""
-    found = {ip for run in _ADDRESS_RUN.findall(text) if (ip := parse_ip(run)) is not None}
+    # A label's own colon may follow the address ("{0}: IP ..."): tried without it too.
+    found = {ip for run in _ADDRESS_RUN.findall(text)
+             if (ip := parse_ip(run) or parse_ip(run[:-1])) is not None}
     return found.pop() if len(found) == 1 else None
 
 

@@ -274,6 +274,8 @@ class ActivityPoller(threading.Thread):
         size = min(self.page_size, total)
         start = total - size
         reshuffles = 0
+        taken: set[int] = set()
+        top = last_id
         while size > 0:
             items, now_total = self.client.page(start, size, since)
             if now_total != total:
@@ -285,18 +287,23 @@ class ActivityPoller(threading.Thread):
                 total = now_total
                 continue
             reshuffles = 0
+            # New: above the cursor the walk started from, and not taken in this walk
+            # (a page moved by new entries repeats some; entries of one date may come
+            # in any id order).
             fresh = sorted(((i, e) for e in items if (i := _entry_id(e)) is not None
-                            and i > last_id), key=lambda pair: pair[0])
+                            and i > last_id and i not in taken), key=lambda pair: pair[0])
             if fresh:
                 entries = [e for _, e in fresh]
+                taken.update(i for i, _ in fresh)
                 self._resolve_users(entries)
-                last = entries[-1]
-                cursor = Cursor(fresh[-1][0], last.get("Date") if isinstance(
-                    last.get("Date"), str) else (after.last_date if after else None))
+                top = max(top, fresh[-1][0])
+                date = entries[-1].get("Date")
+                cursor = Cursor(top, date if isinstance(date, str) else
+                                (after.last_date if after else None))
                 data = b"".join(orjson.dumps({k: e[k] for k in (*_KEPT, RESOLVED_USER)
                                               if k in e}) + b"\n" for e in entries)
                 yield Batch(after, cursor, data, len(entries))
-                after, last_id = cursor, cursor.last_id
+                after = cursor
             if start == 0:
                 return
             size = min(self.page_size, start)

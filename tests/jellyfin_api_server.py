@@ -1,0 +1,159 @@
+"""
+A local server that answers like Jellyfin's ActivityLogController and UserController:
+``GET /System/ActivityLog/Entries`` (``startIndex``, ``limit``, ``minDate``; newest first
+by date, as ``ActivityManager.GetPagedResultAsync`` orders them) and ``GET /Users``,
+with the field names and types of Jellyfin's DTOs.  Only ``Authorization: MediaBrowser
+... Token="<key>"`` is accepted (12.0's default); anything else gets 401.
+
+Faults a test can set: ``delay`` (seconds before each answer), ``broken`` (malformed
+JSON), ``status`` (an HTTP error), ``on_page`` (called before each page is answered:
+entries added while a client pages); ``stop()`` and ``start()`` again on the same port.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+EMPTY_GUID = "00000000000000000000000000000000"
+_TOKEN = re.compile(r'Token="([^"]*)"')
+LABELS = {"en": "IP address: {0}", "de": "IP-Adresse: {0}", "fr": "Adresse IP : {0}"}
+
+
+def _jellyfin_date(when: datetime) -> str:
+    """How Jellyfin writes a UTC DateTime: seven fraction digits and a Z."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+
+
+class FakeJellyfin:
+    def __init__(self, key: str = "0123456789abcdef0123456789abcdef") -> None:
+        self.key = key
+        self.entries: list[dict[str, Any]] = []
+        self.users: dict[str, str] = {}  # id -> name
+        self.lock = threading.Lock()
+        self.delay = 0.0
+        self.broken = False
+        self.status: int | None = None
+        self.on_page: Callable[[int], None] | None = None
+        self.requests: list[str] = []  # paths with queries, as asked
+        self.auth_headers: list[str] = []
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._next_id = 1
+        self.clock = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- content -------------------------------------------------------------------
+    def user(self, name: str) -> str:
+        uid = f"{abs(hash(name)) % 16**32:032x}"
+        self.users[uid] = name
+        return uid
+
+    def add(self, kind: str, user: str, ip: str | None, *, lang: str = "en",
+            when: datetime | None = None) -> int:
+        """An entry as Jellyfin's consumers write it; returns its Id."""
+        with self.lock:
+            if when is None:
+                self.clock += timedelta(seconds=1)
+                when = self.clock
+            label = LABELS[lang].format(ip if ip is not None else "")
+            if kind == "AuthenticationFailed":
+                name, overview, uid, severity = (f"Failed login attempt from {user}", label,
+                                                  EMPTY_GUID, "Error")
+            elif kind == "AuthenticationSucceeded":
+                name, overview, uid, severity = (f"{user} successfully authenticated", label,
+                                                 self.user(user), "Information")
+            elif kind == "UserLockedOut":
+                name, overview, uid, severity = (f"User {user} has been locked out", None,
+                                                 self.user(user), "Error")
+            else:
+                name, overview, uid, severity = (f"{user} is online from Firefox", label,
+                                                 self.user(user), "Information")
+            entry = {"Id": self._next_id, "Name": name, "Overview": None,
+                     "ShortOverview": overview, "Type": kind, "ItemId": None,
+                     "Date": _jellyfin_date(when), "UserId": uid, "UserPrimaryImageTag": None,
+                     "Severity": severity}
+            self._next_id += 1
+            self.entries.append(entry)
+            return int(entry["Id"])
+
+    def reset_database(self) -> None:
+        """A reinstalled server: ids start again at 1."""
+        with self.lock:
+            self.entries.clear()
+            self._next_id = 1
+
+    # -- serving -------------------------------------------------------------------
+    def start(self) -> FakeJellyfin:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                fake.requests.append(self.path)
+                fake.auth_headers.append(self.headers.get("Authorization", ""))
+                if fake.delay:
+                    time.sleep(fake.delay)
+                token = _TOKEN.search(self.headers.get("Authorization", ""))
+                if token is None or token.group(1) != fake.key:
+                    return self._send(401, b"")
+                if fake.status is not None:
+                    return self._send(fake.status, b"error")
+                url = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if url.path == "/System/ActivityLog/Entries":
+                    body = fake.page(query)
+                elif url.path == "/Users":
+                    body = [{"Name": n, "Id": i, "HasPassword": True}
+                            for i, n in fake.users.items()]
+                else:
+                    return self._send(404, b"")
+                data = b'{"Items": [' if fake.broken else json.dumps(body).encode()
+                return self._send(200, data)
+
+            def _send(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def page(self, query: dict[str, str]) -> dict[str, Any]:
+        start, limit = int(query.get("startIndex", 0)), query.get("limit")
+        if start and self.on_page is not None:
+            self.on_page(start)
+        with self.lock:
+            rows = list(self.entries)
+        if "minDate" in query:
+            since = datetime.fromisoformat(query["minDate"].replace("Z", "+00:00"))
+            rows = [e for e in rows if _parse(e["Date"]) >= since]
+        rows.sort(key=lambda e: _parse(e["Date"]), reverse=True)  # stable: ties by insertion
+        items = rows[start:] if limit is None else rows[start:start + int(limit)]
+        return {"Items": items, "TotalRecordCount": len(rows), "StartIndex": start}
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text[:26] + "+00:00")

@@ -1,0 +1,284 @@
+"""
+The ``jellyfin_api`` source against a local server that answers like Jellyfin's
+ActivityLogController (tests/jellyfin_api_server.py): paging while entries arrive,
+a restart in the middle of paging, outages, a refused key, malformed answers, a server
+whose log starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jfwatch.parsers.base import StreamContext
+from jfwatch.parsers.jellyfin_activity import ActivityParser, address_in
+from jfwatch.sources.jellyfin_api import (
+    ActivityClient,
+    ActivityPoller,
+    ApiError,
+    Batch,
+    Cursor,
+    read_api_key,
+)
+
+from jellyfin_api_server import FakeJellyfin
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeJellyfin]:
+    fake = FakeJellyfin(KEY).start()
+    yield fake
+    fake.stop()
+
+
+def poller(fake: FakeJellyfin, cursor: Cursor | None = None, *, key: str = KEY,
+           start: str = "beginning", page_size: int = 10) -> ActivityPoller:
+    client = ActivityClient(fake.url, key, timeout=2.0)
+    return ActivityPoller(client, cursor, name="test", interval=0.05, page_size=page_size,
+                          start=start)
+
+
+def take(p: ActivityPoller, cursor: Cursor | None, *, until: int, limit: int = 10_000,
+         timeout: float = 20.0, rewound: bool = False) -> tuple[list[int], Cursor | None]:
+    """Batches as the daemon takes them until ``until`` entries or ``limit`` batches;
+    the ids in order and the last cursor.  Each must start at the last cursor, except
+    (``rewound``) one built before a rewind, which the daemon drops as done here."""
+    ids: list[int] = []
+    batches = 0
+    deadline = time.monotonic() + timeout
+    while len(ids) < until and batches < limit and time.monotonic() < deadline:
+        batch = p.take()
+        if batch is None:
+            time.sleep(0.005)
+            continue
+        if rewound and batch.after != cursor:
+            p.rewind(cursor)
+            continue
+        assert batch.after == cursor, "a batch must start where the last one ended"
+        ids += [json.loads(line)["Id"] for line in batch.data.splitlines()]
+        cursor = batch.cursor
+        batches += 1
+    return ids, cursor
+
+
+def test_every_entry_once_while_entries_arrive_during_paging(server: FakeJellyfin) -> None:
+    """95 entries paged 10 at a time, while 3 more arrive before each of the first 8
+    page answers: all 119 are taken once, in id order."""
+    for n in range(95):
+        server.add("AuthenticationFailed", f"user{n}", f"203.0.113.{n % 250}")
+    arrivals = iter(range(8))
+
+    def arrive(_: int) -> None:
+        if next(arrivals, None) is not None:
+            for _ in range(3):
+                server.add("AuthenticationFailed", "late", "198.51.100.1")
+
+    server.on_page = arrive
+    p = poller(server)
+    p.start()
+    try:
+        ids, cursor = take(p, None, until=119)
+    finally:
+        p.stop()
+    assert ids == list(range(1, 120))
+    assert cursor is not None and cursor.last_id == 119
+    # The walk went from the oldest page up: answers were asked with startIndex > 0.
+    assert any("startIndex=90" in r or "startIndex=85" in r for r in server.requests)
+
+
+def test_a_restart_in_the_middle_of_paging_loses_and_repeats_nothing(
+        server: FakeJellyfin) -> None:
+    """The first poller hands out 3 batches (committed) and one more (never committed)
+    before it dies; the second starts from the committed cursor: every entry once."""
+    for n in range(60):
+        server.add("AuthenticationSucceeded", f"user{n % 7}", f"203.0.113.{n}")
+    first = poller(server)
+    first.start()
+    committed_ids, committed = take(first, None, until=60, limit=3)
+    uncommitted = None
+    deadline = time.monotonic() + 10
+    while uncommitted is None and time.monotonic() < deadline:
+        uncommitted = first.take()  # taken, then lost with the process
+    first.stop()
+    assert len(committed_ids) == 30 and uncommitted is not None
+    second = poller(server, committed)
+    second.start()
+    try:
+        rest, _ = take(second, committed, until=30)
+    finally:
+        second.stop()
+    assert committed_ids + rest == list(range(1, 61))
+
+
+def test_a_rewind_drops_what_was_handed_out_after_the_cursor(server: FakeJellyfin) -> None:
+    """A failed commit rewinds the poller: the walk starts again from the cursor."""
+    for n in range(30):
+        server.add("AuthenticationFailed", "x", f"203.0.113.{n}")
+    p = poller(server)
+    p.start()
+    try:
+        ids, _cursor = take(p, None, until=10, limit=1)
+        p.rewind(None)  # the first batch's commit failed
+        again, _ = take(p, None, until=30, rewound=True)
+    finally:
+        p.stop()
+    assert ids == list(range(1, 11)) and again == list(range(1, 31))
+
+
+def test_start_end_takes_only_what_comes_after_the_first_start(server: FakeJellyfin) -> None:
+    for n in range(5):
+        server.add("AuthenticationFailed", "old", f"203.0.113.{n}")
+    p = poller(server, start="end")
+    p.start()
+    try:
+        deadline = time.monotonic() + 10
+        first: Batch | None = None
+        while first is None and time.monotonic() < deadline:
+            first = p.take()
+        assert first is not None and first.data == b"" and first.cursor.last_id == 5
+        server.add("AuthenticationFailed", "new", "203.0.113.9")
+        ids, _ = take(p, first.cursor, until=1)
+    finally:
+        p.stop()
+    assert ids == [6]
+
+
+def test_a_server_whose_log_starts_again_is_followed(server: FakeJellyfin) -> None:
+    """A reinstalled server numbers entries from 1 again: newer ones are still taken."""
+    old = server.add("AuthenticationFailed", "x", "203.0.113.1")
+    for _ in range(40):
+        server.add("AuthenticationFailed", "x", "203.0.113.1")
+    cursor = Cursor(41, server.entries[-1]["Date"])
+    server.reset_database()
+    assert old == 1
+    server.add("AuthenticationSucceeded", "alice", "203.0.113.5")
+    p = poller(server, cursor)
+    p.start()
+    try:
+        ids, after = take(p, cursor, until=1)
+    finally:
+        p.stop()
+    assert ids == [1] and after is not None and after.last_id == 1
+
+
+def test_refused_key_outage_slowness_and_garbage_are_reported(server: FakeJellyfin) -> None:
+    server.add("AuthenticationFailed", "x", "203.0.113.1")
+    wrong = "f" * 32
+    with pytest.raises(ApiError, match="401") as refused:
+        poller(server, key=wrong).poll_once()
+    assert wrong not in str(refused.value) and KEY not in str(refused.value)
+    # The key went in the Authorization header only, never in a URL.
+    assert all(KEY not in r and wrong not in r for r in server.requests)
+    assert any(f'Token="{KEY}"' in h for h in server.auth_headers) is False
+    server.broken = True
+    with pytest.raises(ApiError, match="malformed"):
+        poller(server).poll_once()
+    server.broken, server.status = False, 500
+    with pytest.raises(ApiError, match="HTTP 500"):
+        poller(server).poll_once()
+    server.status, server.delay = None, 3.0
+    with pytest.raises(ApiError, match="in time"):
+        poller(server).poll_once()
+    server.delay = 0.0
+    server.stop()
+    with pytest.raises(ApiError, match="cannot reach"):
+        poller(server).poll_once()
+
+
+def test_the_poller_reports_an_outage_and_recovers(server: FakeJellyfin) -> None:
+    server.add("AuthenticationFailed", "x", "203.0.113.1")
+    p = poller(server)
+    p.start()
+    try:
+        ids, cursor = take(p, None, until=1)
+        server.stop()
+        _wait(lambda: p.problem is not None and "cannot reach" in p.problem)
+        server.add("AuthenticationFailed", "y", "203.0.113.2")
+        server.start()  # the same port
+        _wait(lambda: p.problem is None, timeout=15)
+        more, _ = take(p, cursor, until=1)
+    finally:
+        p.stop()
+    assert ids == [1] and more == [2]
+
+
+def test_user_names_are_resolved_from_user_ids_in_any_language(server: FakeJellyfin) -> None:
+    """A German server's success names the user in German; UserId gives the name."""
+    server.add("AuthenticationSucceeded", "alice", "203.0.113.5", lang="de")
+    server.entries[-1]["Name"] = "alice erfolgreich authentifiziert"
+    p = poller(server)
+    p.start()
+    try:
+        deadline = time.monotonic() + 10
+        batch = None
+        while batch is None and time.monotonic() < deadline:
+            batch = p.take()
+    finally:
+        p.stop()
+    assert batch is not None
+    events = ActivityParser(StreamContext()).feed(batch.data.decode().strip())
+    assert [(e.kind, e.user, str(e.ip)) for e in events] == [
+        ("auth_success", "alice", "203.0.113.5")]
+
+
+def test_the_key_comes_from_a_file_or_the_environment(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    assert read_api_key(str(key_file), None) == KEY
+    monkeypatch.setenv("JF_KEY", KEY)
+    assert read_api_key(None, "JF_KEY") == KEY
+    for problem in (lambda: read_api_key(str(tmp_path / "missing"), None),
+                    lambda: read_api_key(None, "JF_UNSET")):
+        with pytest.raises(ApiError) as exc:
+            problem()
+        assert KEY not in str(exc.value)
+
+
+_names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+_addresses = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_names, decoy=_addresses, real=_addresses,
+       label=st.sampled_from(["IP address: {0}", "IP-Adresse: {0}", "Adresse IP : {0}",
+                              "{0}: IP ئادرىسى", "آئ پی ایڈریس {0}"]))
+def test_the_address_is_the_endpoint_whatever_the_username(name: str, decoy: str, real: str,
+                                                          label: str) -> None:
+    """A username with line breaks, a forged label or an address never gives the
+    address: it comes from ShortOverview, and the user is escaped onto one line."""
+    entry = {"Id": 1, "Type": "AuthenticationFailed", "Date": "2026-11-30T08:00:00Z",
+             "Name": f"Failed login attempt from {name}\nIP address: {decoy}",
+             "ShortOverview": label.format(real), "UserId": "0" * 32}
+    events = ActivityParser(StreamContext()).feed(json.dumps(entry))
+    expected = address_in(label.format(real))
+    assert expected is not None
+    assert events and all(e.ip == expected for e in events)
+    failure = events[0]
+    assert failure.kind == "auth_failure" and failure.user is not None
+    assert "\n" not in failure.user and "\r" not in failure.user
+
+
+def _wait(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_threads_end_when_stopped(server: FakeJellyfin) -> None:
+    p = poller(server)
+    p.start()
+    p.stop()
+    p.join(timeout=5)
+    assert not p.is_alive()
+    assert threading.active_count() < 50
