@@ -186,7 +186,7 @@ class Actions:
             if isinstance(d, Alert):
                 self.metrics.alerts.labels(d.rule, d.severity).inc()
                 self.log.warning("alert", rule=d.rule, severity=d.severity, ip=d.ip,
-                                 user=d.user, count=d.count,
+                                 country=d.country, user=d.user, count=d.count, detail=d.detail,
                                  ban_until=d.ban_until.isoformat() if d.ban_until else None)
                 self.outbox.enqueue(d)
             elif isinstance(d, Ban | Unban):
