@@ -18,23 +18,24 @@ from pathlib import Path
 
 import pytest
 
+from jfwatch.engine.activity_server import ActivityLogServer
+
 from daemon_helper import DaemonRun, append
-from jellyfin_api_server import FakeJellyfin
 
 pytestmark = pytest.mark.system
 KEY = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 
 
 @pytest.fixture
-def server() -> Iterator[FakeJellyfin]:
-    fake = FakeJellyfin(KEY)
+def server() -> Iterator[ActivityLogServer]:
+    fake = ActivityLogServer(KEY)
     fake.clock = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     fake.start()
     yield fake
     fake.stop()
 
 
-def _daemon(tmp_path: Path, fake: FakeJellyfin, *, page_size: int = 10,
+def _daemon(tmp_path: Path, fake: ActivityLogServer, *, page_size: int = 10,
             metrics_port: int | None = None) -> DaemonRun:
     (tmp_path / "logs").mkdir(exist_ok=True)
     key_file = tmp_path / "jellyfin.key"
@@ -51,7 +52,7 @@ def _api_ids(run: DaemonRun) -> Counter[int]:
 
 
 def test_bans_and_new_country_alerts_from_the_activity_log(tmp_path: Path,
-                                                          server: FakeJellyfin) -> None:
+                                                          server: ActivityLogServer) -> None:
     server.add("AuthenticationSucceeded", "alice", "193.99.144.80")  # DE: her baseline
     for n in range(6):
         server.add("AuthenticationFailed", f"guess{n}", "8.8.8.8")
@@ -75,7 +76,7 @@ def test_bans_and_new_country_alerts_from_the_activity_log(tmp_path: Path,
 
 
 def test_every_entry_once_across_a_sigkill_in_the_middle_of_paging(
-        tmp_path: Path, server: FakeJellyfin) -> None:
+        tmp_path: Path, server: ActivityLogServer) -> None:
     for n in range(300):
         server.add("AuthenticationFailed", f"user{n % 40}", f"203.0.113.{n % 200}")
     server.delay = 0.03  # 30 pages take about a second
@@ -96,7 +97,7 @@ def test_every_entry_once_across_a_sigkill_in_the_middle_of_paging(
 
 
 def test_an_outage_is_reported_and_reading_resumes(tmp_path: Path,
-                                                   server: FakeJellyfin) -> None:
+                                                   server: ActivityLogServer) -> None:
     server.add("AuthenticationFailed", "x", "203.0.113.1")
     run = _daemon(tmp_path, server, metrics_port=0)
     run.start()
@@ -116,7 +117,7 @@ def test_an_outage_is_reported_and_reading_resumes(tmp_path: Path,
 
 
 def test_one_authentication_in_the_log_and_the_api_counts_once(
-        tmp_path: Path, server: FakeJellyfin) -> None:
+        tmp_path: Path, server: ActivityLogServer) -> None:
     """The same five failures written by Jellyfin's log and its Activity Log: the
     brute-force threshold (5) is reached by five, not by ten half-counted, and the
     address is banned once."""

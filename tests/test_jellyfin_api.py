@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jfwatch.engine.activity_server import ActivityLogServer
 from jfwatch.parsers.base import StreamContext
 from jfwatch.parsers.jellyfin_activity import ActivityParser, address_in
 from jfwatch.sources.jellyfin_api import (
@@ -27,19 +28,17 @@ from jfwatch.sources.jellyfin_api import (
     read_api_key,
 )
 
-from jellyfin_api_server import FakeJellyfin
-
 KEY = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-def server() -> Iterator[FakeJellyfin]:
-    fake = FakeJellyfin(KEY).start()
+def server() -> Iterator[ActivityLogServer]:
+    fake = ActivityLogServer(KEY).start()
     yield fake
     fake.stop()
 
 
-def poller(fake: FakeJellyfin, cursor: Cursor | None = None, *, key: str = KEY,
+def poller(fake: ActivityLogServer, cursor: Cursor | None = None, *, key: str = KEY,
            start: str = "beginning", page_size: int = 10) -> ActivityPoller:
     client = ActivityClient(fake.url, key, timeout=2.0)
     return ActivityPoller(client, cursor, name="test", interval=0.05, page_size=page_size,
@@ -69,7 +68,7 @@ def take(p: ActivityPoller, cursor: Cursor | None, *, until: int, limit: int = 1
     return ids, cursor
 
 
-def test_every_entry_once_while_entries_arrive_during_paging(server: FakeJellyfin) -> None:
+def test_every_entry_once_while_entries_arrive_during_paging(server: ActivityLogServer) -> None:
     """95 entries paged 10 at a time, while 3 more arrive before each of the first 8
     page answers: all 119 are taken once, in id order."""
     for n in range(95):
@@ -95,7 +94,7 @@ def test_every_entry_once_while_entries_arrive_during_paging(server: FakeJellyfi
 
 
 def test_a_restart_in_the_middle_of_paging_loses_and_repeats_nothing(
-        server: FakeJellyfin) -> None:
+        server: ActivityLogServer) -> None:
     """The first poller hands out 3 batches (committed) and one more (never committed)
     before it dies; the second starts from the committed cursor: every entry once."""
     for n in range(60):
@@ -118,7 +117,7 @@ def test_a_restart_in_the_middle_of_paging_loses_and_repeats_nothing(
     assert committed_ids + rest == list(range(1, 61))
 
 
-def test_a_rewind_drops_what_was_handed_out_after_the_cursor(server: FakeJellyfin) -> None:
+def test_a_rewind_drops_what_was_handed_out_after_the_cursor(server: ActivityLogServer) -> None:
     """A failed commit rewinds the poller: the walk starts again from the cursor."""
     for n in range(30):
         server.add("AuthenticationFailed", "x", f"203.0.113.{n}")
@@ -133,7 +132,7 @@ def test_a_rewind_drops_what_was_handed_out_after_the_cursor(server: FakeJellyfi
     assert ids == list(range(1, 11)) and again == list(range(1, 31))
 
 
-def test_start_end_takes_only_what_comes_after_the_first_start(server: FakeJellyfin) -> None:
+def test_start_end_takes_only_what_comes_after_the_first_start(server: ActivityLogServer) -> None:
     for n in range(5):
         server.add("AuthenticationFailed", "old", f"203.0.113.{n}")
     p = poller(server, start="end")
@@ -151,7 +150,7 @@ def test_start_end_takes_only_what_comes_after_the_first_start(server: FakeJelly
     assert ids == [6]
 
 
-def test_a_server_whose_log_starts_again_is_followed(server: FakeJellyfin) -> None:
+def test_a_server_whose_log_starts_again_is_followed(server: ActivityLogServer) -> None:
     """A reinstalled server numbers entries from 1 again: newer ones are still taken."""
     old = server.add("AuthenticationFailed", "x", "203.0.113.1")
     for _ in range(40):
@@ -169,7 +168,7 @@ def test_a_server_whose_log_starts_again_is_followed(server: FakeJellyfin) -> No
     assert ids == [1] and after is not None and after.last_id == 1
 
 
-def test_refused_key_outage_slowness_and_garbage_are_reported(server: FakeJellyfin) -> None:
+def test_refused_key_outage_slowness_and_garbage_are_reported(server: ActivityLogServer) -> None:
     server.add("AuthenticationFailed", "x", "203.0.113.1")
     wrong = "f" * 32
     with pytest.raises(ApiError, match="401") as refused:
@@ -193,7 +192,7 @@ def test_refused_key_outage_slowness_and_garbage_are_reported(server: FakeJellyf
         poller(server).poll_once()
 
 
-def test_the_poller_reports_an_outage_and_recovers(server: FakeJellyfin) -> None:
+def test_the_poller_reports_an_outage_and_recovers(server: ActivityLogServer) -> None:
     server.add("AuthenticationFailed", "x", "203.0.113.1")
     p = poller(server)
     p.start()
@@ -210,7 +209,7 @@ def test_the_poller_reports_an_outage_and_recovers(server: FakeJellyfin) -> None
     assert ids == [1] and more == [2]
 
 
-def test_user_names_are_resolved_from_user_ids_in_any_language(server: FakeJellyfin) -> None:
+def test_user_names_are_resolved_from_user_ids_in_any_language(server: ActivityLogServer) -> None:
     """A German server's success names the user in German; UserId gives the name."""
     server.add("AuthenticationSucceeded", "alice", "203.0.113.5", lang="de")
     server.entries[-1]["Name"] = "alice erfolgreich authentifiziert"
@@ -275,7 +274,7 @@ def _wait(check: object, timeout: float = 10.0) -> None:
     raise AssertionError("timed out")
 
 
-def test_threads_end_when_stopped(server: FakeJellyfin) -> None:
+def test_threads_end_when_stopped(server: ActivityLogServer) -> None:
     p = poller(server)
     p.start()
     p.stop()

@@ -41,7 +41,7 @@ def test_wheel_runs_check_config_and_demo(installed: Path, tmp_path: Path) -> No
     check = subprocess.run([str(installed / "jfwatch"), "check-config"], capture_output=True,
                            text=True, check=False, timeout=120, cwd=tmp_path, env=env)
     assert check.returncode == 0, check.stderr
-    assert "13 rule(s) enabled" in check.stdout
+    assert "15 rule(s) enabled" in check.stdout
     demo = subprocess.run([str(installed / "jfwatch"), "demo", "--keep", str(tmp_path / "demo"),
                            "--pace", "0.002"], capture_output=True, text=True, check=False,
                           timeout=180, cwd=tmp_path, env=env)
@@ -49,6 +49,8 @@ def test_wheel_runs_check_config_and_demo(installed: Path, tmp_path: Path) -> No
     for rule in ("brute-force-ip", "user-enumeration", "mfa-failure-after-password",
                  "injection-attempt", "proxy-misconfigured"):
         assert f" {rule}: " in demo.stdout, demo.stdout
+    # Polled from the demo's Activity Log server: where alice's new login comes from.
+    assert " new-country-for-user: 133.242.0.1 (JP, user alice)" in demo.stdout, demo.stdout
     feed = (tmp_path / "demo" / "out" / "bans.log").read_text()
     assert " BAN 203.0.113.50 rule=brute-force-ip " in feed
     assert "172.18.0.2" not in feed  # the misconfigured proxy is never banned

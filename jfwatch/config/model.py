@@ -255,6 +255,15 @@ class Config(Strict):
             raise ValueError(f"not an address or network: {', '.join(bad)}")
         return values
 
+    @model_validator(mode="after")
+    def _names_unique(self) -> Config:
+        """Metrics, logs and the state's cursors know a source by its name."""
+        names = [s.label for s in self.sources] + [api.name for api in self.jellyfin_api]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two sources are named {', '.join(twice)}: give each its own name")
+        return self
+
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:

@@ -23,6 +23,7 @@ from jfwatch.detect.decisions import Unban
 from jfwatch.detect.rules import Rule, load_rules
 from jfwatch.detect.state import StateStore, StateUnusable
 from jfwatch.sources.files import nearby_logs
+from jfwatch.sources.jellyfin_api import ApiError, read_api_key
 
 Loaded = tuple[Config, Path | None, list[Rule]]
 
@@ -96,8 +97,21 @@ def _with_config(command: Callable[[argparse.Namespace, Loaded], int]
 def cmd_check_config(args: argparse.Namespace, loaded: Loaded) -> int:
     cfg, used, rules = loaded
     where = str(used) if used else "built-in defaults"
-    print(f"config OK ({where}): {len(cfg.sources)} source(s), {len(rules)} rule(s) enabled, "
+    problems = []
+    for api in cfg.jellyfin_api:  # the key is read at start: an unreadable one stops it
+        try:
+            read_api_key(str(api.api_key_file) if api.api_key_file else None, api.api_key_env)
+        except ApiError as exc:
+            problems.append(f"jellyfin_api {api.name}: {exc}")
+    if problems:
+        return _report(ConfigError(problems))
+    print(f"config OK ({where}): {len(cfg.sources)} source(s), "
+          f"{len(cfg.jellyfin_api)} Activity Log source(s), {len(rules)} rule(s) enabled, "
           f"{len(cfg.notify.urls)} notification URL(s)")
+    travel = [r.name for r in rules if r.type == "impossible_travel"]
+    if travel and not (cfg.geo.enabled and cfg.geo.mmdb):
+        print(f"note: {', '.join(travel)} stays silent without city data: set geo.mmdb to a "
+              "City database (GeoLite2-City, DB-IP City Lite)", file=sys.stderr)
     for src in cfg.sources:  # a source that matches nothing watches nothing
         if glob.glob(src.path) or not os.path.isdir(os.path.dirname(src.path) or "."):
             continue

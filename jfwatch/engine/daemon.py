@@ -100,8 +100,13 @@ class Daemon:
         self.store = StateStore(self.config.state_dir / "state.db")
         self.actions = Actions(self.config, self.store)
         self.detector = Detector(self.rules, settings_from_config(self.config), self.store)
-        self.engine = Engine(self.actions, self.detector,
-                             geo=Geo(self.config.geo.mmdb) if self.config.geo.enabled else None)
+        geo = Geo(self.config.geo.mmdb) if self.config.geo.enabled else None
+        self.engine = Engine(self.actions, self.detector, geo=geo)
+        travel = [r.name for r in self.rules if r.type == "impossible_travel"]
+        if travel and not (geo and geo.has_locations):
+            self.log.warning("rule_without_data", rules=travel,
+                             problem="impossible travel needs coordinates",
+                             fix="set geo.mmdb to a City database (GeoLite2-City, DB-IP City Lite)")
         self.actions.metrics.prepare(
             [(s.label, s.format) for s in self.config.sources] +
             [(api.name, "jellyfin_api") for api in self.config.jellyfin_api],

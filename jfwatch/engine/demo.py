@@ -1,7 +1,9 @@
 """
 ``jfwatch demo``: the real daemon, as a subprocess, over bundled realistic logs (a brute
 force, a password spray, a 2FA failure after a correct password, an injection attempt,
-a proxy misconfiguration), replayed into a temporary directory at the current time.
+a proxy misconfiguration), replayed into a temporary directory at the current time; and
+Jellyfin's Activity Log, served on 127.0.0.1 and polled by the daemon, where a user who
+always signs in from Germany signs in from Japan.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import IO
+
+from jfwatch.engine.activity_server import ActivityLogServer
 
 _JELLYFIN_TS = re.compile(r"^\[(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})\.(\d{3}) \+00:00\]")
 _CLF_TS = re.compile(r"\[(\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2}) \+0000\]")
@@ -41,7 +45,11 @@ def shift_line(line: str, delta: timedelta) -> str:
     return line
 
 
-def _config(work: Path, port: int) -> Path:
+DEMO_KEY = "d3m0" * 8  # the demo server's API key (it listens on 127.0.0.1 only)
+
+
+def _config(work: Path, port: int, activity_url: str) -> Path:
+    (work / "jellyfin-api.key").write_text(DEMO_KEY + "\n")
     cfg = work / "jfwatch.yml"
     cfg.write_text(
         "# Written by `jfwatch demo`.\n"
@@ -50,6 +58,9 @@ def _config(work: Path, port: int) -> Path:
         "sources:\n"
         "  - {path: logs/jellyfin/log_*.log, format: jellyfin, start: beginning}\n"
         "  - {path: logs/nginx/access.log, format: nginx, start: beginning}\n"
+        "jellyfin_api:\n"
+        f"  - {{url: '{activity_url}', api_key_file: jellyfin-api.key, poll_interval: 1s,"
+        " start: beginning}\n"
         "trusted_proxies: [172.18.0.2/32]\n"
         "ban_feed: {path: out/bans.log, list_path: out/banned.txt}\n"
         "events_file: out/events.jsonl\n"
@@ -59,6 +70,8 @@ def _config(work: Path, port: int) -> Path:
 
 def _print_alert(record: dict[str, object]) -> None:
     who = record.get("ip") or f"user {record.get('user')}"
+    if record.get("ip") and record.get("country"):
+        who = f"{who} ({record['country']}, user {record.get('user')})"
     extra = f", banned until {record['ban_until']}" if record.get("ban_until") else ""
     print(f"  ALERT {str(record['severity']).upper():8} {record['rule']}: {who} "
           f"(count {record['count']}){extra}", flush=True)
@@ -85,7 +98,11 @@ def run_demo(*, keep: Path | None, port: int, pace: float) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-    cfg = _config(work, port)
+    activity = ActivityLogServer(DEMO_KEY)
+    activity.clock = datetime.now(UTC) - timedelta(minutes=30)
+    activity.add("AuthenticationSucceeded", "alice", "193.99.144.80")  # Germany, as always
+    activity.start()
+    cfg = _config(work, port, activity.url)
     print(f"jfwatch demo in {work}\nstarting the daemon: jfwatch run --config {cfg}", flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "jfwatch", "run", "--config", str(cfg)],
@@ -109,6 +126,9 @@ def run_demo(*, keep: Path | None, port: int, pace: float) -> int:
                     out.write(shift_line(line, now - first) + "\n")
                     out.flush()
                     time.sleep(pace)
+        activity.clock = datetime.now(UTC) - timedelta(seconds=2)
+        print("Jellyfin's Activity Log: alice signs in from 133.242.0.1 (Japan) ...", flush=True)
+        activity.add("AuthenticationSucceeded", "alice", "133.242.0.1")
         time.sleep(5)  # let the daemon release held lines and finish
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         alerts = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.decode().splitlines()
@@ -117,6 +137,7 @@ def run_demo(*, keep: Path | None, port: int, pace: float) -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
         reader.join(timeout=2)
+        activity.stop()
     print(f"\n{int(alerts)} alerts. Everything is in {work}:\n"
           f"  ban feed (for Fail2Ban): {work / 'out' / 'bans.log'}\n"
           f"  banned addresses list:   {work / 'out' / 'banned.txt'}\n"

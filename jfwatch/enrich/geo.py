@@ -46,7 +46,7 @@ def open_databases(paths: Sequence[Path]) -> list[tuple[Path, Any]]:
     for path in paths:
         try:
             readers.append((path, maxminddb.open_database(str(path))))
-        except (OSError, ValueError) as exc:  # InvalidDatabaseError is a ValueError
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
             problems.append(f"{path}: {exc}")
     if problems:
         raise GeoError("; ".join(problems))

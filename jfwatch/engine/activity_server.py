@@ -1,5 +1,6 @@
 """
-A local server that answers like Jellyfin's ActivityLogController and UserController:
+A small server on 127.0.0.1 that answers like Jellyfin's ActivityLogController and
+UserController (``jfwatch demo`` serves its Activity Log with it; the tests, faults too):
 ``GET /System/ActivityLog/Entries`` (``startIndex``, ``limit``, ``minDate``; newest first
 by date, as ``ActivityManager.GetPagedResultAsync`` orders them) and ``GET /Users``,
 with the field names and types of Jellyfin's DTOs.  Only ``Authorization: MediaBrowser
@@ -12,6 +13,7 @@ entries added while a client pages); ``stop()`` and ``start()`` again on the sam
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -32,7 +34,7 @@ def _jellyfin_date(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
 
 
-class FakeJellyfin:
+class ActivityLogServer:
     def __init__(self, key: str = "0123456789abcdef0123456789abcdef") -> None:
         self.key = key
         self.entries: list[dict[str, Any]] = []
@@ -55,7 +57,7 @@ class FakeJellyfin:
 
     # -- content -------------------------------------------------------------------
     def user(self, name: str) -> str:
-        uid = f"{abs(hash(name)) % 16**32:032x}"
+        uid = hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
         self.users[uid] = name
         return uid
 
@@ -79,13 +81,14 @@ class FakeJellyfin:
             else:
                 name, overview, uid, severity = (f"{user} is online from Firefox", label,
                                                  self.user(user), "Information")
-            entry = {"Id": self._next_id, "Name": name, "Overview": None,
+            entry_id = self._next_id
+            entry: dict[str, Any] = {"Id": entry_id, "Name": name, "Overview": None,
                      "ShortOverview": overview, "Type": kind, "ItemId": None,
                      "Date": _jellyfin_date(when), "UserId": uid, "UserPrimaryImageTag": None,
                      "Severity": severity}
             self._next_id += 1
             self.entries.append(entry)
-            return int(entry["Id"])
+            return entry_id
 
     def reset_database(self) -> None:
         """A reinstalled server: ids start again at 1."""
@@ -94,7 +97,7 @@ class FakeJellyfin:
             self._next_id = 1
 
     # -- serving -------------------------------------------------------------------
-    def start(self) -> FakeJellyfin:
+    def start(self) -> ActivityLogServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -113,6 +116,7 @@ class FakeJellyfin:
                     return self._send(fake.status, b"error")
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                body: object
                 if url.path == "/System/ActivityLog/Entries":
                     body = fake.page(query)
                 elif url.path == "/Users":
