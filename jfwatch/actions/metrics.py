@@ -17,6 +17,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, make_wsgi_app
 
 from jfwatch import __version__
+from jfwatch.actions.enforce import EnforcementQueue
 
 # A scrape takes milliseconds; Prometheus scrapes with one connection at a time.
 MAX_CONNECTIONS = 16
@@ -76,6 +77,13 @@ class Metrics:
         self.bans = Counter("jfwatch_bans", "Bans issued", ["rule"], registry=r)
         self.unbans = Counter("jfwatch_unbans", "Bans lifted", registry=r)
         self.bans_active = Gauge("jfwatch_bans_active", "Addresses currently banned", registry=r)
+        self.enforcements = Counter("jfwatch_enforcer_requests", "Bans and unbans delivered "
+                                    "to an enforcer, by outcome", ["enforcer", "outcome"],
+                                    registry=r)
+        self.enforcer_up = Gauge("jfwatch_enforcer_up", "1 while the enforcer accepts "
+                                 "requests", ["enforcer"], registry=r)
+        self.enforcer_pending = Gauge("jfwatch_enforcer_pending", "Requests waiting for the "
+                                      "enforcer", ["enforcer"], registry=r)
         self.notifications = Counter("jfwatch_notifications", "Notification outcomes",
                                      ["outcome"], registry=r)
         self.outbox_depth = Gauge("jfwatch_outbox_depth", "Alerts waiting to be sent", registry=r)
@@ -108,6 +116,7 @@ class Metrics:
         self.stale_after = 600.0
         self._server: _BoundedServer | None = None
         self._notify_seen: dict[str, int] = {}
+        self._enforce_seen: dict[tuple[str, str], int] = {}
 
     def prepare(self, sources: list[tuple[str, str]], rules: list[tuple[str, str, bool]],
                 outcomes: list[str]) -> None:
@@ -153,6 +162,18 @@ class Metrics:
         lines = ["unreadable: " + ", ".join(bad)] if bad else []
         lines += [f"{what}: {problem}" for what, problem in sorted(self._faults.items())]
         return (not lines, "\n".join(lines or ["ok"]) + "\n")
+
+    def sync_enforcers(self, queue: EnforcementQueue) -> None:
+        """Deliveries to each enforcer (accepted, failed, recovered after a restart), what
+        waits, and whether it answers."""
+        for (enforcer, outcome), total in queue.counts.items():
+            delta = total - self._enforce_seen.get((enforcer, outcome), 0)
+            if delta > 0:
+                self.enforcements.labels(enforcer, outcome).inc(delta)
+            self._enforce_seen[(enforcer, outcome)] = total
+        for enforcer, problem in queue.problems.items():
+            self.enforcer_up.labels(enforcer).set(0 if problem else 1)
+            self.enforcer_pending.labels(enforcer).set(queue.pending(enforcer))
 
     def sync_notify(self, counts: dict[str, int]) -> None:
         """Turn the outbox's running totals into counter increments."""

@@ -13,7 +13,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -31,7 +31,8 @@ _TYPES = {"critical": "failure", "high": "failure", "medium": "warning", "low": 
           "info": "info"}
 
 
-def render(alert: Alert, server: str, tz: tzinfo = UTC) -> tuple[str, str]:
+def render(alert: Alert, server: str, tz: tzinfo = UTC, enforcers: Sequence[str] = ()
+           ) -> tuple[str, str]:
     """Title short enough for a lock screen, and a body a person can act on, its times in
     the configured zone."""
     who = alert.ip or (f"user {alert.user}" if alert.user else "unknown source")
@@ -52,7 +53,8 @@ def render(alert: Alert, server: str, tz: tzinfo = UTC) -> tuple[str, str]:
                  f"({first:%H:%M:%S}-{last:%H:%M:%S} {last:%Z})")
     if alert.ban_until:
         until = alert.ban_until.astimezone(tz)
-        lines.append(f"Banned until {until:%Y-%m-%d %H:%M} {until:%Z}")
+        lines.append(f"Banned until {until:%Y-%m-%d %H:%M} {until:%Z}" +
+                     (f", requested from {', '.join(enforcers)}" if enforcers else ""))
     elif alert.not_banned_reason:
         lines.append(f"Not banned: {alert.not_banned_reason}")
     lines.append(f"Rule: {alert.rule} (severity {alert.severity}) on {server}")
@@ -72,9 +74,11 @@ class Outbox:
 
     def __init__(self, store: StateStore, cfg: NotifyConfig, server: str,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 tz: tzinfo = UTC) -> None:
-        """``tz``: the configured timezone, for quiet hours and the times in messages."""
+                 tz: tzinfo = UTC, enforcers: Sequence[str] = ()) -> None:
+        """``tz``: the configured timezone, for quiet hours and the times in messages;
+        ``enforcers``: who a ban is requested from (named in ban alerts)."""
         self.store, self.cfg, self.server, self.clock, self.tz = store, cfg, server, clock, tz
+        self.enforcers = tuple(enforcers)
         self.log = log.get("jfwatch.notify")
         self.apprise = apprise.Apprise()
         for url in cfg.urls:
@@ -132,7 +136,7 @@ class Outbox:
                 self.counts["digest"] += 1
                 return
             # Rendered only for alerts that are sent on their own, not for folded ones.
-            insert(dedup, *render(alert, self.server, self.tz))
+            insert(dedup, *render(alert, self.server, self.tz, self.enforcers))
         self._wake.set()
 
     def failing_targets(self) -> list[dict[str, object]]:

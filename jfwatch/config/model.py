@@ -82,6 +82,31 @@ class BanFeedConfig(Strict):
         return self
 
 
+class CrowdsecConfig(Strict):
+    """
+    Bans pushed to a CrowdSec Local API, which every bouncer of it enforces for the ban's
+    exact duration (one LAPI, bouncers on each host).  ``credentials_file``: what
+    ``cscli machines add jfwatch --auto -f <file>`` writes (url, login, password).
+    ``bouncer_key_file``: optional (``cscli bouncers add jfwatch-read``), to read the
+    shared decisions: a successful login from an address the LAPI bans is an alert.
+    """
+
+    enabled: bool = False
+    credentials_file: Path = Path("/etc/jfwatch/crowdsec-credentials.yaml")
+    bouncer_key_file: Path | None = None
+    timeout: Annotated[Duration, between("1s", "1m")] = Duration.parse("10s")
+
+
+class NftablesConfig(Strict):
+    """Banned addresses as elements of two named sets (IPv4, IPv6) with per-element
+    timeouts; the drop rule is yours (contrib/nftables/jfwatch.nft).  Needs CAP_NET_ADMIN."""
+
+    enabled: bool = False
+    table: str = Field("jfwatch", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+    family: Literal["inet", "ip", "ip6"] = "inet"
+    nft: str = "nft"
+
+
 class BanPolicy(Strict):
     """Escalation for repeat offenders, like Fail2Ban's bantime.increment."""
 
@@ -242,6 +267,8 @@ class Config(Strict):
     # exactly once per line even across crashes (its length is committed with offsets).
     events_file: Path | None = None
     ban_feed: BanFeedConfig = BanFeedConfig()
+    crowdsec: CrowdsecConfig = CrowdsecConfig()
+    nftables: NftablesConfig = NftablesConfig()
     ban: BanPolicy = BanPolicy()
     notify: NotifyConfig = NotifyConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -254,6 +281,13 @@ class Config(Strict):
         if bad:
             raise ValueError(f"not an address or network: {', '.join(bad)}")
         return values
+
+    @property
+    def enforcers(self) -> list[str]:
+        """Who enforces bans: the feed's reader (fail2ban, or list), crowdsec, nftables."""
+        named = [self.ban_feed.enforcer] if self.ban_feed.enabled else []
+        return named + [name for name, on in (("crowdsec", self.crowdsec.enabled),
+                                              ("nftables", self.nftables.enabled)) if on]
 
     @model_validator(mode="after")
     def _names_unique(self) -> Config:
@@ -319,6 +353,11 @@ def load_config(path: Path | None) -> tuple[Config, Path | None]:
     if isinstance(geo, dict) and isinstance(geo.get("mmdb"), list):
         geo["mmdb"] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p
                        for p in geo["mmdb"]]
+    crowdsec = data.get("crowdsec")
+    if isinstance(crowdsec, dict):
+        for key in ("credentials_file", "bouncer_key_file"):
+            if isinstance(crowdsec.get(key), str) and not Path(crowdsec[key]).is_absolute():
+                crowdsec[key] = str(base / crowdsec[key])
     feed = data.get("ban_feed")
     if isinstance(feed, dict):
         for key in ("path", "list_path"):

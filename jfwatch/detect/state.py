@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS file_offsets (
@@ -38,6 +39,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_try REAL NOT NULL DEFAULT 0, done TEXT, outcome TEXT, last_error TEXT,
     PRIMARY KEY (outbox_id, target));
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, failed, next_try);
+CREATE TABLE IF NOT EXISTS enforcements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, enforcer TEXT NOT NULL, action TEXT NOT NULL,
+    ip TEXT NOT NULL, rule TEXT NOT NULL, until TEXT, requested TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0, accepted TEXT,
+    result TEXT, remote_id TEXT, last_error TEXT, UNIQUE (enforcer, action, ip, until));
+CREATE INDEX IF NOT EXISTS enforcements_due ON enforcements (enforcer, accepted, id);
 CREATE TABLE IF NOT EXISTS api_cursors (
     source TEXT PRIMARY KEY, last_id INTEGER NOT NULL, last_date TEXT, updated TEXT);
 """
@@ -65,6 +72,17 @@ class BanRow:
     since: datetime
     until: datetime
     level: int
+
+
+class Enforcement(NamedTuple):
+    """One enforcer's request for one ban: when it was asked and what it answered."""
+
+    enforcer: str
+    requested: str
+    accepted: str | None
+    result: str | None
+    attempts: int
+    last_error: str | None
 
 
 class StateStore:
@@ -199,6 +217,17 @@ class StateStore:
         """Alerts not yet delivered nor given up."""
         return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND "
                                    "failed IS NULL").fetchone()[0])
+
+    def enforcements(self, ip: str, until: datetime) -> list[Enforcement]:
+        """What each enforcer beyond the feed was asked and answered for this ban."""
+        try:
+            rows = self.db.execute(
+                "SELECT enforcer, requested, accepted, result, attempts, last_error FROM "
+                "enforcements WHERE action='ban' AND ip=? AND until=? ORDER BY enforcer",
+                (ip, until.astimezone(UTC).isoformat())).fetchall()
+        except sqlite3.OperationalError:  # a state from before enforcers (read-only)
+            return []
+        return [Enforcement(*r) for r in rows]
 
     def bans(self) -> list[BanRow]:
         rows = self.db.execute("SELECT ip, rule, since, until, level FROM bans ORDER BY until")

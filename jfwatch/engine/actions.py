@@ -15,14 +15,24 @@ from zoneinfo import ZoneInfo
 
 from jfwatch import log
 from jfwatch.actions.banfeed import BanFeed, feed_address
+from jfwatch.actions.crowdsec import (
+    CrowdsecEnforcer,
+    LapiClient,
+    LapiError,
+    SharedDecisions,
+    read_credentials,
+)
+from jfwatch.actions.enforce import EnforcementQueue, Enforcer
 from jfwatch.actions.metrics import Metrics
+from jfwatch.actions.nftables import Nftables
 from jfwatch.actions.notify import Outbox
+from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban
 from jfwatch.detect.detector import Detector
 from jfwatch.detect.state import StateStore
 from jfwatch.engine.engine import Stream
-from jfwatch.events import Event
+from jfwatch.events import Event, EventKind
 from jfwatch.sources.lines import LineStats
 
 FEED_RETRY_SECONDS = 5.0
@@ -30,6 +40,39 @@ FEED_RETRY_SECONDS = 5.0
 
 class ExportFailed(OSError):
     """The event export could not be written (the commit that needed it is not made)."""
+
+
+def build_enforcers(config: Config) -> list[Enforcer]:
+    """The enforcers beyond the feed that the config enables (ConfigError if their
+    credentials cannot be read: found at start, and by check-config)."""
+    enforcers: list[Enforcer] = []
+    if config.crowdsec.enabled:
+        enforcers.append(CrowdsecEnforcer(lapi_client(config)))
+    if config.nftables.enabled:
+        enforcers.append(Nftables(config.nftables.table, config.nftables.family,
+                                  config.nftables.nft))
+    return enforcers
+
+
+def lapi_client(config: Config) -> LapiClient:
+    cs = config.crowdsec
+    try:
+        url, login, password = read_credentials(cs.credentials_file)
+        bouncer_key = None
+        if cs.bouncer_key_file is not None:
+            try:
+                bouncer_key = cs.bouncer_key_file.read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                raise LapiError(f"cannot read the bouncer key file {cs.bouncer_key_file}: "
+                                f"{exc.strerror}") from None
+    except LapiError as exc:
+        raise ConfigError([f"crowdsec: {exc}"]) from None
+    return LapiClient(url, login, password, timeout=cs.timeout.total_seconds(),
+                      bouncer_key=bouncer_key)
+
+
+# Not a rule file: raised by the daemon itself from the LAPI's decisions.
+BANNED_LOGIN_RULE = "crowdsec-banned-login"
 
 
 class Actions:
@@ -43,7 +86,10 @@ class Actions:
         self.feed = BanFeed(config.ban_feed.path, config.ban_feed.list_path) \
             if config.ban_feed.enabled else None
         self.outbox = Outbox(store, config.notify, config.server_name,
-                             tz=ZoneInfo(config.timezone))
+                             tz=ZoneInfo(config.timezone), enforcers=config.enforcers)
+        self.enforcement = EnforcementQueue(store, build_enforcers(config), config.server_name)
+        self.shared = SharedDecisions(lapi_client(config)) \
+            if config.crowdsec.enabled and config.crowdsec.bouncer_key_file else None
         self.metrics_port: int | None = None
         self._events_path = config.events_file
         self._unwritten: dict[str, list[bytes]] = {}  # export lines by stream, until committed
@@ -67,12 +113,14 @@ class Actions:
             self.log.info("metrics_listening", address=self.config.metrics.listen,
                           port=self.metrics_port)
         self.outbox.start()
+        self.enforcement.start()
         if self.feed is not None and self.feed.problem is not None:
             self._feed_fault(self.feed.problem)
         self._refresh_bans()
         self.restore_export()  # last: metrics and alerts run even if it fails
 
     def stop(self) -> None:
+        self.enforcement.stop()
         self.outbox.stop()
         self.metrics.stop()
 
@@ -161,6 +209,26 @@ class Actions:
         if self._events_path is not None:  # written with the stream's next commit
             self._unwritten.setdefault(stream.key, []).extend(
                 e.json_line() + b"\n" for e in events)
+        if self.shared is not None:
+            self.act([alert for e in events if (alert := self._banned_login(e)) is not None])
+
+    def _banned_login(self, event: Event) -> Alert | None:
+        """A successful login from an address the shared LAPI bans (another host's
+        decision, a blocklist): the password may be in an attacker's hands."""
+        if event.kind not in (EventKind.AUTH_SUCCESS, EventKind.MFA_SUCCESS) or \
+                event.ip is None or self.shared is None:
+            return None
+        bans = self.shared.bans_on(str(event.ip))
+        if not bans:
+            return None
+        why = "; ".join(f"{d.get('scenario')} ({d.get('origin')}, {d.get('duration')} left)"
+                        for d in bans[:3])
+        return Alert(rule=BANNED_LOGIN_RULE, severity="critical", time=event.time,
+                     description="Successful login from an address CrowdSec bans",
+                     key={"ip": str(event.ip)}, ip=str(event.ip), user=event.user, count=1,
+                     window_seconds=0.0, first_time=event.time, last_time=event.time,
+                     country=event.country, asn=event.asn, city=event.city,
+                     detail=f"CrowdSec decisions: {why}", samples=(event.excerpt,))
 
     def idle(self, detector: Detector) -> None:
         """Housekeeping after each pass: the banned list, gauges, a failed feed retried."""
@@ -179,6 +247,7 @@ class Actions:
             self._refresh_bans()
         self.metrics.outbox_depth.set(self.outbox.depth())
         self.metrics.sync_notify(self.outbox.counts)
+        self.metrics.sync_enforcers(self.enforcement)
 
     def act(self, decisions: Sequence[Decision]) -> None:
         changed = False
@@ -191,6 +260,7 @@ class Actions:
                 self.outbox.enqueue(d)
             elif isinstance(d, Ban | Unban):
                 changed = True
+                self.enforcement.request(d)
                 if isinstance(d, Ban):
                     self.metrics.bans.labels(d.rule).inc()
                     self.log.warning("ban", ip=d.ip, rule=d.rule, until=d.until.isoformat())

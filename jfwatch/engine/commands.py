@@ -206,18 +206,31 @@ def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
             now = datetime.now(UTC)
             banfeed.write(Unban(row.ip, row.rule, now, "manual"), now)
             banfeed.write_list([b.ip for b in store.bans()])
+        others = [name for name in cfg.enforcers if name in ("crowdsec", "nftables")]
+        if others:
+            from jfwatch.actions.enforce import request_rows
+
+            request_rows(store, others, Unban(row.ip, row.rule, datetime.now(UTC), "manual"))
+            print(f"lift requested from {', '.join(others)}: the daemon delivers it (now if it "
+                  "runs, else when it starts)")
         return _lift_in_fail2ban(cfg, row.ip) if fail2ban else 0
     enforced = f"enforced by Fail2Ban jail {feed.jail}" if fail2ban else \
         f"in the list {feed.list_path}" if feed.enabled else "not enforced (ban_feed disabled)"
+    bans = [(row, store.enforcements(row.ip, row.until)) for row in store.bans()]
     if getattr(args, "output", "text") == "json":
         import orjson
 
         print(orjson.dumps([{"ip": row.ip, "rule": row.rule, "since": row.since,
-                             "until": row.until, "level": row.level, "enforced": enforced}
-                            for row in store.bans()], option=orjson.OPT_INDENT_2).decode())
+                             "until": row.until, "level": row.level, "enforced": enforced,
+                             "enforcers": [e._asdict() for e in asked]}
+                            for row, asked in bans], option=orjson.OPT_INDENT_2).decode())
         return 0
-    for row in store.bans():
+    for row, asked in bans:
         print(f"{row.ip}\t{row.rule}\tuntil {row.until.isoformat()}\tlevel {row.level}\t{enforced}")
+        for e in asked:
+            state = f"accepted {e.accepted}: {e.result}" if e.accepted else \
+                f"waiting ({e.attempts} attempt(s){', last error: ' + e.last_error if e.last_error else ''})"
+            print(f"\t{e.enforcer}: requested {e.requested}, {state}")
     return 0
 
 

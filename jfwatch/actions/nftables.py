@@ -1,0 +1,81 @@
+"""
+The ``nftables`` enforcer, for a single host without Fail2Ban: banned addresses are
+elements of two named sets (IPv4 and IPv6) whose per-element timeout is the ban's
+remaining duration, so the kernel lifts each ban on time even while jfwatch is stopped.
+
+The table and sets are created at start (``add`` is idempotent: an existing table, its
+sets and their elements survive a jfwatch restart); no rule is added: the example in
+``contrib/nftables/jfwatch.nft`` drops traffic from both sets, and where it goes is the
+admin's choice.  Each change is one ``nft -f -`` transaction.  Needs CAP_NET_ADMIN.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+from datetime import datetime
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
+
+
+class NftError(Exception):
+    """nft refused or could not run; the message is nft's own."""
+
+
+class Nftables:
+    """An ``enforce.Enforcer``."""
+
+    name = "nftables"
+
+    def __init__(self, table: str = "jfwatch", family: str = "inet", nft: str = "nft",
+                 timeout: float = 10.0) -> None:
+        if not re.match(NAME_PATTERN, table) or family not in ("inet", "ip", "ip6"):
+            raise NftError(f"not a table name and family: {family} {table}")
+        self.table, self.family, self.nft, self.timeout = table, family, nft, timeout
+
+    @property
+    def sets(self) -> tuple[str, str]:
+        return "banned4", "banned6"
+
+    def setup(self) -> None:
+        """The table and both sets, if they are not there yet."""
+        t = f"{self.family} {self.table}"
+        self._run(f"add table {t}\n"
+                  f"add set {t} banned4 {{ type ipv4_addr; flags timeout; }}\n"
+                  f"add set {t} banned6 {{ type ipv6_addr; flags timeout; }}\n")
+
+    def ban(self, ip: str, rule: str, until: datetime, ref: str, now: datetime
+            ) -> tuple[str, str | None]:
+        """The address in its set until ``until`` (a ban already there gets the new
+        timeout: delete and add in one transaction)."""
+        seconds = max(1, round((until - now).total_seconds()))
+        element = self._element(ip)
+        self._run(f"add element {element} }}\ndelete element {element} }}\n"
+                  f"add element {element} timeout {seconds}s }}\n")
+        return f"{self._set_of(ip)} timeout {seconds}s", None
+
+    def find(self, ip: str, ref: str) -> str | None:
+        return None  # delivering again sets the same end: nothing to look up
+
+    def unban(self, ip: str, ids: list[str]) -> str:
+        element = self._element(ip)
+        self._run(f"add element {element} }}\ndelete element {element} }}\n")
+        return f"removed from {self._set_of(ip)}"
+
+    def _set_of(self, ip: str) -> str:
+        return self.sets[ipaddress.ip_address(ip).version == 6]
+
+    def _element(self, ip: str) -> str:
+        address = ipaddress.ip_address(ip)  # never a string from elsewhere into a script
+        return f"{self.family} {self.table} {self._set_of(ip)} {{ {address}"
+
+    def _run(self, script: str) -> None:
+        try:
+            done = subprocess.run([self.nft, "-f", "-"], input=script, capture_output=True,
+                                  text=True, timeout=self.timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NftError(f"cannot run {self.nft}: {exc}") from None
+        if done.returncode != 0:
+            raise NftError((done.stderr or done.stdout).strip().splitlines()[0]
+                           if (done.stderr or done.stdout).strip() else f"nft exit {done.returncode}")
