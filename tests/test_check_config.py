@@ -137,3 +137,29 @@ def test_an_apprise_config_file_entry_that_cannot_load_is_an_error(tmp_path: Pat
     apprise_file.rename(tmp_path / "apprise.txt")
     cfg.write_text(f"notify:\n  config_file: {tmp_path / 'apprise.txt'}\n")
     assert _check("--config", str(cfg)).returncode == 0
+
+
+def test_unreadable_api_key_and_lapi_credentials_are_named(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys are read when the daemon starts: check-config reads them too, names where it
+    looked, never what it found."""
+    monkeypatch.delenv("JFWATCH_TEST_UNSET_KEY", raising=False)
+    cfg = tmp_path / "jfwatch.yml"
+    cfg.write_text("crowdsec: {enabled: true, credentials_file: missing-credentials.yaml}\n"
+                   "jellyfin_api:\n  - {url: 'http://127.0.0.1:8096', "
+                   "api_key_env: JFWATCH_TEST_UNSET_KEY}\n"
+                   "  - {url: 'http://127.0.0.1:8097', name: second, api_key_file: key}\n")
+    (tmp_path / "key").write_text("")
+    result = _check("--config", str(cfg))
+    assert result.returncode == 2
+    assert "JFWATCH_TEST_UNSET_KEY" in result.stderr and "is empty" in result.stderr
+    assert "missing-credentials.yaml" in result.stderr
+    assert "3 problem(s)" in result.stderr
+    (tmp_path / "key").write_text("0123456789abcdef\n")
+    cfg.write_text("crowdsec: {enabled: false}\nnftables: {enabled: true}\n"
+                   "jellyfin_api:\n  - {url: 'http://127.0.0.1:8097', api_key_file: key}\n")
+    result = _check("--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "1 Activity Log source(s)" in result.stdout
+    assert "bans enforced by fail2ban, nftables" in result.stdout
+    assert "0123456789abcdef" not in result.stdout + result.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import subprocess
+from collections.abc import Sequence
 from datetime import datetime
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
@@ -28,11 +29,13 @@ class Nftables:
 
     name = "nftables"
 
-    def __init__(self, table: str = "jfwatch", family: str = "inet", nft: str = "nft",
-                 timeout: float = 10.0) -> None:
+    def __init__(self, table: str = "jfwatch", family: str = "inet",
+                 command: Sequence[str] = ("nft",), timeout: float = 10.0) -> None:
+        """``command``: how to run nft (a helper with the privilege, like ``sudo -n nft``,
+        keeps jfwatch itself unprivileged)."""
         if not re.match(NAME_PATTERN, table) or family not in ("inet", "ip", "ip6"):
             raise NftError(f"not a table name and family: {family} {table}")
-        self.table, self.family, self.nft, self.timeout = table, family, nft, timeout
+        self.table, self.family, self.command, self.timeout = table, family, list(command), timeout
 
     @property
     def sets(self) -> tuple[str, str]:
@@ -72,10 +75,11 @@ class Nftables:
 
     def _run(self, script: str) -> None:
         try:
-            done = subprocess.run([self.nft, "-f", "-"], input=script, capture_output=True,
-                                  text=True, timeout=self.timeout, check=False)
+            done = subprocess.run([*self.command, "-f", "-"], input=script,
+                                  capture_output=True, text=True, timeout=self.timeout,
+                                  check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise NftError(f"cannot run {self.nft}: {exc}") from None
+            raise NftError(f"cannot run {' '.join(self.command)}: {exc}") from None
         if done.returncode != 0:
             raise NftError((done.stderr or done.stdout).strip().splitlines()[0]
                            if (done.stderr or done.stdout).strip() else f"nft exit {done.returncode}")

@@ -104,7 +104,9 @@ class NftablesConfig(Strict):
     enabled: bool = False
     table: str = Field("jfwatch", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     family: Literal["inet", "ip", "ip6"] = "inet"
-    nft: str = "nft"
+    # How to run nft: a helper holding the privilege (["sudo", "-n", "/usr/sbin/nft"] with
+    # a sudoers rule) keeps the daemon unprivileged.
+    nft: list[str] = Field(["nft"], min_length=1)
 
 
 class BanPolicy(Strict):

@@ -103,11 +103,19 @@ def cmd_check_config(args: argparse.Namespace, loaded: Loaded) -> int:
             read_api_key(str(api.api_key_file) if api.api_key_file else None, api.api_key_env)
         except ApiError as exc:
             problems.append(f"jellyfin_api {api.name}: {exc}")
+    if cfg.crowdsec.enabled:
+        from jfwatch.engine.actions import lapi_client
+
+        try:
+            lapi_client(cfg).close()
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         return _report(ConfigError(problems))
     print(f"config OK ({where}): {len(cfg.sources)} source(s), "
           f"{len(cfg.jellyfin_api)} Activity Log source(s), {len(rules)} rule(s) enabled, "
-          f"{len(cfg.notify.urls)} notification URL(s)")
+          f"{len(cfg.notify.urls)} notification URL(s); bans enforced by "
+          f"{', '.join(cfg.enforcers) or 'nobody (alerts only)'}")
     travel = [r.name for r in rules if r.type == "impossible_travel"]
     if travel and not (cfg.geo.enabled and cfg.geo.mmdb):
         print(f"note: {', '.join(travel)} stays silent without city data: set geo.mmdb to a "

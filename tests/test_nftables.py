@@ -1,0 +1,125 @@
+"""
+The ``nftables`` enforcer with the real ``nft``, inside a network namespace the test
+creates (``ip netns add``, an unshare of the network namespace kept by a bind mount): an
+element per ban with the ban's timeout, removed on unban, the sets kept across a jfwatch
+restart; and the host's own ruleset never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from jfwatch.actions.nftables import Nftables
+
+from conftest import require_tool
+from daemon_helper import DaemonRun, append, denied
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    require_tool("nft")
+    ip = require_tool("ip")
+    if os.geteuid() != 0:
+        pytest.skip("creating a network namespace needs root")
+    name = f"jfwtest-{uuid.uuid4().hex[:8]}"
+    subprocess.run([ip, "netns", "add", name], check=True, timeout=30)
+    yield name
+    subprocess.run([ip, "netns", "del", name], check=False, timeout=30)
+
+
+def _in(ns: str, *command: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *command]
+
+
+def _elements(ns: str, set_name: str) -> dict[str, dict[str, int]]:
+    """The set's elements: address -> {timeout, expires} in seconds."""
+    done = subprocess.run(_in(ns, "nft", "-j", "list", "set", "inet", "jfwatch", set_name),
+                          capture_output=True, text=True, timeout=30, check=True)
+    out: dict[str, dict[str, int]] = {}
+    for item in json.loads(done.stdout)["nftables"]:
+        for elem in item.get("set", {}).get("elem", []):
+            if isinstance(elem, dict) and "elem" in elem:
+                out[str(elem["elem"]["val"])] = elem["elem"]
+            else:
+                out[str(elem)] = {}
+    return out
+
+
+def test_bans_become_elements_with_their_timeout(netns: str, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / f"log_{datetime.now(UTC):%Y%m%d}.log"
+    log.touch()
+    run = DaemonRun(tmp_path, wrap=_in(netns), extra="nftables: {enabled: true}\nallow: []\n")
+    run.config.write_text(run.config.read_text().replace(
+        "ban_feed: {", "ban_feed: {enforcer: list, "))
+    run.start()
+    try:
+        now = datetime.now(UTC)
+        for ip in ("203.0.113.7", "2001:db8::7"):
+            for i in range(5):
+                stamp = (now - timedelta(seconds=5 - i)).strftime("%Y-%m-%d %H:%M:%S.000")
+                append(log, denied("alice", ip, stamp))
+        run.wait_for(lambda: "203.0.113.7" in _elements(netns, "banned4") and
+                     "2001:db8::7" in _elements(netns, "banned6"), what="elements")
+        v4 = _elements(netns, "banned4")["203.0.113.7"]
+        assert v4["timeout"] == pytest.approx(4 * 3600, abs=120)  # brute-force-ip: 4h
+        assert 0 < v4["expires"] <= v4["timeout"]
+        # A restart keeps the table, the sets and their elements.
+        run.stop()
+        run.start()
+        assert "203.0.113.7" in _elements(netns, "banned4")
+        lifted = subprocess.run([sys.executable, "-m", "jfwatch", "bans", "unban", "203.0.113.7",
+                                 "--config", str(run.config)], capture_output=True, text=True,
+                                timeout=60, check=False, cwd=tmp_path)
+        assert lifted.returncode == 0, lifted.stderr
+        run.wait_for(lambda: "203.0.113.7" not in _elements(netns, "banned4"),
+                     what="element removed")
+        assert "2001:db8::7" in _elements(netns, "banned6")
+    finally:
+        run.stop()
+    # Nothing leaked into the host's ruleset.
+    host = subprocess.run(["nft", "list", "table", "inet", "jfwatch"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert host.returncode != 0
+
+
+def test_a_ban_already_there_gets_the_new_timeout(netns: str) -> None:
+    """Escalation: the element's timeout is replaced in one transaction."""
+    nft = Nftables(command=_in(netns, "nft"))
+    nft.setup()
+    nft.setup()  # idempotent
+    now = datetime.now(UTC)
+    nft.ban("198.51.100.5", "r", now + timedelta(hours=1), "x/1", now)
+    nft.ban("198.51.100.5", "r", now + timedelta(hours=8), "x/2", now)
+    assert _elements(netns, "banned4")["198.51.100.5"]["timeout"] == 8 * 3600
+    nft.unban("198.51.100.5", [])
+    nft.unban("198.51.100.5", [])  # absent already: no error
+    assert "198.51.100.5" not in _elements(netns, "banned4")
+
+
+def test_the_shipped_drop_rule_loads_beside_the_sets(netns: str) -> None:
+    """contrib/nftables/jfwatch.nft loads after jfwatch made its sets, and before (its set
+    definitions are the same), and a banned address is in the set it drops from."""
+    example = Path(__file__).resolve().parents[1] / "contrib" / "nftables" / "jfwatch.nft"
+    subprocess.run(_in(netns, "nft", "-f", str(example)), check=True, timeout=30)
+    nft = Nftables(command=_in(netns, "nft"))
+    nft.setup()
+    now = datetime.now(UTC)
+    nft.ban("203.0.113.8", "r", now + timedelta(minutes=5), "x/1", now)
+    subprocess.run(_in(netns, "nft", "-f", str(example)), check=True, timeout=30)
+    rules = subprocess.run(_in(netns, "nft", "list", "chain", "inet", "jfwatch", "input"),
+                           capture_output=True, text=True, check=True, timeout=30).stdout
+    assert "ip saddr @banned4 drop" in rules
+    assert "203.0.113.8" in _elements(netns, "banned4")
