@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from conftest import require_tool
+from http_receiver import free_port
 
 MACHINE_PASSWORD = "jfwatch-test-Passw0rd-1234567890"
 BOUNCER_KEY = "jfwatchtestbouncerkey0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Lapi:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import pytest
 from jfwatch.engine.activity_server import ActivityLogServer
 
 from daemon_helper import DaemonRun, append
+from http_receiver import free_port
 
 pytestmark = pytest.mark.system
 KEY = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
@@ -99,7 +102,7 @@ def test_every_entry_once_across_a_sigkill_in_the_middle_of_paging(
 def test_an_outage_is_reported_and_reading_resumes(tmp_path: Path,
                                                    server: ActivityLogServer) -> None:
     server.add("AuthenticationFailed", "x", "203.0.113.1")
-    run = _daemon(tmp_path, server, metrics_port=0)
+    run = _daemon(tmp_path, server, metrics_port=free_port())  # status finds it there
     run.start()
     try:
         port = _metrics_port(run)
@@ -112,6 +115,13 @@ def test_an_outage_is_reported_and_reading_resumes(tmp_path: Path,
         server.start()
         run.wait_for(lambda: len(_api_ids(run)) == 2, timeout=30, what="entry after outage")
         run.wait_for(lambda: _readable(port) == 1.0, what="readable again")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert KEY not in resp.read().decode()
+        status = subprocess.run([sys.executable, "-m", "jfwatch", "status", "--config",
+                                 str(run.config)], capture_output=True, text=True, timeout=60,
+                                check=False, cwd=tmp_path)
+        assert "activity log jellyfin-api" in status.stdout and "answering" in status.stdout, \
+            status.stdout + status.stderr
     finally:
         run.stop()
 

@@ -131,6 +131,8 @@ def test_a_push_made_just_before_a_crash_is_found_not_repeated(tmp_path: Path,
     url, login, password = read_credentials(lapi.credentials)
     client = LapiClient(url, login, password)
     client.push_ban(ban.ip, ban.rule, ban.until, "testserver/1", now)  # before the "crash"
+    client._token = "a.revoked.token"  # refused by the LAPI: it logs in again, once
+    client._token_until = datetime.now(UTC).timestamp() + 3600
     queue = EnforcementQueue(store, [CrowdsecEnforcer(client)], "testserver")
     queue.deliver(queue.enforcers[0])
     assert queue.counts == {("crowdsec", "recovered"): 1, ("crowdsec", "accepted"): 1}

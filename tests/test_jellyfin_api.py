@@ -148,6 +148,8 @@ def test_start_end_takes_only_what_comes_after_the_first_start(server: ActivityL
     finally:
         p.stop()
     assert ids == [6]
+    # Rounds after the first ask only for entries since the last one taken (minDate).
+    assert "minDate=" not in server.requests[0] and "minDate=" in server.requests[-1]
 
 
 def test_a_server_whose_log_starts_again_is_followed(server: ActivityLogServer) -> None:

@@ -138,16 +138,18 @@ class LapiClient:
 
     def _call(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> Any:
         headers = dict(kwargs.pop("headers", {}))
-        if auth:
-            headers["Authorization"] = f"Bearer {self.login()}"
-        try:
-            answer = self._http.request(method, path, headers=headers, **kwargs)
-        except httpx.TimeoutException:
-            raise LapiError("the LAPI did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise LapiError(f"cannot reach the LAPI: {type(exc).__name__}") from None
-        if answer.status_code == 401 and auth:
-            self._token = None  # expired or revoked: log in again next time
+        for attempt in (1, 2):
+            if auth:
+                headers["Authorization"] = f"Bearer {self.login()}"
+            try:
+                answer = self._http.request(method, path, headers=headers, **kwargs)
+            except httpx.TimeoutException:
+                raise LapiError("the LAPI did not answer in time") from None
+            except httpx.HTTPError as exc:
+                raise LapiError(f"cannot reach the LAPI: {type(exc).__name__}") from None
+            if answer.status_code != 401 or not auth or attempt == 2:
+                break
+            self._token = None  # expired early or revoked (a LAPI restart): log in again
         if answer.status_code >= 400:
             raise LapiError(f"HTTP {answer.status_code} from {method} {path}: "
                             f"{answer.text[:200]}")

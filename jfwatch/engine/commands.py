@@ -304,6 +304,10 @@ def _status_text(status: dict[str, Any]) -> str:
     for f in status.get("files", []):
         lag = f", {f['lag_bytes']} bytes behind" if "lag_bytes" in f else ""
         lines.append(f"  {f['path']}: offset {f['offset']}{lag}")
+    for api in status.get("activity_logs", []):
+        state = "answering" if api["readable"] else f"NOT answering: {api['problem']}"
+        lines.append(f"activity log {api['name']} ({api['url']}): {state}, "
+                     f"last entry {api['last_id']}")
     lines.append(f"bans active: {status.get('bans_active', 0)}; alerts waiting to be sent: "
                  f"{status.get('outbox_waiting', 0)}")
     for target in status.get("failing_targets", []):

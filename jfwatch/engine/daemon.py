@@ -207,6 +207,10 @@ class Daemon:
                          "readable": src.problem is None, "problem": src.problem,
                          "files": sorted(p for p, t in self.tracked.items() if t.source is src),
                          "skipped": len(src.skipped)} for src in self.sources],
+            "activity_logs": [{"name": p.config.name, "url": p.config.url,
+                               "readable": p.problem is None, "problem": p.problem,
+                               "last_id": p.cursor.last_id if p.cursor else None}
+                              for p in self.polled],
             "files": [{"path": path, "offset": t.follower.offset,
                        "lag_bytes": t.follower.backlog()[0]}
                       for path, t in sorted(self.tracked.items())],
