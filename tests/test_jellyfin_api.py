@@ -7,6 +7,7 @@ whose log starts again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -68,6 +69,27 @@ def take(p: ActivityPoller, cursor: Cursor | None, *, until: int, limit: int = 1
     return ids, cursor
 
 
+@contextlib.contextmanager
+def running(p: ActivityPoller) -> Iterator[ActivityPoller]:
+    """The poller's thread, stopped on the way out."""
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def next_batch(p: ActivityPoller, timeout: float = 10.0) -> Batch | None:
+    """The next batch the poller hands out, or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = p.take()
+        if batch is not None:
+            return batch
+        time.sleep(0.005)
+    return None
+
+
 def test_every_entry_once_while_entries_arrive_during_paging(server: ActivityLogServer) -> None:
     """95 entries paged 10 at a time, while 3 more arrive before each of the first 8
     page answers: all 119 are taken once, in id order."""
@@ -81,12 +103,8 @@ def test_every_entry_once_while_entries_arrive_during_paging(server: ActivityLog
                 server.add("AuthenticationFailed", "late", "198.51.100.1")
 
     server.on_page = arrive
-    p = poller(server)
-    p.start()
-    try:
+    with running(poller(server)) as p:
         ids, cursor = take(p, None, until=119)
-    finally:
-        p.stop()
     assert ids == list(range(1, 120))
     assert cursor is not None and cursor.last_id == 119
     # The walk went from the oldest page up: answers were asked with startIndex > 0.
@@ -102,18 +120,11 @@ def test_a_restart_in_the_middle_of_paging_loses_and_repeats_nothing(
     first = poller(server)
     first.start()
     committed_ids, committed = take(first, None, until=60, limit=3)
-    uncommitted = None
-    deadline = time.monotonic() + 10
-    while uncommitted is None and time.monotonic() < deadline:
-        uncommitted = first.take()  # taken, then lost with the process
+    uncommitted = next_batch(first)  # taken, then lost with the process
     first.stop()
     assert len(committed_ids) == 30 and uncommitted is not None
-    second = poller(server, committed)
-    second.start()
-    try:
+    with running(poller(server, committed)) as second:
         rest, _ = take(second, committed, until=30)
-    finally:
-        second.stop()
     assert committed_ids + rest == list(range(1, 61))
 
 
@@ -121,32 +132,21 @@ def test_a_rewind_drops_what_was_handed_out_after_the_cursor(server: ActivityLog
     """A failed commit rewinds the poller: the walk starts again from the cursor."""
     for n in range(30):
         server.add("AuthenticationFailed", "x", f"203.0.113.{n}")
-    p = poller(server)
-    p.start()
-    try:
+    with running(poller(server)) as p:
         ids, _cursor = take(p, None, until=10, limit=1)
         p.rewind(None)  # the first batch's commit failed
         again, _ = take(p, None, until=30, rewound=True)
-    finally:
-        p.stop()
     assert ids == list(range(1, 11)) and again == list(range(1, 31))
 
 
 def test_start_end_takes_only_what_comes_after_the_first_start(server: ActivityLogServer) -> None:
     for n in range(5):
         server.add("AuthenticationFailed", "old", f"203.0.113.{n}")
-    p = poller(server, start="end")
-    p.start()
-    try:
-        deadline = time.monotonic() + 10
-        first: Batch | None = None
-        while first is None and time.monotonic() < deadline:
-            first = p.take()
+    with running(poller(server, start="end")) as p:
+        first = next_batch(p)
         assert first is not None and first.data == b"" and first.cursor.last_id == 5
         server.add("AuthenticationFailed", "new", "203.0.113.9")
         ids, _ = take(p, first.cursor, until=1)
-    finally:
-        p.stop()
     assert ids == [6]
     # Rounds after the first ask only for entries since the last one taken (minDate).
     assert "minDate=" not in server.requests[0] and "minDate=" in server.requests[-1]
@@ -161,12 +161,8 @@ def test_a_server_whose_log_starts_again_is_followed(server: ActivityLogServer) 
     server.reset_database()
     assert old == 1
     server.add("AuthenticationSucceeded", "alice", "203.0.113.5")
-    p = poller(server, cursor)
-    p.start()
-    try:
+    with running(poller(server, cursor)) as p:
         ids, after = take(p, cursor, until=1)
-    finally:
-        p.stop()
     assert ids == [1] and after is not None and after.last_id == 1
 
 
@@ -196,9 +192,7 @@ def test_refused_key_outage_slowness_and_garbage_are_reported(server: ActivityLo
 
 def test_the_poller_reports_an_outage_and_recovers(server: ActivityLogServer) -> None:
     server.add("AuthenticationFailed", "x", "203.0.113.1")
-    p = poller(server)
-    p.start()
-    try:
+    with running(poller(server)) as p:
         ids, cursor = take(p, None, until=1)
         server.stop()
         _wait(lambda: p.problem is not None and "cannot reach" in p.problem)
@@ -206,8 +200,6 @@ def test_the_poller_reports_an_outage_and_recovers(server: ActivityLogServer) ->
         server.start()  # the same port
         _wait(lambda: p.problem is None, timeout=15)
         more, _ = take(p, cursor, until=1)
-    finally:
-        p.stop()
     assert ids == [1] and more == [2]
 
 
@@ -215,15 +207,8 @@ def test_user_names_are_resolved_from_user_ids_in_any_language(server: ActivityL
     """A German server's success names the user in German; UserId gives the name."""
     server.add("AuthenticationSucceeded", "alice", "203.0.113.5", lang="de")
     server.entries[-1]["Name"] = "alice erfolgreich authentifiziert"
-    p = poller(server)
-    p.start()
-    try:
-        deadline = time.monotonic() + 10
-        batch = None
-        while batch is None and time.monotonic() < deadline:
-            batch = p.take()
-    finally:
-        p.stop()
+    with running(poller(server)) as p:
+        batch = next_batch(p)
     assert batch is not None
     events = ActivityParser(StreamContext()).feed(batch.data.decode().strip())
     assert [(e.kind, e.user, str(e.ip)) for e in events] == [
