@@ -293,8 +293,9 @@ class Daemon:
         self.log.info("reloaded", rules=len(rules))
         # Rules, allow-list, proxies and detector limits apply at once; these hold open
         # files, threads or sockets and change only with a restart.
-        pending = [name for name in ("sources", "state_dir", "ban_feed", "notify", "metrics",
-                                     "events_file")
+        pending = [name for name in ("sources", "jellyfin_api", "state_dir", "ban_feed",
+                                     "crowdsec", "nftables", "notify", "metrics", "events_file",
+                                     "geo")
                    if getattr(config, name) != getattr(self.config, name)]
         if pending:
             self.log.warning("restart_needed", changed=pending)
