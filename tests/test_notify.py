@@ -7,9 +7,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from jfwatch.actions.enforce import request_rows
 from jfwatch.actions.notify import Outbox, render
 from jfwatch.config.model import NotifyConfig
-from jfwatch.detect.decisions import Alert
+from jfwatch.detect.decisions import Alert, Ban
 from jfwatch.detect.state import StateStore
 
 from http_receiver import Receiver, free_port
@@ -110,7 +111,13 @@ def test_prune_keeps_pending_alerts_and_active_history(tmp_path: Path) -> None:
     store.record_ban("203.0.113.1", "bf", old, old + timedelta(hours=1), 0)
     store.remove_ban("203.0.113.1")
     store.record_ban("203.0.113.2", "bf", old, T0 + timedelta(days=1), 0)
-    assert store.prune(T0) == 2
+    for ip, until in (("203.0.113.1", old + timedelta(hours=1)),
+                      ("203.0.113.2", T0 + timedelta(days=1))):
+        request_rows(store, ["crowdsec"], Ban(ip, "bf", old, until, 0))
+    with store.transaction() as db:
+        db.execute("UPDATE enforcements SET accepted=?", (old.isoformat(),))
+    assert store.prune(T0) == 3  # an alert, a long-over ban's request, stale history
+    assert [r[0] for r in store.db.execute("SELECT ip FROM enforcements")] == ["203.0.113.2"]
     assert [r[0] for r in store.db.execute("SELECT dedup FROM outbox")] == ["b"]
     assert store.ban_count("203.0.113.1") == 0
     assert store.ban_count("203.0.113.2") == 1

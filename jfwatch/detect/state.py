@@ -298,7 +298,8 @@ class StateStore:
     def prune(self, now: datetime, *, outbox_days: int = 14, history_days: int = 180) -> int:
         """
         Drop what no longer matters, so the state file does not grow forever: delivered or
-        abandoned alerts, and repeat-offender history nobody would escalate on any more.
+        abandoned alerts, enforcer requests accepted for bans long over, and
+        repeat-offender history nobody would escalate on any more.
         """
         outbox_cut = (now - timedelta(days=outbox_days)).isoformat()
         history_cut = (now - timedelta(days=history_days)).astimezone(UTC).isoformat()
@@ -306,6 +307,9 @@ class StateStore:
             gone = db.execute("DELETE FROM outbox WHERE (delivered IS NOT NULL OR failed IS NOT "
                               "NULL) AND created < ?", (outbox_cut,)).rowcount
             db.execute("DELETE FROM deliveries WHERE outbox_id NOT IN (SELECT id FROM outbox)")
+            gone += db.execute("DELETE FROM enforcements WHERE accepted IS NOT NULL AND "
+                               "accepted < ? AND (until IS NULL OR until < ?)",
+                               (outbox_cut, outbox_cut)).rowcount
             gone += db.execute("DELETE FROM ban_history WHERE last < ? AND ip NOT IN "
                                "(SELECT ip FROM bans)", (history_cut,)).rowcount
         return int(gone)
