@@ -33,7 +33,7 @@ from jfwatch.detect.rules import Rule
 from jfwatch.detect.state import SavedOffset, StateStore
 from jfwatch.engine.actions import Actions, ExportFailed
 from jfwatch.engine.engine import Engine, Stream
-from jfwatch.enrich.geo import Geo
+from jfwatch.enrich.geo import Geo, GeoError
 from jfwatch.parsers import create_parser
 from jfwatch.parsers.base import StreamContext
 from jfwatch.sources.files import Source, find_by_identity, nearby_logs, sibling_paths
@@ -100,7 +100,10 @@ class Daemon:
         self.store = StateStore(self.config.state_dir / "state.db")
         self.actions = Actions(self.config, self.store)
         self.detector = Detector(self.rules, settings_from_config(self.config), self.store)
-        geo = Geo(self.config.geo.mmdb) if self.config.geo.enabled else None
+        try:
+            geo = Geo(self.config.geo.mmdb) if self.config.geo.enabled else None
+        except GeoError as exc:  # checked at config load; gone or damaged since
+            raise ConfigError([f"geo.mmdb: {exc}"]) from None
         self.engine = Engine(self.actions, self.detector, geo=geo)
         travel = [r.name for r in self.rules if r.type == "impossible_travel"]
         if travel and not (geo and geo.has_locations):
