@@ -90,6 +90,9 @@ class Metrics:
         self.groups = Gauge("jfwatch_tracked_groups", "Detector groups in memory", registry=r)
         self.evictions = Counter("jfwatch_group_evictions", "Groups evicted at the cap",
                                  registry=r)
+        self.duplicates = Counter(
+            "jfwatch_duplicate_reports", "Second reports of one authentication (Jellyfin's "
+            "log and its Activity Log), counted once by rules", registry=r)
         self.future_events = Counter(
             "jfwatch_future_events", "Events dated ahead of the wall clock (forged or wrongly "
             "clocked lines), taken at the current time", registry=r)

@@ -93,8 +93,10 @@ class Actions:
         self.metrics_port: int | None = None
         self._events_path = config.events_file
         self._unwritten: dict[str, list[bytes]] = {}  # export lines by stream, until committed
+        self._detector_seen: Detector | None = None  # whose counts the seen ones below are
         self._evictions_seen = 0
         self._future_seen = 0
+        self._duplicates_seen = 0
         # Bans that were over before they could be written (backfill of old logs): their
         # BAN and UNBAN lines would only be noise for Fail2Ban.
         self._skipped_bans: set[str] = set()
@@ -126,7 +128,6 @@ class Actions:
 
     def reload(self, config: Config) -> None:
         self.config = config
-        self._evictions_seen = self._future_seen = 0
 
     def restore_export(self) -> None:
         """Cut the event export back to what the committed offsets account for (a first
@@ -341,13 +342,20 @@ class Actions:
                 self._list_problem = None
 
     def _detector_gauges(self, detector: Detector) -> None:
+        if detector is not self._detector_seen:  # a reload or a commit fault made a new one
+            self._detector_seen = detector
+            self._evictions_seen = self._future_seen = self._duplicates_seen = 0
         self.metrics.groups.set(detector.tracked_groups)
         delta = detector.evictions - self._evictions_seen
-        if delta:
+        if delta > 0:
             self.metrics.evictions.inc(delta)
             self._evictions_seen = detector.evictions
+        duplicates = detector.duplicates - self._duplicates_seen
+        if duplicates > 0:
+            self.metrics.duplicates.inc(duplicates)
+            self._duplicates_seen = detector.duplicates
         future = detector.future_events - self._future_seen
-        if future:
+        if future > 0:
             self.metrics.future_events.inc(future)
             self._future_seen = detector.future_events
             self.log.warning("future_dated_events", count=future,
