@@ -169,12 +169,13 @@ class Metrics:
     def sync_enforcers(self, queue: EnforcementQueue) -> None:
         """Deliveries to each enforcer (accepted, failed, recovered after a restart), what
         waits, and whether it answers."""
-        for (enforcer, outcome), total in queue.counts.items():
+        # Copied in one step: the enforcement thread adds keys as it goes.
+        for (enforcer, outcome), total in list(queue.counts.items()):
             delta = total - self._enforce_seen.get((enforcer, outcome), 0)
             if delta > 0:
                 self.enforcements.labels(enforcer, outcome).inc(delta)
             self._enforce_seen[(enforcer, outcome)] = total
-        for enforcer, problem in queue.problems.items():
+        for enforcer, problem in list(queue.problems.items()):
             self.enforcer_up.labels(enforcer).set(0 if problem else 1)
             self.enforcer_pending.labels(enforcer).set(queue.pending(enforcer))
 
