@@ -58,6 +58,12 @@ def address(text: str) -> MemoIPv4Address | MemoIPv6Address:
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Addresses that are never an attacker's own on the internet: loopback, RFC 1918,
+# link-local and unique-local (the default allow-list, the rules' ``@private``, and
+# never looked up by ``enrich.geo``).
+PRIVATE_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                  "169.254.0.0/16", "fc00::/7", "fe80::/10"]
+
 
 def canonical(addr: ipaddress.IPv4Address | ipaddress.IPv6Address
               ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from jfwatch.addresses import bad_networks
+from jfwatch.addresses import PRIVATE_RANGES, bad_networks
 from jfwatch.config.durations import Duration, between
 from jfwatch.config.errors import ConfigError
 from jfwatch.config.yaml_lines import describe, load_yaml
@@ -26,8 +26,6 @@ from jfwatch.parsers import FORMATS
 
 DEFAULT_CONFIG = Path("/etc/jfwatch/jfwatch.yml")
 DEFAULT_TIMEZONE = "UTC"
-PRIVATE_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                  "169.254.0.0/16", "fc00::/7", "fe80::/10"]
 
 
 class Strict(BaseModel):

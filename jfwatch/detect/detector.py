@@ -23,8 +23,8 @@ from datetime import UTC, datetime, timedelta
 from sys import intern
 from typing import Protocol
 
-from jfwatch.addresses import Network, network, networks
-from jfwatch.config.model import PRIVATE_RANGES, Config
+from jfwatch.addresses import PRIVATE_RANGES, Network, network, networks
+from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban, format_duration_s
 from jfwatch.detect.dedup import RecentLogins, Seen
 from jfwatch.detect.rules import Match, Rule

@@ -11,19 +11,18 @@ Private, loopback and link-local addresses are never looked up (they have no cou
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from jfwatch.addresses import PRIVATE_RANGES, networks
 from jfwatch.events import Event, IPAddress
 
 _CACHE_MAX = 65_536  # attackers repeat their addresses; bounded for floods of new ones
-# Never looked up: RFC 1918, CGNAT, unique-local, loopback, link-local.
-_LOCAL = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
-    "169.254.0.0/16", "0.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128", "::/128"))
+# Never looked up: the private ranges, and CGNAT and "this network", which no database
+# places either.
+_LOCAL = networks([*PRIVATE_RANGES, "100.64.0.0/10", "0.0.0.0/8", "::/128"])
 
 
 class GeoError(Exception):
