@@ -33,6 +33,7 @@ from jfwatch.detect.detector import Detector
 from jfwatch.detect.state import StateStore
 from jfwatch.engine.engine import Stream
 from jfwatch.events import Event, EventKind
+from jfwatch.keys import KeyUnreadable, read_key
 from jfwatch.sources.lines import LineStats
 
 FEED_RETRY_SECONDS = 5.0
@@ -58,14 +59,9 @@ def lapi_client(config: Config) -> LapiClient:
     cs = config.crowdsec
     try:
         url, login, password = read_credentials(cs.credentials_file)
-        bouncer_key = None
-        if cs.bouncer_key_file is not None:
-            try:
-                bouncer_key = cs.bouncer_key_file.read_text(encoding="utf-8").strip() or None
-            except OSError as exc:
-                raise LapiError(f"cannot read the bouncer key file {cs.bouncer_key_file}: "
-                                f"{exc.strerror}") from None
-    except LapiError as exc:
+        bouncer_key = None if cs.bouncer_key_file is None else \
+            read_key("bouncer key", str(cs.bouncer_key_file))
+    except (LapiError, KeyUnreadable) as exc:
         raise ConfigError([f"crowdsec: {exc}"]) from None
     return LapiClient(url, login, password, timeout=cs.timeout.total_seconds(),
                       bouncer_key=bouncer_key)

@@ -21,7 +21,6 @@ up the files.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ import httpx
 import orjson
 
 from jfwatch import log
+from jfwatch.keys import KeyUnreadable, read_key
 from jfwatch.parsers.base import parse_iso
 from jfwatch.parsers.jellyfin_activity import RESOLVED_USER
 
@@ -68,21 +68,12 @@ class Batch:
 
 
 def read_api_key(key_file: str | None, key_env: str | None) -> str:
-    """The API key, from a file (first line) or the environment; ApiError names where
-    it looked, never what it found."""
-    if key_file:
-        try:
-            with open(key_file, encoding="utf-8") as fh:
-                key = fh.readline().strip()
-        except OSError as exc:
-            raise ApiError(f"cannot read the API key file {key_file}: {exc.strerror}") from None
-        if not key:
-            raise ApiError(f"the API key file {key_file} is empty")
-        return key
-    key = os.environ.get(key_env or "", "").strip()
-    if not key:
-        raise ApiError(f"the environment variable {key_env} holding the API key is not set")
-    return key
+    """The API key (``keys.read_key``); ApiError names where it looked, never what it
+    found."""
+    try:
+        return read_key("API key", key_file, key_env)
+    except KeyUnreadable as exc:
+        raise ApiError(str(exc)) from None
 
 
 class ActivityClient:
