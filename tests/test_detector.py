@@ -290,3 +290,25 @@ class TestBansCommand:
         assert lifted.returncode == 1 and "unbanned 203.0.113.8 in jfwatch" in lifted.stdout
         assert f"sudo fail2ban-client -s {tmp_path / 'none.sock'} set jfwatch unbanip " \
                "203.0.113.8" in lifted.stderr
+
+
+def test_dedup_memory_stays_bounded_under_a_flood() -> None:
+    """An attacker's flood of fresh usernames, and of reports on one name from both
+    parsers, cannot grow the dedup memory past its caps, and an unpaired report is
+    never merged with one from the same parser."""
+    from jfwatch.detect import dedup
+
+    recent = dedup.RecentLogins(5_000_000)
+    now = 1_800_000_000_000_000
+    ip = ipaddress.ip_address("203.0.113.9")
+    for n in range(20_000):
+        event = Event(T0, "jellyfin", EventKind.AUTH_FAILURE, "jellyfin.denied", "jellyfin",
+                      ip, f"user{n}")
+        assert recent.classify(event, now) is dedup.Seen.NEW
+    assert len(recent._recent) <= dedup._MAX_KEYS
+    for n in range(5_000):
+        source = "jellyfin" if n % 2 else "jellyfin_activity"
+        recent.classify(Event(T0, source, EventKind.AUTH_FAILURE, f"{source}.x", "jellyfin",
+                              ip, "admin"), now + n)
+    assert all(len(v) <= dedup._MAX_PER_KEY for v in recent._recent.values())
+    assert recent.duplicates == 2_500  # each report paired once, never twice
