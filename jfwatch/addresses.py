@@ -65,6 +65,34 @@ PRIVATE_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.
                   "169.254.0.0/16", "fc00::/7", "fe80::/10"]
 
 
+# The default allow-list: the private ranges and carrier-grade NAT (RFC 6598), where
+# Tailscale peers and a phone on a mobile network behind the same CGNAT as the server
+# are; remove it from ``allow`` where the server itself sits behind CGNAT and every
+# outside address arrives from the provider's range is wrong (it does not).
+DEFAULT_ALLOW = [*PRIVATE_RANGES, "100.64.0.0/10"]
+
+# Never anyone's own address: banning one blocks nothing an attacker controls and can
+# block whole classes of traffic (0.0.0.0 in a set, multicast, NAT64's translated
+# IPv4 internet).  ``ipaddress`` knows most of them; NAT64's well-known prefix and the
+# IPv4 broadcast it names explicitly.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def unbannable_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address can never be banned (not anyone's own), or None."""
+    if ip.is_unspecified:
+        return "unspecified address"
+    if ip.is_multicast:
+        return "multicast address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "broadcast address"
+    if ip.is_reserved:
+        return "reserved address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64:
+        return "NAT64 address (stands for the whole IPv4 internet)"
+    return None
+
+
 def canonical(addr: ipaddress.IPv4Address | ipaddress.IPv6Address
               ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """IPv4-mapped IPv6 as IPv4 (as Jellyfin itself does): one client, one address."""

@@ -63,20 +63,27 @@ class Writer:
         ever see it.  The users of its lines."""
         users = [f"{tag}-{j}" for j in range(lines)]
         with self.lock:
-            self.rotations += 1
-            self.app.rename(self.app_dir / f"app.log.{self.rotations}")
+            self._shift()
             self.app.write_text("".join(denied(u, ip="198.51.100.7") for u in users))
-            self.rotations += 1
-            self.app.rename(self.app_dir / f"app.log.{self.rotations}")
+            self._shift()
             self.app.write_text("")
         return users
 
     def rotate_app(self) -> None:
-        """Rename the app log away (never overwriting an older one) and start a new one."""
+        """Rotate the app log as logrotate does without ``dateext``: every app.log.N moves
+        to app.log.N+1, app.log to app.log.1 (so each name is reused by the file read
+        under the name before it), and a new app.log is started."""
         with self.lock:
-            self.rotations += 1
-            self.app.rename(self.app_dir / f"app.log.{self.rotations}")
+            self._shift()
             self.app.write_text("")
+
+    def _shift(self) -> None:
+        self.rotations += 1
+        for n in range(self.rotations - 1, 0, -1):
+            older = self.app_dir / f"app.log.{n}"
+            if older.exists():
+                older.rename(self.app_dir / f"app.log.{n + 1}")
+        self.app.rename(self.app_dir / "app.log.1")
 
 
 def test_sigkills_and_rotations_lose_and_repeat_nothing(tmp_path: Path) -> None:

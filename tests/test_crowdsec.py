@@ -162,3 +162,27 @@ def test_a_login_from_an_address_another_host_banned_is_critical(tmp_path: Path,
                  if "crowdsec-banned-login" in line)
     assert alert["severity"] == "critical" and alert["user"] == "alice"
     assert "another host" in alert["detail"]
+
+
+def test_a_rotating_ipv6_attacker_is_one_range_decision(tmp_path: Path, lapi: Lapi) -> None:
+    """200 addresses of one /64: one decision of scope Range on the network, which a
+    bouncer applies to an address of it that never attacked."""
+    run, log = _daemon(tmp_path, lapi)
+    run.start()
+    try:
+        now = datetime.now(UTC)
+        append(log, "".join(
+            denied("alice", f"2001:db8:5:6:{i:x}::{i:x}",
+                   (now - timedelta(seconds=60 - i % 60)).strftime("%Y-%m-%d %H:%M:%S.000"))
+            for i in range(200)))
+        run.wait_for(lambda: bool(lapi.bouncer_view("2001:db8:5:6::99")), what="decision")
+        run.wait_for(lambda: len(run.events()) == 200, what="every attempt read")
+        found = lapi.bouncer_view("2001:db8:5:6:ffff::1")
+        assert [(d["scope"], d["value"], d["type"]) for d in found] == \
+            [("Range", "2001:db8:5:6::/64", "ban")]
+        assert lapi.bouncer_view("2001:db8:5:7::1") == []
+        lifted = _jfwatch(run, "bans", "unban", "2001:db8:5:6::42")  # an address of it
+        assert lifted.returncode == 0 and "2001:db8:5:6::/64" in lifted.stdout, lifted
+        run.wait_for(lambda: not lapi.bouncer_view("2001:db8:5:6::99"), what="range lifted")
+    finally:
+        run.stop()

@@ -142,3 +142,35 @@ def test_files_created_and_rotated_away_while_stopped_are_read_once(tmp_path: Pa
     time.sleep(1)  # nothing more arrives
     assert run.users() == expected + Counter({"copied": 1, "after-truncate": 1})
     assert run.stop() == 0
+
+
+def test_rename_rotation_after_a_restart_reads_no_file_twice(tmp_path: Path) -> None:
+    """A file resumed under its rotated name after a restart (app.log.1) gets, with the
+    next rotation, the file read as app.log put at its name: it continues where that
+    file was read, never again from 0."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "app.log"
+    log.write_text(denied("first"))
+    run = DaemonRun(tmp_path, pattern="logs/app.log", start="beginning")
+    run.start()
+    run.wait_users(Counter({"first": 1}))
+    assert run.stop() == 0
+    log.rename(logs / "app.log.1")  # rotated while stopped: resumed as app.log.1
+    log.write_text(denied("second-a") + denied("second-b"))
+    run.start()
+    expected = Counter({"first": 1, "second-a": 1, "second-b": 1})
+    run.wait_users(expected)
+    (logs / "app.log.1").rename(logs / "app.log.2")  # a live rename rotation
+    log.rename(logs / "app.log.1")
+    append(logs / "app.log.1", denied("late-write-to-rotated"))  # the writer had not reopened
+    log.write_text(denied("third"))
+    expected += Counter({"late-write-to-rotated": 1, "third": 1})
+    run.wait_users(expected)
+    time.sleep(1.5)  # several passes: nothing is read again
+    assert run.users() == expected
+    assert run.stop() == 0
+    run.start()  # and a restart after it repeats nothing either
+    append(log, denied("fourth"))
+    run.wait_users(expected + Counter({"fourth": 1}))
+    assert run.stop() == 0

@@ -70,11 +70,54 @@ class TestThreshold:
         assert sum(isinstance(d, Alert) for d in out) == 1
 
     def test_ipv6_grouped_by_prefix(self) -> None:
-        """Addresses in one /64 count as one attacker; the ban names the last address."""
+        """Addresses in one /64 count as one attacker, and the ban covers what was
+        counted: the /64, not the one address of the last attempt."""
         out = _run(_detector(_rule()), [_fail(f"2001:db8:1:2::{i}", i) for i in range(1, 4)])
         alert = next(d for d in out if isinstance(d, Alert))
         assert alert.key == {"ip": "2001:db8:1:2::/64"}
-        assert next(d for d in out if isinstance(d, Ban)).ip == "2001:db8:1:2::3"
+        assert alert.ban_target == "2001:db8:1:2::/64"
+        assert next(d for d in out if isinstance(d, Ban)).ip == "2001:db8:1:2::/64"
+
+    def test_200_addresses_of_one_prefix_are_one_ban_of_the_network(self) -> None:
+        """An attacker rotating through its /64 (200 failures from 200 addresses within
+        the ban's hour) gets the network banned once, and the ban covers every address
+        it used; once it is over, a return is banned again, twice as long."""
+        det = _detector(_rule(cooldown="1h"))
+        events = [_fail(f"2001:db8:7:8:{i:x}::{i:x}", i * 15) for i in range(200)]
+        out = _run(det, events)
+        bans = [d for d in out if isinstance(d, Ban)]
+        assert [b.ip for b in bans] == ["2001:db8:7:8::/64"]
+        assert bans[0].until - bans[0].time == timedelta(hours=1)
+        assert all(e.ip in ipaddress.ip_network(bans[0].ip) for e in events)
+        assert sum(isinstance(d, Alert) for d in out) == 1
+        again = _run(det, [_fail(f"2001:db8:7:8::{i:x}", 4000 + i) for i in range(1, 4)])
+        assert [(b.ip, b.until - b.time) for b in again if isinstance(b, Ban)] == \
+            [("2001:db8:7:8::/64", timedelta(hours=2))]
+
+    def test_per_address_rules_ban_the_address(self) -> None:
+        """With ipv6_prefix 128 each address is its own attacker, and banned alone."""
+        out = _run(_detector(_rule(), ipv6_prefix=128),
+                   [_fail("2001:db8:1:2::9", s) for s in range(3)])
+        assert next(d for d in out if isinstance(d, Ban)).ip == "2001:db8:1:2::9"
+
+    def test_a_prefix_holding_an_allow_listed_address_is_never_banned(self) -> None:
+        """The household's own /64 holds its allow-listed address: the network is not
+        banned by failures from its other addresses, and the alert says why."""
+        out = _run(_detector(_rule(), allow=networks(["2001:db8:1:2::10/128"])),
+                   [_fail(f"2001:db8:1:2::{i}", i) for i in range(1, 4)])
+        alert = next(d for d in out if isinstance(d, Alert))
+        assert not any(isinstance(d, Ban) for d in out)
+        assert alert.not_banned_reason == "2001:db8:1:2::/64 holds allow-listed addresses"
+
+    @pytest.mark.parametrize("ip", ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1",
+                                    "ff02::1", "240.0.0.9", "64:ff9b::c000:221"])
+    def test_reserved_addresses_are_never_banned(self, ip: str) -> None:
+        """Unspecified, broadcast, multicast, reserved and NAT64 addresses are nobody's
+        own: counted and alerted, never banned."""
+        out = _run(_detector(_rule(), ipv6_prefix=128), [_fail(ip, s) for s in range(3)])
+        alert = next(d for d in out if isinstance(d, Alert))
+        assert not any(isinstance(d, Ban) for d in out)
+        assert alert.not_banned_reason is not None and "address" in alert.not_banned_reason
 
     def test_distinct_counts_unique_values(self) -> None:
         """``distinct: user`` counts different usernames, not attempts."""
@@ -312,3 +355,21 @@ def test_dedup_memory_stays_bounded_under_a_flood() -> None:
                               ip, "admin"), now + n)
     assert all(len(v) <= dedup._MAX_PER_KEY for v in recent._recent.values())
     assert recent.duplicates == 2_500  # each report paired once, never twice
+
+
+def test_carrier_grade_nat_is_allow_listed_by_default() -> None:
+    """100.64.0.0/10 (carrier-grade NAT, Tailscale peers) is in the default allow-list:
+    failures from it are alerted, never banned; an admin can remove it."""
+    from jfwatch.config.model import Config
+    from jfwatch.detect.detector import settings_from_config
+
+    default = settings_from_config(Config())
+    out = _run(Detector([_rule()], default, StateStore(":memory:")),
+               [_fail("100.100.1.2", s) for s in range(3)])
+    alert = next(d for d in out if isinstance(d, Alert))
+    assert not any(isinstance(d, Ban) for d in out)
+    assert alert.not_banned_reason == "allow-listed"
+    narrowed = settings_from_config(Config(allow=["192.168.0.0/16"]))
+    out = _run(Detector([_rule()], narrowed, StateStore(":memory:")),
+               [_fail("100.100.1.2", s) for s in range(3)])
+    assert any(isinstance(d, Ban) for d in out)

@@ -50,7 +50,10 @@ def _elements(ns: str, set_name: str) -> dict[str, dict[str, int]]:
     for item in json.loads(done.stdout)["nftables"]:
         for elem in item.get("set", {}).get("elem", []):
             if isinstance(elem, dict) and "elem" in elem:
-                out[str(elem["elem"]["val"])] = elem["elem"]
+                val = elem["elem"]["val"]
+                if isinstance(val, dict) and "prefix" in val:  # a network
+                    val = f"{val['prefix']['addr']}/{val['prefix']['len']}"
+                out[str(val)] = elem["elem"]
             else:
                 out[str(elem)] = {}
     return out
@@ -72,7 +75,7 @@ def test_bans_become_elements_with_their_timeout(netns: str, tmp_path: Path) -> 
                 stamp = (now - timedelta(seconds=5 - i)).strftime("%Y-%m-%d %H:%M:%S.000")
                 append(log, denied("alice", ip, stamp))
         run.wait_for(lambda: "203.0.113.7" in _elements(netns, "banned4") and
-                     "2001:db8::7" in _elements(netns, "banned6"), what="elements")
+                     "2001:db8::/64" in _elements(netns, "banned6net"), what="elements")
         v4 = _elements(netns, "banned4")["203.0.113.7"]
         assert v4["timeout"] == pytest.approx(4 * 3600, abs=120)  # brute-force-ip: 4h
         assert 0 < v4["expires"] <= v4["timeout"]
@@ -86,7 +89,7 @@ def test_bans_become_elements_with_their_timeout(netns: str, tmp_path: Path) -> 
         assert lifted.returncode == 0, lifted.stderr
         run.wait_for(lambda: "203.0.113.7" not in _elements(netns, "banned4"),
                      what="element removed")
-        assert "2001:db8::7" in _elements(netns, "banned6")
+        assert "2001:db8::/64" in _elements(netns, "banned6net")
     finally:
         run.stop()
     # Nothing leaked into the host's ruleset.
@@ -123,3 +126,34 @@ def test_the_shipped_drop_rule_loads_beside_the_sets(netns: str) -> None:
                            capture_output=True, text=True, check=True, timeout=30).stdout
     assert "ip saddr @banned4 drop" in rules
     assert "203.0.113.8" in _elements(netns, "banned4")
+
+
+def test_a_rotating_ipv6_attacker_is_dropped_by_its_network(netns: str, tmp_path: Path) -> None:
+    """200 failures from 200 addresses of one /64: one element, the network, in the
+    interval set, and any address of it matches (the kernel drops it)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / f"log_{datetime.now(UTC):%Y%m%d}.log"
+    log.touch()
+    run = DaemonRun(tmp_path, wrap=_in(netns), extra="nftables: {enabled: true}\nallow: []\n")
+    run.config.write_text(run.config.read_text().replace(
+        "ban_feed: {", "ban_feed: {enforcer: list, "))
+    run.start()
+    try:
+        now = datetime.now(UTC)
+        append(log, "".join(
+            denied("alice", f"2001:db8:9:9:{i:x}::{i:x}",
+                   (now - timedelta(seconds=60 - i % 60)).strftime("%Y-%m-%d %H:%M:%S.000"))
+            for i in range(200)))
+        run.wait_for(lambda: "2001:db8:9:9::/64" in _elements(netns, "banned6net"),
+                     what="the network's element")
+        run.wait_for(lambda: len(run.events()) == 200, what="every attempt read")
+    finally:
+        run.stop()
+    assert list(_elements(netns, "banned6net")) == ["2001:db8:9:9::/64"]
+    assert _elements(netns, "banned6") == {}
+    inside = subprocess.run(_in(netns, "nft", "get", "element", "inet", "jfwatch", "banned6net",
+                                "{ 2001:db8:9:9:ffff::1 }"), capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert inside.returncode == 0 and "2001:db8:9:9::/64" in inside.stdout
+    assert "2001:db8:9:9::/64" in (tmp_path / "out" / "banned.txt").read_text().split()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,6 +62,39 @@ def test_flood_folds_into_one_digest_per_rule_and_hour(tmp_path: Path) -> None:
     assert len(digests) == 1
     for ip in ("203.0.113.3", "203.0.113.19", "198.51.100.1", "198.51.100.28"):
         assert ip in digests[0]["message"]
+
+
+def test_past_dated_alerts_are_capped_and_held_on_the_wall_clock(tmp_path: Path) -> None:
+    """
+    Alerts of lines dated years ago (a forged header, a lagging clock, a backfill) count
+    against this hour's cap and wait out tonight's quiet hours: 201 critical alerts dated
+    2020 give max_per_rule_per_hour pushes and one digest after the hour, not 201; and
+    non-critical ones enqueued in quiet hours are held, whatever their own hour.
+    """
+    port = free_port()
+    receiver = Receiver(port)
+    receiver.start()
+    now = [T0]
+    try:
+        config = NotifyConfig(urls=[SecretStr(f"json://127.0.0.1:{port}/")],
+                              max_per_rule_per_hour=5, quiet_hours="23:00-07:00")
+        outbox = Outbox(StateStore(tmp_path / "s.db"), config, "media", clock=lambda: now[0])
+        past = datetime(2020, 1, 1, 12, 0, tzinfo=UTC)
+        for i in range(201):
+            alert = _alert("injection-attempt", f"203.0.113.{i % 250}", severity="critical")
+            outbox.enqueue(replace(alert, time=past + timedelta(hours=i)))
+        for i in range(100):
+            alert = _alert("brute-force-ip", f"198.51.100.{i}")
+            outbox.enqueue(replace(alert, time=past + timedelta(hours=i)))
+        assert outbox.deliver_due() == 5  # quiet hours: only the critical ones, capped
+        assert outbox.deliver_due() == 0
+        now[0] = T0 + timedelta(minutes=31)  # the hour is over: its digest goes
+        assert outbox.deliver_due() == 1
+        assert outbox.counts["quiet"] >= 5
+    finally:
+        receiver.stop()
+    assert len(receiver.messages) == 6
+    assert not any("brute-force-ip" in m["title"] for m in receiver.messages)
 
 
 def test_quiet_hours_hold_all_but_critical(tmp_path: Path) -> None:

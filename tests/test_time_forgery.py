@@ -117,3 +117,60 @@ def test_replay_takes_no_line_later_than_its_file(tmp_path: Path) -> None:
     assert set(bans) == {"203.0.113.50", "198.51.100.67"}
     assert bans["198.51.100.67"] <= written + timedelta(days=1)
     assert "Future-dated: 5 event(s)" in out.stderr
+
+
+def test_past_dated_events_are_banned_from_now_for_the_full_duration() -> None:
+    """200 attempts dated 2020 (a forged header, a lagging clock, a backfill): one alert,
+    one ban that starts now and lasts the rule's full duration, and no phantom bans in
+    the history to escalate the next real one."""
+    now = datetime.now(UTC)
+    state = MemoryState()
+    det = Detector(load_rules([]), DetectorSettings(decide_on_clock=True), state,
+                   clock=lambda: now)
+    past = datetime(2020, 1, 1, 3, 0, tzinfo=UTC)
+    out = []
+    for i in range(200):
+        out += det.feed(_fail("203.0.113.60", past + timedelta(seconds=20 * i), user="alice"))
+    bans = [d for d in out if isinstance(d, Ban)]
+    assert [(b.ip, b.time, b.until) for b in bans] == \
+        [("203.0.113.60", now, now + timedelta(hours=4))]  # brute-force-ip: 4h
+    assert not [d for d in out if isinstance(d, Unban)]
+    assert state.ban_count("203.0.113.60") == 1
+    alerts = [d for d in out if not isinstance(d, Ban | Unban)]
+    assert len(alerts) == 1 and alerts[0].ban_until == now + timedelta(hours=4)
+
+
+@pytest.mark.system
+def test_a_lagging_clock_still_bans_from_now(tmp_path: Path) -> None:
+    """The real daemon reading lines dated five hours ago (a console log read with a
+    wrong timezone) and lines dated 2020 behind a newline in a username: both attackers
+    are banned for the full four hours from now, never "until" a past time."""
+    run, log = start_daemon(tmp_path)
+    lagging = datetime.now(UTC) - timedelta(hours=5)
+    append(log, "".join(denied(f"u{i}", ip="203.0.113.61", ts=_stamp(lagging))
+                        for i in range(5)))
+    feed = tmp_path / "out" / "bans.log"
+    run.wait_for(lambda: feed.exists() and "BAN 203.0.113.61" in feed.read_text(),
+                 what="the first ban")
+    # Lines read as they were written but dated hours before: reported, with the lag.
+    run.wait_for(lambda: '"clock_lags"' in run.log_text(), what="the lag reported")
+    report = next(json.loads(line) for line in run.log_text().splitlines()
+                  if '"clock_lags"' in line)
+    assert 4.9 * 3600 < report["lag_seconds"] < 5.1 * 3600
+    forged = (f'[{{now}} +00:00] [INF] [12] {CONTEXT}: Authentication request for "a\n'
+              f'[2020-01-01 00:00:0{{i}}.000 +00:00] [INF] [12] {CONTEXT}: Authentication '
+              f'request for \\"b{{i}}" has been denied (IP: "198.51.100.68").\n')
+    append(log, "".join(forged.format(now=_stamp(datetime.now(UTC)), i=i) for i in range(5)))
+    run.wait_for(lambda: feed.exists() and "BAN 203.0.113.61" in feed.read_text() and
+                 "BAN 198.51.100.68" in feed.read_text(), what="both bans")
+    assert run.stop() == 0
+    text = feed.read_text()
+    assert "UNBAN" not in text
+    durations = [int(line.split("duration=")[1].split("s")[0]) for line in text.splitlines()]
+    assert all(4 * 3600 - 120 <= d <= 4 * 3600 for d in durations), text
+    with sqlite3.connect(tmp_path / "state" / "state.db") as db:
+        rows = db.execute("SELECT ip, since, until FROM bans").fetchall()
+    assert {ip for ip, _, _ in rows} == {"203.0.113.61", "198.51.100.68"}
+    for _, since, until in rows:
+        assert datetime.now(UTC) - datetime.fromisoformat(since) < timedelta(minutes=2)
+        assert datetime.fromisoformat(until) > datetime.now(UTC) + timedelta(hours=3, minutes=50)

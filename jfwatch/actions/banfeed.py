@@ -3,6 +3,7 @@ The Fail2Ban-compatible ban feed: one append-only file, never renamed by jfwatch
 line per decision, and nothing an attacker typed (no usernames, no user agents):
 
     2026-01-02T21:00:37+00:00 jfwatch[812]: BAN 203.0.113.50 rule=brute-force-ip duration=14400s
+    2026-01-02T21:00:38+00:00 jfwatch[812]: BAN 2001:db8:1:2::/64 rule=brute-force-ip duration=14400s
 
 plus a plain list of currently banned addresses, replaced atomically, for nginx ``deny``,
 ipset or ``cscli decisions import``.
@@ -28,7 +29,11 @@ _BAN_LINE = re.compile(r"^(?P<stamp>\S+) jfwatch\[\d+\]: BAN (?P<ip>\S+) rule=(?
 
 
 def feed_address(ip: str) -> str:
-    """Canonical address for the feed; IPv4-mapped IPv6 is written as IPv4."""
+    """Canonical address or network for the feed; IPv4-mapped IPv6 is written as IPv4,
+    a network (``2001:db8:1:2::/64``, an IPv6 prefix banned whole) in CIDR form, which
+    the jail's ``<SUBNET>`` matches and Fail2Ban's actions ban as one network."""
+    if "/" in ip:
+        return str(ipaddress.ip_network(ip, strict=False))
     return str(canonical(ipaddress.ip_address(ip)))
 
 

@@ -84,17 +84,22 @@ class LapiClient:
         return token
 
     def push_ban(self, ip: str, rule: str, until: datetime, ref: str, now: datetime) -> int:
-        """One alert with one ban decision lasting until ``until``; returns its id."""
+        """One alert with one ban decision lasting until ``until``; returns its id.  A
+        network (an IPv6 prefix banned whole) is a decision of scope ``Range``, which every
+        bouncer matches against the addresses inside it."""
         stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         scenario = SCENARIO_PREFIX + rule
+        scope = _scope(ip)
+        source = {"scope": scope, "value": ip, "range": ip} if scope == "Range" else \
+            {"scope": scope, "value": ip, "ip": ip}
         alert = {
             "scenario": scenario, "scenario_hash": "", "scenario_version": "",
             "message": f"jfwatch: {rule} banned {ip} until "
                        f"{until.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} (ref {ref})",
             "events_count": 1, "start_at": stamp, "stop_at": stamp, "capacity": 0,
             "leakspeed": "0", "simulated": False, "events": [],
-            "source": {"scope": "Ip", "value": ip, "ip": ip},
-            "decisions": [{"origin": "jfwatch", "type": "ban", "scope": "Ip", "value": ip,
+            "source": source,
+            "decisions": [{"origin": "jfwatch", "type": "ban", "scope": scope, "value": ip,
                            "duration": go_duration((until - now).total_seconds()),
                            "scenario": scenario}],
             "labels": None,
@@ -106,7 +111,8 @@ class LapiClient:
 
     def find_pushed(self, ip: str, ref: str) -> int | None:
         """The id of an alert pushed for ``ip`` with ``ref`` (after a crash), or None."""
-        alerts = self._call("GET", "/v1/alerts", params={"ip": ip})
+        alerts = self._call("GET", "/v1/alerts",
+                            params={"range" if _scope(ip) == "Range" else "ip": ip})
         for alert in alerts or []:
             if isinstance(alert, dict) and f"(ref {ref})" in str(alert.get("message", "")):
                 return int(alert["id"])
@@ -159,6 +165,10 @@ class LapiClient:
             return orjson.loads(answer.content)
         except orjson.JSONDecodeError:
             raise LapiError(f"malformed answer from {path}: not JSON") from None
+
+
+def _scope(ip: str) -> str:
+    return "Range" if "/" in ip else "Ip"
 
 
 class CrowdsecEnforcer:

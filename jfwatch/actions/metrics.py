@@ -96,6 +96,10 @@ class Metrics:
         self.future_events = Counter(
             "jfwatch_future_events", "Events dated ahead of the wall clock (forged or wrongly "
             "clocked lines), taken at the current time", registry=r)
+        self.clock_lag = Gauge(
+            "jfwatch_source_clock_lag_seconds", "How far behind the time they were written "
+            "the newest lines of a followed file are dated (a wrong timezone, a lagging "
+            "clock); 0 while they agree", ["source"], registry=r)
         self.last_event = Gauge("jfwatch_last_event_timestamp_seconds",
                                 "Time of the newest event per source", ["source"], registry=r)
         self.lag = Gauge("jfwatch_tail_lag_bytes", "Bytes written but not yet read",

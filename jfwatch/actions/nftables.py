@@ -1,7 +1,10 @@
 """
 The ``nftables`` enforcer, for a single host without Fail2Ban: banned addresses are
-elements of two named sets (IPv4 and IPv6) whose per-element timeout is the ban's
-remaining duration, so the kernel lifts each ban on time even while jfwatch is stopped.
+elements of named sets (IPv4 and IPv6 addresses, and IPv6 networks: an attacker counted
+by its /64 is banned by it) whose per-element timeout is the ban's remaining duration, so
+the kernel lifts each ban on time even while jfwatch is stopped.  Networks have a set of
+their own because only an interval set takes them, and a set's flags cannot change once
+it exists (an install from before keeps its two sets as they are).
 
 The table and sets are created at start (``add`` is idempotent: an existing table, its
 sets and their elements survive a jfwatch restart); no rule is added: the example in
@@ -38,15 +41,16 @@ class Nftables:
         self.table, self.family, self.command, self.timeout = table, family, list(command), timeout
 
     @property
-    def sets(self) -> tuple[str, str]:
-        return "banned4", "banned6"
+    def sets(self) -> tuple[str, str, str]:
+        return "banned4", "banned6", "banned6net"
 
     def setup(self) -> None:
-        """The table and both sets, if they are not there yet."""
+        """The table and the sets, if they are not there yet."""
         t = f"{self.family} {self.table}"
         self._run(f"add table {t}\n"
                   f"add set {t} banned4 {{ type ipv4_addr; flags timeout; }}\n"
-                  f"add set {t} banned6 {{ type ipv6_addr; flags timeout; }}\n")
+                  f"add set {t} banned6 {{ type ipv6_addr; flags timeout; }}\n"
+                  f"add set {t} banned6net {{ type ipv6_addr; flags interval, timeout; }}\n")
 
     def ban(self, ip: str, rule: str, until: datetime, ref: str, now: datetime
             ) -> tuple[str, str | None]:
@@ -67,11 +71,16 @@ class Nftables:
         return f"removed from {self._set_of(ip)}"
 
     def _set_of(self, ip: str) -> str:
+        if "/" in ip:
+            if ipaddress.ip_network(ip, strict=False).version == 4:
+                raise NftError(f"no set for IPv4 networks: {ip}")
+            return self.sets[2]
         return self.sets[ipaddress.ip_address(ip).version == 6]
 
     def _element(self, ip: str) -> str:
-        address = ipaddress.ip_address(ip)  # never a string from elsewhere into a script
-        return f"{self.family} {self.table} {self._set_of(ip)} {{ {address}"
+        # Parsed and formatted again: never a string from elsewhere into a script.
+        value = ipaddress.ip_network(ip, strict=False) if "/" in ip else ipaddress.ip_address(ip)
+        return f"{self.family} {self.table} {self._set_of(ip)} {{ {value}"
 
     def _run(self, script: str) -> None:
         try:

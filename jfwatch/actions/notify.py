@@ -53,7 +53,9 @@ def render(alert: Alert, server: str, tz: tzinfo = UTC, enforcers: Sequence[str]
                  f"({first:%H:%M:%S}-{last:%H:%M:%S} {last:%Z})")
     if alert.ban_until:
         until = alert.ban_until.astimezone(tz)
-        lines.append(f"Banned until {until:%Y-%m-%d %H:%M} {until:%Z}" +
+        network = f" (the whole network {alert.ban_target})" \
+            if alert.ban_target and "/" in alert.ban_target else ""
+        lines.append(f"Banned{network} until {until:%Y-%m-%d %H:%M} {until:%Z}" +
                      (f", requested from {', '.join(enforcers)}" if enforcers else ""))
     elif alert.not_banned_reason:
         lines.append(f"Not banned: {alert.not_banned_reason}")
@@ -105,13 +107,16 @@ class Outbox:
             return
         tags = ",".join([*alert.tags, alert.severity])
         dedup = f"{alert.rule}|{sorted(alert.key.items())}|{alert.time.isoformat()}"
-        hour = alert.time.replace(minute=0, second=0, microsecond=0)
+        # Caps, digests and quiet hours run on the wall clock: an alert's own time is
+        # event time, and a line dated in the past must not open an hour of its own.
+        created = self.clock()
+        hour = created.replace(minute=0, second=0, microsecond=0)
         with self.store.transaction() as db:
 
             def insert(dedup: str, title: str, body: str, not_before: float = 0.0) -> None:
                 db.execute("INSERT OR IGNORE INTO outbox (created, dedup, rule, severity, tags, "
                            "title, body, next_try) VALUES (?,?,?,?,?,?,?,?)",
-                           (alert.time.isoformat(), dedup, alert.rule, alert.severity, tags,
+                           (created.isoformat(), dedup, alert.rule, alert.severity, tags,
                             title, body, not_before))
 
             recent = db.execute(

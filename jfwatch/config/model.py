@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from jfwatch.addresses import PRIVATE_RANGES, bad_networks
+from jfwatch.addresses import DEFAULT_ALLOW, bad_networks
 from jfwatch.config.durations import Duration, between
 from jfwatch.config.errors import ConfigError
 from jfwatch.config.yaml_lines import describe, load_yaml
@@ -248,7 +248,7 @@ class Config(Strict):
     sources: list[SourceConfig] = [SourceConfig(path="/var/log/jellyfin/log_*.log"),
                                    SourceConfig(path="/var/log/jellyfin/jellyfin*.log")]
     jellyfin_api: list[JellyfinApiConfig] = []
-    allow: list[CIDR] = PRIVATE_RANGES
+    allow: list[CIDR] = DEFAULT_ALLOW
     trusted_proxies: list[CIDR] = []
     ipv6_prefix: int = Field(64, ge=8, le=128)
     # About 550 bytes a group: the default holds a 100,000-address flood in < 250 MB.

@@ -28,6 +28,9 @@ class Alert:
     tags: tuple[str, ...] = ()
     simulate: bool = False
     ban_until: datetime | None = None
+    # What the ban covers, where there is one: the address, or the IPv6 network the rule
+    # counted over (``2001:db8:1:2::/64``).
+    ban_target: str | None = None
     not_banned_reason: str | None = None
     users: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
@@ -45,6 +48,7 @@ class Alert:
             "first": self.first_time, "last": self.last_time,
             "description": self.description, "tags": list(self.tags), "simulate": self.simulate,
             "ban_until": self.ban_until if self.ban_until else None,
+            "ban_target": self.ban_target,
             "not_banned_reason": self.not_banned_reason, "users": list(self.users),
             "kinds": list(self.kinds), "country": self.country, "asn": self.asn,
             "city": self.city, "detail": self.detail, "samples": list(self.samples),

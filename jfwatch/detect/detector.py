@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from sys import intern
 from typing import Protocol
 
-from jfwatch.addresses import PRIVATE_RANGES, Network, network, networks
+from jfwatch.addresses import PRIVATE_RANGES, Network, network, networks, unbannable_reason
 from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban, format_duration_s
 from jfwatch.detect.dedup import RecentLogins, Seen
@@ -82,6 +82,11 @@ class DetectorSettings:
     # One authentication reported by two parsers (the log and the Activity Log) within
     # this time is counted once (``dedup``); zero turns it off.
     dedup_window: timedelta = timedelta(seconds=5)
+    # Decisions (ban start and end, cooldowns) taken at the clock's time, not the event's:
+    # the daemon's, where a line dated in the past (a forged header, a lagging clock, a
+    # backfill) must still get a ban that lasts from now (``settings_from_config``'s
+    # default).  A replay decides in event time.
+    decide_on_clock: bool = False
 
 
 class NetSet:
@@ -323,6 +328,10 @@ class Detector:
         self._key_texts: dict[tuple[IPAddress | None, str | None], dict[str, str]] = {}
         self.evictions = 0
         self.future_events = 0
+        # When the current event's decisions are taken (``decide_on_clock``), as a time
+        # and in microseconds: ban start, cooldowns.
+        self._at = _EPOCH
+        self._at_us = 0
         # The earliest ban end, cached: asking SQLite on every event costs a query each.
         self._next_expiry: datetime | None = store.next_expiry()
 
@@ -378,8 +387,10 @@ class Detector:
             if event.time - clock > self.settings.future_tolerance:
                 self.future_events += 1
             event = replace(event, time=clock.astimezone(event.time.tzinfo))
-        if self._next_expiry is not None and self._next_expiry <= event.time:
-            out += self.expire(event.time)
+        at = clock if self.settings.decide_on_clock else event.time
+        self._at, self._at_us = at, micros(at)
+        if self._next_expiry is not None and self._next_expiry <= at:
+            out += self.expire(at)
         steps = self._steps.get(event.kind)
         if not steps:
             return out
@@ -449,6 +460,27 @@ class Detector:
             return "trusted proxy"
         if ip in self._allow:
             return "allow-listed"
+        return unbannable_reason(ip)
+
+    def ban_target(self, c: _CompiledRule, event: Event) -> str | None:
+        """
+        What a rule's ban covers: the network its counts were taken over, where it groups
+        IPv6 addresses by prefix (an attacker rotating through a /64 is one attacker),
+        else the event's address.
+        """
+        if event.ip is None:
+            return None
+        if "ip" in c.group_by and event.ip.version == 6 and self.settings.ipv6_prefix < 128:
+            return _v6_prefix(event.ip, self.settings.ipv6_prefix)
+        return str(event.ip)
+
+    def _network_protected(self, target: str) -> str | None:
+        """Why a network must not be banned: it holds an address that must never be."""
+        net = ipaddress.ip_network(target)
+        for nets, reason in ((self._trusted.nets, "holds a trusted proxy"),
+                             (self._allow.nets, "holds allow-listed addresses")):
+            if any(n.version == net.version and n.overlaps(net) for n in nets):
+                return f"{target} {reason}"
         return None
 
     # -- groups -----------------------------------------------------------------
@@ -545,7 +577,7 @@ class Detector:
         assert group is not None
         group.kinds |= _KIND_BITS[event.kind]
         last = group.last_alert
-        if c.idle and last is not None and now < last + c.idle:
+        if c.idle and last is not None and self._at_us < last + c.idle:
             # Until the cooldown's end minus the window no event can count towards the
             # next alert, so none is tracked (the bulk of a long attack).
             return []
@@ -575,7 +607,7 @@ class Detector:
                 del group.values[0]
         if len(times) < threshold or times[0] < now - c.window:
             return []
-        if last is not None and c.cooldown and now - last < c.cooldown:
+        if last is not None and c.cooldown and self._at_us - last < c.cooldown:
             return []  # one alert per cooldown: the window slides on, nothing is said
         users = tuple(sorted(group.values))[:10] if distinct == "user" and group.values else ()
         kinds = tuple(kind for kind, bit in _KIND_BITS.items() if group.kinds & bit)
@@ -662,21 +694,23 @@ class Detector:
               count: int, first: int, *, users: tuple[str, ...], kinds: tuple[str, ...],
               detail: str | None = None) -> list[Decision]:
         rule = c.rule
-        if group.last_alert is not None and c.cooldown and now - group.last_alert < c.cooldown:
+        at = self._at
+        if group.last_alert is not None and c.cooldown and \
+                self._at_us - group.last_alert < c.cooldown:
             return []
-        bans = rule.actions.ban is not None and event.ip is not None
-        active = self.store.active_ban(str(event.ip)) if bans else None
+        target = self.ban_target(c, event) if rule.actions.ban is not None else None
+        active = self.store.active_ban(target) if target is not None else None
         if active is not None and c.cooldown and active.rule == rule.name and \
-                event.time - active.since < rule.cooldown and active.until > event.time:
+                at - active.since < rule.cooldown and active.until > at:
             # The in-memory cooldown is lost on restart (or eviction); the ban is not.
             # An address this rule banned within its cooldown is not announced again.
             group.last_alert = micros(active.since)
             return []
-        group.last_alert = now
+        group.last_alert = self._at_us
         out: list[Decision] = []
         ban_until, reason = None, None
         if rule.actions.ban is not None:
-            ban, reason = self._ban(rule, event, active)
+            ban, reason = self._ban(rule, event, target, active)
             if ban is not None:
                 out.append(ban)
                 ban_until = ban.until
@@ -687,6 +721,7 @@ class Detector:
             rule=rule.name, description=rule.description, severity=rule.severity,
             time=event.time, key=self._key_fields(c.group_by, event),
             ip=None if event.ip is None else str(event.ip),
+            ban_target=None if ban_until is None else target,
             user=event.user, count=count, window_seconds=rule.window.total_seconds(),
             # The same instant as the group's first event, in this event's offset.
             first_time=event.time - (now - first) * _MICROSECOND, last_time=event.time,
@@ -696,33 +731,37 @@ class Detector:
             detail=detail, samples=(event.excerpt,))
         return [alert, *out]
 
-    def _ban(self, rule: Rule, event: Event, active: BanRow | None
+    def _ban(self, rule: Rule, event: Event, target: str | None, active: BanRow | None
              ) -> tuple[Ban | None, str | None]:
-        """A ban for the event's address, or why there is none (``active``: its ban now)."""
+        """A ban of ``target`` (``ban_target``), or why there is none (``active``: its
+        ban now).  It starts at the decision's time: a line dated in the past still gets
+        its full duration from now."""
         assert rule.actions.ban is not None
         if rule.simulate:
             return None, "simulate mode"
-        if event.ip is None:
+        if event.ip is None or target is None:
             return None, "no trustworthy address"
         reason = self.protected_reason(event.ip)
+        if reason is None and "/" in target:
+            reason = self._network_protected(target)
         if reason is not None:
             return None, reason
-        ip = str(event.ip)
+        ip, at = target, self._at
         level = self.store.ban_count(ip) if self.settings.ban_increment else 0
         # Computed in float seconds and capped before it becomes a timedelta: a repeat
         # offender's factor**level overflows timedelta long before it overflows a float.
         base = self.settings.ban_base or rule.actions.ban.duration
         seconds = base.total_seconds() * self.settings.ban_factor ** min(level, 64)
         duration = timedelta(seconds=min(seconds, self.settings.ban_max.total_seconds()))
-        until = event.time + duration
+        until = at + duration
         if active is not None and (active.until >= until or self.settings.ban_base is not None):
             # Already banned for longer; or banned at all where the enforcer owns the
             # duration (a second BAN line would change nothing in Fail2Ban).
             return None, None
-        self.store.record_ban(ip, rule.name, event.time, until, level)
+        self.store.record_ban(ip, rule.name, at, until, level)
         if self._next_expiry is None or until < self._next_expiry:
             self._next_expiry = until
-        return Ban(ip, rule.name, event.time, until, level), None
+        return Ban(ip, rule.name, at, until, level), None
 
 
 def _value_of(field: str | None, event: Event) -> str | None:
@@ -753,9 +792,11 @@ def _v6_prefix(ip: IPAddress, prefix: int) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
-def settings_from_config(cfg: Config) -> DetectorSettings:
-    """Build detector settings from a Config (kept here so config.py stays declarative)."""
+def settings_from_config(cfg: Config, *, decide_on_clock: bool = True) -> DetectorSettings:
+    """Build detector settings from a Config (kept here so config.py stays declarative);
+    ``decide_on_clock``: the daemon's (True) or a replay's event time (False)."""
     return DetectorSettings(
+        decide_on_clock=decide_on_clock,
         allow=networks(cfg.allow), trusted_proxies=networks(cfg.trusted_proxies),
         private=networks(PRIVATE_RANGES), ipv6_prefix=cfg.ipv6_prefix,
         max_groups=cfg.max_groups, ban_increment=cfg.ban.increment,

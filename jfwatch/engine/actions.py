@@ -89,6 +89,7 @@ class Actions:
         self.metrics_port: int | None = None
         self._events_path = config.events_file
         self._unwritten: dict[str, list[bytes]] = {}  # export lines by stream, until committed
+        self.newest_event: dict[str, datetime] = {}
         self._detector_seen: Detector | None = None  # whose counts the seen ones below are
         self._evictions_seen = 0
         self._future_seen = 0
@@ -102,6 +103,7 @@ class Actions:
         self._feed_tried = 0.0
         self._unchecked_since_start = True
         self._list_problem: str | None = None
+        self._lagging: dict[str, bool] = {}  # by file: its clock lag was reported
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -193,8 +195,25 @@ class Actions:
     def files_skipped(self, source: str, count: int) -> None:
         self.metrics.files_skipped.labels(source).set(count)
 
+    def clock_lag(self, source: str, path: str, lag: float) -> None:
+        """A followed file's newest lines are dated ``lag`` seconds before they were
+        written (0: they agree): reported once when it starts and when it ends."""
+        self.metrics.clock_lag.labels(source).set(lag)
+        was = self._lagging.get(path, False)
+        if (lag > 0) == was:
+            return
+        self._lagging[path] = lag > 0
+        if lag > 0:
+            self.log.warning("clock_lags", source=source, path=path, lag_seconds=round(lag),
+                             handling="bans, cooldowns and alerts run on the wall clock",
+                             fix="check the source's timezone: (or the writer's clock)")
+        else:
+            self.log.info("clock_agrees_again", source=source, path=path)
+
     def forget_file(self, source: str, path: str) -> None:
         """A file that is gone keeps no series (daily log names would pile up)."""
+        self.newest_event.pop(path, None)
+        self._lagging.pop(path, None)
         with contextlib.suppress(KeyError):
             self.metrics.lag.remove(source, path)
 
@@ -202,7 +221,10 @@ class Actions:
         # Counted per label set, then added: one counter update per kind, not per event.
         for kind, n in Counter(str(e.kind) for e in events).items():
             self.metrics.events.labels(stream.source, stream.format, kind).inc(n)
-        self.metrics.last_event.labels(stream.source).set(max(e.time for e in events).timestamp())
+        newest = max(e.time for e in events)
+        self.metrics.last_event.labels(stream.source).set(newest.timestamp())
+        # The newest event time per stream since the daemon last took it (clock_lag).
+        self.newest_event[stream.key] = max(newest, self.newest_event.get(stream.key, newest))
         if self._events_path is not None:  # written with the stream's next commit
             self._unwritten.setdefault(stream.key, []).extend(
                 e.json_line() + b"\n" for e in events)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
+import ipaddress
 import os
 import sys
 from collections.abc import Callable
@@ -203,7 +204,7 @@ def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
     if args.action == "unban":
         from jfwatch.actions.banfeed import BanFeed
 
-        row = store.remove_ban(args.ip)
+        row = store.remove_ban(_banned_as(store, args.ip))
         if row is None:
             print(f"{args.ip} is not banned", file=sys.stderr)
             return 1
@@ -240,6 +241,23 @@ def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
                 f"waiting ({e.attempts} attempt(s){', last error: ' + e.last_error if e.last_error else ''})"
             print(f"\t{e.enforcer}: requested {e.requested}, {state}")
     return 0
+
+
+def _banned_as(store: StateStore, given: str) -> str:
+    """What a ban on the address or network the admin named is recorded under: the text
+    as jfwatch writes it, or the banned network holding the address."""
+    try:
+        named = ipaddress.ip_network(given, strict=False)
+    except ValueError:
+        return given  # not an address: "not banned" says the rest
+    if "/" in given or named.num_addresses > 1:
+        return str(named)
+    address = str(named.network_address)
+    if store.active_ban(address) is not None:
+        return address
+    inside = [row.ip for row in store.bans() if "/" in row.ip and
+              named.network_address in ipaddress.ip_network(row.ip)]
+    return inside[0] if inside else address
 
 
 @_with_config

@@ -37,7 +37,15 @@ from jfwatch.enrich.geo import Geo, GeoError
 from jfwatch.parsers import create_parser
 from jfwatch.parsers.base import StreamContext
 from jfwatch.sources.files import Source, find_by_identity, nearby_logs, sibling_paths
-from jfwatch.sources.follow import DRAIN_GRACE, Follower, Identity, Piece, identity_of, open_regular
+from jfwatch.sources.follow import (
+    DRAIN_GRACE,
+    ELSEWHERE,
+    Follower,
+    Identity,
+    Piece,
+    identity_of,
+    open_regular,
+)
 from jfwatch.sources.jellyfin_api import (
     ActivityClient,
     ActivityPoller,
@@ -73,6 +81,9 @@ class _Tracked:
     last_progress: float = field(default_factory=time.monotonic)  # read, or nothing to read
     last_commit: float = field(default_factory=time.monotonic)
     problem: str | None = None  # the follower's, as last reported
+    # Wall-clock time of the last pass that found nothing left to read (None: it had
+    # unread bytes): lines read by the next pass were written after it.
+    caught_up_at: float | None = None
 
 
 @dataclass
@@ -436,7 +447,7 @@ class Daemon:
                 if path in self.tracked:
                     continue
                 offset = self._known_offset(path)
-                if offset == -1:
+                if offset == ELSEWHERE:
                     continue  # a rotated name of a file still being drained
                 if offset is None:
                     # Files present the first time we ever look honour `start`; any file
@@ -514,8 +525,14 @@ class Daemon:
                 ident = identity_of(fh)
         except OSError:
             return -1
-        if any(t.follower.owns(ident) for t in self.tracked.values()):
-            return -1
+        return self._offset_of(ident)
+
+    def _offset_of(self, ident: Identity, asking: Follower | None = None) -> int | None:
+        """Where a file stands, by identity: ELSEWHERE while another follower reads it,
+        its committed offset under any name, None if it was never read."""
+        if any(t.follower is not asking and t.follower.owns(ident)
+               for t in self.tracked.values()):
+            return ELSEWHERE
         return self.store.offset_of(ident.dev, ident.ino, ident.fingerprint)
 
     def _track(self, src: Source, path: str, offset: int, name: str | None = None) -> None:
@@ -525,7 +542,8 @@ class Daemon:
         tz = ZoneInfo(cfg.timezone or self.config.timezone)
         parser = create_parser(cfg.format, context_for(  # the name's date, for console lines
             name or path, tz, quoting=cfg.quoting, proxy_token_failures=cfg.proxy_token_failures))
-        follower = Follower(path, offset, self.config.max_line)
+        follower = Follower(path, offset, self.config.max_line,
+                            resume=lambda ident: self._offset_of(ident, follower))
         self.tracked[path] = _Tracked(src, follower,
                                       Stream(cfg.label, parser, self.config.max_line, key=path,
                                              fmt=cfg.format),
@@ -545,6 +563,8 @@ class Daemon:
             lag, unread = tracked.follower.backlog()
             if pieces or not unread:
                 tracked.last_progress = time.monotonic()
+            self._check_clock(tracked, path, live=bool(pieces) and not unread)
+            tracked.caught_up_at = None if unread else time.time()
             self.actions.tail_lag(tracked.source.config.label, path, lag)
             if not os.path.exists(path) and not pieces and self._drained(tracked):
                 # Deleted, drained and quiet: a recreated file is picked up by the next scan.
@@ -552,6 +572,22 @@ class Daemon:
                 del self.tracked[path]
                 self.actions.forget_file(tracked.source.config.label, path)
         return busy
+
+    def _check_clock(self, tracked: _Tracked, path: str, *, live: bool) -> None:
+        """
+        Lines read live (the file had nothing left to read at ``caught_up_at``, and has
+        nothing now) were written since then, whatever they say: dated more than
+        future_tolerance before it, the stream's clock lags (a wrong timezone:, a writer's
+        clock behind).  Reported like future-dated lines; decisions are taken at the wall
+        clock either way.
+        """
+        newest = self.actions.newest_event.pop(tracked.stream.key, None)
+        if not live or newest is None or tracked.caught_up_at is None:
+            return
+        behind = tracked.caught_up_at - newest.timestamp()
+        tolerance = self.config.future_tolerance.total_seconds()
+        self.actions.clock_lag(tracked.source.config.label, path,
+                               behind if behind > max(tolerance, 60.0) else 0.0)
 
     def _process(self, tracked: _Tracked, pieces: list[Piece], *, final: bool) -> None:
         for data, ident, end in pieces:

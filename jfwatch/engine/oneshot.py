@@ -99,7 +99,8 @@ def replay(files: Sequence[str], cfg: Config, rules: list[Rule], fmt: str = "aut
 
     newest = newest_plausible_time(files)
     store = StateStore(state) if state else MemoryState()
-    detector = Detector(rules, settings_from_config(cfg), store, lambda: newest)
+    detector = Detector(rules, settings_from_config(cfg, decide_on_clock=False), store,
+                        lambda: newest)
     printer = printer or DecisionPrinter(None)
     geo = Geo(cfg.geo.mmdb) if cfg.geo.enabled else None
     read_files(Engine(printer, detector, in_event_time=True, geo=geo), files, fmt,

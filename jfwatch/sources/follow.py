@@ -80,6 +80,12 @@ def identity_of(fh: BinaryIO) -> Identity:
 # Complete lines read from one file, the file's identity, and the offset after them.
 Piece = tuple[bytes, Identity, int]
 
+# Where to start a file that appeared at a followed path (a rotation put it there): the
+# offset it was read to under any name, None for a file never read, or ELSEWHERE while
+# another follower has it open (it is that follower's to read).
+Resume = Callable[[Identity], int | None]
+ELSEWHERE = -1
+
 
 @dataclass(slots=True)
 class _Cursor:
@@ -114,18 +120,25 @@ class Follower:
     """Reads new complete lines from one path, surviving rotation."""
 
     def __init__(self, path: str, offset: int = 0, max_line: int = DEFAULT_MAX_LINE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``clock``: monotonic seconds, for the partial-line timeout and the drain grace."""
+                 clock: Callable[[], float] = time.monotonic, resume: Resume | None = None
+                 ) -> None:
+        """``clock``: monotonic seconds, for the partial-line timeout and the drain grace;
+        ``resume``: where a file that later appears at ``path`` starts (files are known by
+        identity, never by name: a rotation that moves a file read under another name to
+        this one continues it where it was, instead of reading it again from 0)."""
         self.path = path
         self.max_line = max_line
         self.clock = clock
+        self.resume = resume
         self.identity: Identity | None = None
         self._cur: _Cursor | None = None
         self._rotated: list[_Cursor] = []
         self.problem: str | None = None  # why the path cannot be read now, if it cannot
         self._open(offset)
 
-    def _open(self, offset: int) -> None:
+    def _open(self, offset: int | None) -> None:
+        """Open the path at ``offset``; None: a file that appeared there since, started
+        where ``resume`` says."""
         try:
             fh = open_regular(self.path)
         except NotRegularFile as exc:
@@ -135,11 +148,19 @@ class Follower:
             self._cur, self.identity = None, None
             return
         self.problem = None
+        identity = identity_of(fh)
+        if offset is None:
+            known = None if self.resume is None else self.resume(identity)
+            if known == ELSEWHERE:  # tried again on the next read, once the other let go
+                fh.close()
+                self._cur, self.identity = None, None
+                return
+            offset = known or 0
         size = os.fstat(fh.fileno()).st_size
         if offset > size:
             offset = 0  # truncated while we were away
         fh.seek(offset)
-        self.identity = identity_of(fh)
+        self.identity = identity
         self._cur = _Cursor(LineReader(fh, offset, self.max_line, self.clock), self.identity)
 
     @property
@@ -182,7 +203,7 @@ class Follower:
         """
         pieces: list[Piece] = self._read_rotated(budget)
         if self._cur is None:
-            self._open(0)
+            self._open(None)
             if self._cur is None:
                 return pieces
         data = self._cur.read(budget)
@@ -195,7 +216,7 @@ class Follower:
         elif rotated == "replaced":
             # Keep the old file open: its writer may not have reopened yet.
             self._rotated.append(self._cur)
-            self._open(0)
+            self._open(None)
         if rotated and self._cur is not None and (data := self._cur.read(budget)):
             pieces.append((data, self._cur.identity, self._cur.offset))
         return pieces
