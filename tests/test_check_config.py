@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jfwatch.config.errors import ConfigError
+from jfwatch.config.yaml_lines import YamlRefused, guard_yaml
 from jfwatch.detect.rules import load_rules
 
 pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
@@ -110,6 +111,32 @@ def test_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
     result = _check("--config", str(cfg))
     assert result.returncode == 2
     assert f"{cfg}:2: YAML aliases" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["apprise.yml", "apprise.txt"])
+def test_an_alias_bomb_in_the_apprise_config_file_is_refused_at_once(tmp_path: Path,
+                                                                     name: str) -> None:
+    """Apprise's config file (353 bytes, an alias bomb Apprise itself would expand to
+    gigabytes) passes the guards of every YAML jfwatch reads before Apprise sees it:
+    check-config refuses it in under a second, whatever the file's suffix (Apprise
+    detects YAML by content), and so does the daemon."""
+    levels = ['urls: &a ["json://127.0.0.1:9/","json://127.0.0.1:9/","json://127.0.0.1:9/"]']
+    for prev, label in zip("abcdefghij", "bcdefghijk", strict=True):
+        levels.append(f"{label}: &{label} [" + ",".join([f"*{prev}"] * 9) + "]")
+    bomb = tmp_path / name
+    bomb.write_text("\n".join(levels) + "\n")
+    cfg = tmp_path / "jfwatch.yml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nnotify:\n  config_file: {bomb}\n")
+    began = time.monotonic()
+    with pytest.raises(YamlRefused):
+        guard_yaml(bomb)
+    assert time.monotonic() - began < 1
+    result = _check("--config", str(cfg))
+    assert result.returncode == 2
+    assert f"{bomb}:2: YAML aliases" in result.stderr and "notify.config_file" in result.stderr
+    run = subprocess.run([sys.executable, "-m", "jfwatch", "run", "--config", str(cfg)],
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert run.returncode == 2 and "YAML aliases" in run.stderr
 
 
 def test_an_apprise_url_that_cannot_load_is_an_error_without_its_secret(tmp_path: Path) -> None:

@@ -176,3 +176,37 @@ def test_metrics_listen_on_ipv6_loopback() -> None:
             assert resp.read() == b"ok\n"
     finally:
         metrics.stop()
+
+
+@pytest.mark.system
+def test_event_export_is_never_written_through_a_link_nor_blocks_on_a_fifo(tmp_path: Path
+                                                                          ) -> None:
+    """The event export opened like the feed: a FIFO put in its place is reported (the
+    reading thread never blocks on it, SIGTERM ends the daemon at once); a symlink planted
+    there is refused and its target never written; once a regular file can be made
+    again, nothing read meanwhile is lost."""
+    run, log = start_daemon(tmp_path)
+    append(log, denied("before"))
+    run.wait_users(Counter({"before": 1}))
+    export = run.events_file
+    saved = export.read_bytes()
+    export.unlink()
+    os.mkfifo(export)
+    append(log, denied("during-fifo"))
+    run.wait_for(lambda: "event_export_write_failed" in run.log_text() and
+                 "not a regular file" in run.log_text(), what="the FIFO reported")
+    began = time.monotonic()
+    assert run.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - began < 5
+    export.unlink()
+    target = tmp_path / "victim.conf"
+    target.write_text("precious\n")
+    export.symlink_to(target)
+    run.start()
+    run.wait_for(lambda: "symlink" in run.log_text(), what="the link refused")
+    assert target.read_text() == "precious\n"
+    export.unlink()
+    export.write_bytes(saved)
+    run.wait_users(Counter({"before": 1, "during-fifo": 1}), timeout=30)
+    assert target.read_text() == "precious\n"
+    assert run.stop() == 0

@@ -72,6 +72,10 @@ def open_for_append(path: Path, mode: int = FEED_MODE) -> int:
         if exc.errno == errno.ELOOP:
             raise OSError(exc.errno, f"{path} is a symlink: refusing to write through it "
                                      "(remove the link; jfwatch creates the file itself)") from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader (O_NONBLOCK: never waits)
+            raise OSError(exc.errno, f"{path} is not a regular file (a FIFO): refusing to "
+                                     "write to it (remove it; jfwatch creates the file "
+                                     "itself)") from None
         if exc.errno == errno.EISDIR:
             raise OSError(exc.errno, f"{path} is a directory: the ban feed cannot be written "
                                      "(remove it; jfwatch creates the file itself)") from None

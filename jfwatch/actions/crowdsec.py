@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 import orjson
-import yaml
+
+from jfwatch.config.yaml_lines import load_yaml
 
 SCENARIO_PREFIX = "jfwatch/"
 TOKEN_MARGIN = 60.0  # seconds before its expiry a JWT is renewed
@@ -35,10 +36,9 @@ class LapiError(Exception):
 def read_credentials(path: Path) -> tuple[str, str, str]:
     """url, machine id and password from a ``cscli machines add -f`` file."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise LapiError(f"cannot read the credentials file {path}: "
-                        f"{getattr(exc, 'strerror', None) or 'not YAML'}") from None
+        data = load_yaml(path)[0]  # the size and alias guards of every YAML jfwatch reads
+    except ValueError as exc:
+        raise LapiError(f"cannot read the credentials file: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), str) and data.get(k)
                                              for k in ("url", "login", "password")):
         raise LapiError(f"the credentials file {path} needs url, login and password "

@@ -21,7 +21,9 @@ from typing import Any
 import apprise
 
 from jfwatch import log
+from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import NotifyConfig
+from jfwatch.config.yaml_lines import guard_yaml
 from jfwatch.detect.decisions import Alert
 from jfwatch.detect.state import StateStore
 from jfwatch.parsers.redact import redact, strip_control
@@ -86,6 +88,10 @@ class Outbox:
         for url in cfg.urls:
             self.apprise.add(url.get_secret_value())
         if cfg.config_file is not None:
+            try:  # changed since the config was checked?
+                guard_yaml(cfg.config_file)
+            except ValueError as exc:
+                raise ConfigError([f"notify.config_file: {exc}"]) from None
             conf = apprise.AppriseConfig()
             conf.add(str(cfg.config_file))
             self.apprise.add(conf)

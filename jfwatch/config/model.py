@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -21,7 +20,7 @@ from pydantic import (
 from jfwatch.addresses import DEFAULT_ALLOW, bad_networks
 from jfwatch.config.durations import Duration, between
 from jfwatch.config.errors import ConfigError
-from jfwatch.config.yaml_lines import describe, load_yaml
+from jfwatch.config.yaml_lines import YamlRefused, describe, guard_yaml, load_yaml
 from jfwatch.parsers import FORMATS
 
 DEFAULT_CONFIG = Path("/etc/jfwatch/jfwatch.yml")
@@ -140,7 +139,9 @@ def _apprise_file_loadable(path: Path | None) -> Path | None:
         return None
     try:
         entries = _apprise_file_entries(path)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except YamlRefused as exc:
+        raise ValueError(f"refused the Apprise config file: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"cannot read the Apprise config file: {exc}") from None
     bad = []
     for number, url in enumerate(entries, 1):
@@ -158,8 +159,9 @@ def _apprise_file_loadable(path: Path | None) -> Path | None:
 def _apprise_file_entries(path: Path) -> list[str]:
     """The URLs of an Apprise config file: YAML (``urls:``, each a URL or a URL with its
     options) or text (``[tags=]URL`` lines)."""
+    guard_yaml(path)  # before Apprise or anyone else parses it
     text = path.read_text(encoding="utf-8")
-    data = yaml.safe_load(text) if path.suffix in (".yml", ".yaml") else None
+    data = load_yaml(path)[0] if path.suffix in (".yml", ".yaml") else None
     if isinstance(data, dict):
         entries = data.get("urls") or []
         return [str(next(iter(e))) if isinstance(e, dict) and e else str(e)

@@ -40,8 +40,11 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int
             _walk(item, (*path, i), out, seen, line)
 
 
-def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    """Return (data, {field path: line}); raise ValueError with file:line on bad YAML."""
+class YamlRefused(ValueError):
+    """Too large, or holding aliases: refused before anything parses the data further."""
+
+
+def _read_bounded(path: Path) -> str:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
@@ -49,7 +52,36 @@ def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read: {exc}") from exc
     if len(raw) > MAX_BYTES:
-        raise ValueError(f"{path}:1: file is larger than {MAX_BYTES // 1024} KiB")
+        raise YamlRefused(f"{path}:1: file is larger than {MAX_BYTES // 1024} KiB")
+    return text
+
+
+def guard_yaml(path: Path) -> None:
+    """
+    The guards of ``load_yaml`` (size, no aliases) for a file another library parses
+    (Apprise's config file, whose YAML Apprise loads and walks itself: a 353-byte alias
+    bomb costs it gigabytes).  Only composes the node tree, which shares an alias's
+    nodes and so stays small.  A file that is not YAML at all (Apprise's text format)
+    passes: nothing can expand in it.  YamlRefused, or ValueError if it cannot be read.
+    """
+    text = _read_bounded(path)
+    loader = _LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _walk(node, (), {}, set())
+    except _AliasError as exc:
+        raise YamlRefused(f"{path}:{exc.line}: YAML aliases and merge keys (*name, <<) are "
+                          "not allowed: write the value out") from None
+    except yaml.YAMLError:
+        return
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """Return (data, {field path: line}); raise ValueError with file:line on bad YAML."""
+    text = _read_bounded(path)
     # Compose the node tree (for line numbers and the alias check), then build the data
     # from it, with libyaml when PyYAML has it (every command loads a dozen rule files).
     loader = _LOADER(text)
@@ -60,7 +92,7 @@ def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
             _walk(node, (), lines, set())
         data = None if node is None else loader.construct_document(node)
     except _AliasError as exc:
-        raise ValueError(f"{path}:{exc.line}: YAML aliases and merge keys (*name, <<) are not "
+        raise YamlRefused(f"{path}:{exc.line}: YAML aliases and merge keys (*name, <<) are not "
                          "allowed: write the value out") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from jfwatch import log
-from jfwatch.actions.banfeed import BanFeed, feed_address
+from jfwatch.actions.banfeed import BanFeed, feed_address, open_for_append
 from jfwatch.actions.crowdsec import (
     CrowdsecEnforcer,
     LapiClient,
@@ -37,6 +37,7 @@ from jfwatch.keys import KeyUnreadable, read_key
 from jfwatch.sources.lines import LineStats
 
 FEED_RETRY_SECONDS = 5.0
+EXPORT_MODE = 0o640  # events hold usernames and addresses: not for every local user
 
 
 class ExportFailed(OSError):
@@ -132,16 +133,28 @@ class Actions:
         start records the size it found): at start, and after a commit that failed."""
         if self._events_path is None:
             return
-        size = self._events_path.stat().st_size if self._events_path.exists() else 0
-        committed = self.store.sink_size("events")
-        if committed is None:
-            self.store.save_offsets([], {"events": size})
-        elif size > committed:
-            try:
-                with open(self._events_path, "r+b") as fh:
-                    fh.truncate(committed)
-            except OSError as exc:
-                raise ExportFailed(f"{self._events_path}: {exc.strerror or exc}") from exc
+        fd = self._open_export()
+        try:
+            size = os.fstat(fd).st_size
+            committed = self.store.sink_size("events")
+            if committed is None:
+                self.store.save_offsets([], {"events": size})
+            elif size > committed:
+                try:
+                    os.ftruncate(fd, committed)
+                except OSError as exc:
+                    raise ExportFailed(f"{self._events_path}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+
+    def _open_export(self) -> int:
+        """The export opened like the ban feed: never through a symlink, never anything
+        but a regular file, never blocking (a FIFO in its place must not stop reading)."""
+        assert self._events_path is not None
+        try:
+            return open_for_append(self._events_path, EXPORT_MODE)
+        except OSError as exc:
+            raise ExportFailed(f"{self._events_path}: {exc.strerror or exc}") from exc
 
     def unwritten(self, stream: Stream) -> int:
         """Events of this stream waiting for its commit."""
@@ -157,11 +170,7 @@ class Actions:
         if self._events_path is None:
             return {}
         data = b"".join(self._unwritten.get(stream.key, []))
-        try:
-            fd = os.open(self._events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o640)
-        except OSError as exc:
-            raise ExportFailed(f"{self._events_path}: {exc.strerror or exc}") from exc
+        fd = self._open_export()
         try:
             size = os.fstat(fd).st_size
             try:
