@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from jfwatch.sources.follow import DRAIN_GRACE, PARTIAL_TIMEOUT, Follower, Identity, identity_of
 
 
@@ -116,3 +118,36 @@ def test_an_unfinished_line_is_not_unread(tmp_path: Path) -> None:
     assert follower.backlog() == (6, 6)
     assert _lines(follower) == [b"one"]
     assert follower.backlog() == (2, 0)  # lag 2, and nothing unread
+
+
+def test_out_of_descriptors_is_a_problem_reported_and_recovered(tmp_path: Path) -> None:
+    """EMFILE when a follower opens its file is never swallowed: the follower says so
+    (the daemon reports it and marks the source unhealthy), and reads once a descriptor
+    is free again."""
+    import resource
+
+    from jfwatch.sources.files import file_budget
+
+    log = tmp_path / "app.log"
+    log.write_bytes(b"one\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert file_budget(256) < 256 - 32  # room kept for the state, sockets, drains
+        with pytest.raises(OSError):
+            for _ in range(300):
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        follower = Follower(str(log))
+        assert follower.problem is not None and "out of file descriptors" in follower.problem
+        assert follower.read() == []
+        for fd in held:
+            os.close(fd)
+        held = []
+        pieces = follower.read()
+        assert [p[0] for p in pieces] == [b"one\n"] and follower.problem is None
+        follower.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

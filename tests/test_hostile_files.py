@@ -210,3 +210,37 @@ def test_event_export_is_never_written_through_a_link_nor_blocks_on_a_fifo(tmp_p
     run.wait_users(Counter({"before": 1, "during-fifo": 1}), timeout=30)
     assert target.read_text() == "precious\n"
     assert run.stop() == 0
+
+
+@pytest.mark.system
+def test_a_descriptor_limit_below_max_open_files_leaves_the_newest_log_read(tmp_path: Path
+                                                                          ) -> None:
+    """RLIMIT_NOFILE 256 and max_open_files 256 with 300 matching files and the event
+    export on: the budget comes from the real limit (room left for the state and
+    sockets), the newest file is followed and its attack banned, the rest reported,
+    and SIGTERM still ends the daemon at once."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = time.time() - 30 * 86400
+    for day in range(300):
+        path = logs / f"log_2024{day:04d}.log"
+        path.write_text("")
+        os.utime(path, (old + day, old + day))
+    newest = logs / "log_20260501.log"
+    newest.write_text("")
+    run = DaemonRun(tmp_path, max_open_fds=256, extra="max_open_files: 256\n")
+    run.start()
+    assert "too_many_files" in run.log_text()
+    report = next(json.loads(x) for x in run.log_text().splitlines() if "too_many_files" in x)
+    assert report["following"] < 256 - 32 and report["skipped"] >= 300 - report["following"]
+    now = datetime.now(UTC)
+    append(newest, "".join(denied(f"u{i}", ip="203.0.113.90",
+                                  ts=now.strftime("%Y-%m-%d %H:%M:%S.000")) for i in range(5)))
+    feed = tmp_path / "out" / "bans.log"
+    run.wait_for(lambda: "BAN 203.0.113.90" in feed.read_text(), timeout=20, what="the ban")
+    text = run.log_text()
+    assert "Too many open files" not in text and "out of file descriptors" not in text
+    assert "event_export_write_failed" not in text
+    began = time.monotonic()
+    assert run.stop() == 0
+    assert time.monotonic() - began < 5

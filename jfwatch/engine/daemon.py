@@ -36,7 +36,13 @@ from jfwatch.engine.engine import Engine, Stream
 from jfwatch.enrich.geo import Geo, GeoError
 from jfwatch.parsers import create_parser
 from jfwatch.parsers.base import StreamContext
-from jfwatch.sources.files import Source, find_by_identity, nearby_logs, sibling_paths
+from jfwatch.sources.files import (
+    Source,
+    file_budget,
+    find_by_identity,
+    nearby_logs,
+    sibling_paths,
+)
 from jfwatch.sources.follow import (
     DRAIN_GRACE,
     ELSEWHERE,
@@ -423,7 +429,7 @@ class Daemon:
             self._commit(self.tracked[path], initial=True)  # known from now on, by identity
 
     def _scan(self) -> None:
-        budget = max(1, self.config.max_open_files // max(1, len(self.sources)))
+        budget = max(1, file_budget(self.config.max_open_files) // max(1, len(self.sources)))
         stale_after = self.config.metrics.stale_after.total_seconds()
         for src in self.sources:
             src.watch()
@@ -441,8 +447,11 @@ class Daemon:
             # A stall: bytes wait in one of its files and none was read for stale_after.
             stalled = any(t.source is src and time.monotonic() - t.last_progress > stale_after
                           for t in self.tracked.values())
-            self.actions.source_health(src.config.label,
-                                       src.problem is None and covered and not stalled)
+            # A file it follows that cannot be opened now (out of descriptors, a FIFO in
+            # its place) is a file not read.
+            unread = any(t.source is src and t.follower.problem for t in self.tracked.values())
+            self.actions.source_health(src.config.label, src.problem is None and covered and
+                                       not stalled and not unread)
             for path in paths:
                 if path in self.tracked:
                     continue
@@ -477,7 +486,8 @@ class Daemon:
             if skipped:
                 self.log.warning("too_many_files", path=src.config.path, following=budget,
                                  skipped=skipped, oldest_skipped=src.skipped[0],
-                                 fix="narrow the glob, or raise max_open_files")
+                                 fix="narrow the glob, or raise max_open_files (and the "
+                                     "descriptor limit, LimitNOFILE, with it)")
 
     def _report_empty(self, src: Source, paths: list[str]) -> bool:
         """Say (once) that a readable source matches no file, and which log-like files its

@@ -5,9 +5,10 @@ polling) plus a slow rescan as a safety net, each matching file followed by a Fo
 
 from __future__ import annotations
 
+import errno
 import fnmatch
-import glob
 import os
+import resource
 import stat
 import threading
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class Source:
 
     def scan(self, budget: int) -> list[str]:
         """
-        The matching regular files to follow, oldest name first; sets ``problem`` when
+        The matching regular files to follow, newest first; sets ``problem`` when
         the source is unreadable and ``skipped`` to what lies beyond the budget.
 
         Each followed file holds a descriptor, so at most ``budget`` are followed: the
@@ -96,8 +97,18 @@ class Source:
         if not os.access(directory, os.R_OK | os.X_OK):
             self.problem = f"directory {directory} is not readable by this user"
             return []
-        paths = sorted(glob.glob(self.config.path)) if glob.has_magic(self.config.path) \
-            else ([self.config.path] if os.path.exists(self.config.path) else [])
+        try:  # listed here, not by glob, which takes EMFILE for an empty directory
+            names = os.listdir(directory)
+        except OSError as exc:
+            self.problem = f"cannot list {directory}: " + (
+                "out of file descriptors (raise LimitNOFILE, or lower max_open_files)"
+                if out_of_descriptors(exc) else str(exc.strerror or exc))
+            return []
+        pattern = os.path.basename(self.config.path)
+        hidden = pattern.startswith(".")  # as glob: * never matches a leading dot
+        paths = sorted(os.path.join(os.path.dirname(self.config.path), name)
+                       for name in fnmatch.filter(names, pattern)
+                       if hidden or not name.startswith("."))
         unreadable = [p for p in paths if not os.access(p, os.R_OK)]
         self.problem = f"cannot read {', '.join(unreadable[:5])}" if unreadable else None
         regular = []
@@ -115,7 +126,32 @@ class Source:
             regular.sort(reverse=True)  # newest first (ties: later name first)
             self.skipped = sorted(path for _, path in regular[budget:])
             regular = regular[:budget]
-        return sorted(path for _, path in regular)
+        regular.sort(reverse=True)
+        return [path for _, path in regular]  # newest first: it gets a descriptor first
+
+
+# Descriptors kept for everything but followed files: SQLite (and its WAL), the feed and
+# the export while written, watchdog's inotify, the metrics server's connections, the
+# Activity Log, Apprise and LAPI clients, and a follower's rotated-away files.
+DESCRIPTOR_RESERVE = 64
+
+
+def file_budget(configured: int) -> int:
+    """
+    How many files may be followed at once: ``max_open_files``, but never more than the
+    process's descriptor limit allows with DESCRIPTOR_RESERVE left over (256 files
+    under a limit of 256 would leave no descriptor for the state, and the newest log,
+    opened last, would never be read).
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    spare = soft - max(DESCRIPTOR_RESERVE, soft // 8)
+    return max(1, min(configured, spare // 2))  # a rotated-away file each, while drained
+
+
+def out_of_descriptors(exc: OSError) -> bool:
+    return exc.errno in (errno.EMFILE, errno.ENFILE)
 
 
 def nearby_logs(pattern: str, limit: int = 5) -> list[str]:

@@ -10,6 +10,7 @@ and those lines must not be lost.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -144,8 +145,11 @@ class Follower:
         except NotRegularFile as exc:
             self._cur, self.identity, self.problem = None, None, str(exc)
             return
-        except OSError:
+        except OSError as exc:
             self._cur, self.identity = None, None
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # tried again on every read
+                self.problem = f"cannot open {self.path}: out of file descriptors " \
+                               "(raise LimitNOFILE, or lower max_open_files)"
             return
         self.problem = None
         identity = identity_of(fh)
