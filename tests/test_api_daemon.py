@@ -175,3 +175,51 @@ def _readable(port: int) -> float | None:
         if line.startswith('jfwatch_source_readable{source="jellyfin-api"}'):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+@pytest.mark.parametrize("mode", ["ignores limit", "drips its headers"])
+def test_a_hostile_activity_log_never_delays_file_bans(tmp_path: Path,
+                                                       server: ActivityLogServer,
+                                                       mode: str) -> None:
+    """Whatever the Activity Log server does (answers 300,000 entries to every page,
+    or drips its headers a byte a second), an attack in a followed file is banned
+    within a second of its lines, and the API source is reported not readable."""
+    import itertools
+    import time
+
+    if mode == "ignores limit":
+        entry = {"Id": 1, "Name": "x", "ShortOverview": "IP address: 203.0.113.9",
+                 "Type": "AuthenticationFailed", "Date": "2026-11-30T08:00:01.0000000Z",
+                 "UserId": "0" * 32, "Severity": "Error"}
+        piece = json.dumps(entry).encode() + b","
+        server.hostile = lambda query: itertools.chain(
+            [b'{"TotalRecordCount": 300000, "Items": ['], itertools.repeat(piece, 300_000),
+            [b"{}]}"])
+    else:
+        server.add("AuthenticationFailed", "x", "203.0.113.9")
+        server.drip, server.drip_head = 1.0, True
+    port = free_port()
+    run = _daemon(tmp_path, server, metrics_port=port)
+    log = tmp_path / "logs" / "log_20260501.log"
+    log.write_text("")
+    run.start()
+    delays = []
+    try:
+        for n in range(5):
+            ip = f"198.51.100.{20 + n}"
+            stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.000")
+            written = time.monotonic()
+            append(log, "".join(
+                f"[{stamp} +00:00] [INF] [9] Jellyfin.Server.Implementations.Users."
+                f"UserManager: Authentication request for \"u{i}\" has been denied "
+                f"(IP: \"{ip}\").\n" for i in range(5)))
+            run.wait_for(lambda ip=ip: f"BAN {ip} " in _read(tmp_path / "out" / "bans.log"),
+                         timeout=10, what=f"ban of {ip}")
+            delays.append(time.monotonic() - written)
+            time.sleep(0.5)
+        run.wait_for(lambda: _readable(port) == 0.0, timeout=30, what="the API source down")
+    finally:
+        run.stop()
+    delays.sort()
+    print(f"file ban delays with a hostile API server ({mode}): {delays}")
+    assert delays[len(delays) // 2] < 1.0 and delays[-1] < 2.0, delays

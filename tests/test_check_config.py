@@ -190,3 +190,26 @@ def test_unreadable_api_key_and_lapi_credentials_are_named(tmp_path: Path,
     assert "1 Activity Log source(s)" in result.stdout
     assert "bans enforced by fail2ban, nftables" in result.stdout
     assert "0123456789abcdef" not in result.stdout + result.stderr
+
+
+def test_an_api_key_sent_in_clear_text_or_unverified_is_warned_about(tmp_path: Path) -> None:
+    """Plain HTTP to another host and verify_tls: false expose an administrator's key:
+    check-config warns (the config is still valid); HTTP to a container name, the LAN
+    or this host does not."""
+    key = tmp_path / "jf.key"
+    key.write_text("0123456789abcdef0123456789abcdef\n")
+    key.chmod(0o600)
+    cfg = tmp_path / "jfwatch.yml"
+    cfg.write_text(f"state_dir: {tmp_path}\njellyfin_api:\n"
+                   f"  - {{url: 'http://media.example.net:8096', api_key_file: {key}, "
+                   "name: far}\n"
+                   f"  - {{url: 'https://media.example.net', api_key_file: {key}, "
+                   "verify_tls: false, name: unverified}\n"
+                   f"  - {{url: 'http://jellyfin:8096', api_key_file: {key}, name: container}}\n"
+                   f"  - {{url: 'http://192.168.1.20:8096', api_key_file: {key}, name: lan}}\n")
+    result = _check("--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, result.stderr
+    assert "jellyfin_api far: http://media.example.net:8096 is plain HTTP" in warnings[0]
+    assert "jellyfin_api unverified: verify_tls is off" in warnings[1]

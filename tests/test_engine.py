@@ -84,7 +84,15 @@ def test_daemon_over_a_backlog_decides_and_counts_as_replay(tmp_path: Path) -> N
     assert run.stop() == 0
     assert lines == \
         {k: counts[k] for k in ("matched", "unmatched", "rejected")}
-    assert _decisions_of_daemon(run.log_text()) == expected
+    decided = _decisions_of_daemon(run.log_text())
+    # The same bans, and an alert for everything replay alerts on; but the daemon reads
+    # the backlog in seconds and its cooldowns run on the wall clock, so an alert that
+    # replay repeats after a cooldown in event time is said once (a backfill must not
+    # flood the phone).
+    assert {k: n for k, n in decided.items() if k[0] == "ban"} == \
+        {k: n for k, n in expected.items() if k[0] == "ban"}
+    assert set(decided) == set(expected)
+    assert all(decided[k] <= expected[k] for k in decided)
 
 
 def _committed(work: Path) -> int:

@@ -8,6 +8,7 @@ whose log starts again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -268,3 +269,137 @@ def test_threads_end_when_stopped(server: ActivityLogServer) -> None:
     p.join(timeout=5)
     assert not p.is_alive()
     assert threading.active_count() < 50
+
+
+# -- a hostile or intercepted server -------------------------------------------------------
+
+def _page_of(entries: list[dict[str, object]], total: int | None = None) -> bytes:
+    return json.dumps({"Items": entries, "TotalRecordCount": len(entries) if total is None
+                       else total, "StartIndex": 0}).encode()
+
+
+def _entry(entry_id: object, date: object = "2026-11-30T08:00:01.0000000Z") -> dict[str, object]:
+    return {"Id": entry_id, "Name": "Failed login attempt from x", "Overview": None,
+            "ShortOverview": "IP address: 203.0.113.9", "Type": "AuthenticationFailed",
+            "Date": date, "UserId": "0" * 32, "Severity": "Error"}
+
+
+def test_ids_and_dates_out_of_range_are_skipped_and_counted(server: ActivityLogServer) -> None:
+    """An Id of 2**63 (valid JSON, too large for SQLite), negative, fractional or text
+    ids, and dates that are not dates: each entry is skipped and counted, never a crash;
+    the good entries around them are taken."""
+    bad = [_entry(2**63), _entry(-5), _entry(1.5), _entry("7"), _entry(True),
+           _entry(8, "yesterday"), _entry(9, 12345)]
+    good = [_entry(3), _entry(2)]
+    everything = [*good, *bad]
+
+    def paged(query: dict[str, str]) -> list[bytes]:
+        start, limit = int(query.get("startIndex", 0)), int(query.get("limit", 100))
+        return [_page_of(everything[start:start + limit], total=len(everything))]
+
+    server.hostile = paged
+    p = poller(server, page_size=20)
+    p.poll_once()
+    batch = p.take()
+    assert batch is not None and batch.cursor.last_id == 3
+    assert [json.loads(line)["Id"] for line in batch.data.splitlines()] == [2, 3]
+    assert p.malformed == len(bad)
+
+
+@pytest.mark.parametrize("mode", ["ignores limit", "one huge string", "gzip bomb"])
+def test_answers_larger_than_asked_for_are_cut_off(server: ActivityLogServer,
+                                                   mode: str) -> None:
+    """300,000 entries where 10 were asked for, a 50 MB string: cut off at the cap (16
+    KiB an entry asked for); a compressed answer that would inflate to 100 MB (never
+    asked for: the client asks for identity): refused.  In well under a second, never
+    held whole."""
+    import gzip
+    import tracemalloc
+
+    if mode == "ignores limit":
+        server.hostile = lambda query: itertools.chain(
+            [b'{"TotalRecordCount": 300000, "Items": ['],
+            (json.dumps(_entry(i + 1)).encode() + b"," for i in range(300_000)), [b"{}]}"])
+    elif mode == "one huge string":
+        server.hostile = lambda query: itertools.chain(
+            [b'{"Items": [{"Id": 1, "Name": "'], (b"x" * 1_000_000 for _ in range(50)),
+            [b'"}]}'])
+    else:
+        bomb = gzip.compress(b'{"Items": [{"Id": 1, "Name": "' + b"x" * 100_000_000 + b'"}]}')
+
+        def gzipped(query: dict[str, str]) -> list[bytes]:
+            return [bomb]
+        server.hostile = gzipped
+        server.gzip = True
+    p = poller(server)
+    tracemalloc.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(ApiError, match=r"larger than|entries where|compressed"):
+            p.poll_once()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - began < 5
+    assert peak < 20 * 1024 * 1024
+
+
+def test_a_dripping_server_is_cut_off_and_reported(server: ActivityLogServer) -> None:
+    """A server that answers a byte at a time (each within the read timeout, forever)
+    is cut off at the request's deadline: reported, never read."""
+    server.add("AuthenticationFailed", "x", "203.0.113.1")
+    server.drip = 0.2  # the body a byte at a time: minutes in all
+    p = poller(server)  # a 2 s deadline
+    began = time.monotonic()
+    with pytest.raises(ApiError, match=r"took longer|in time"):
+        p.poll_once()
+    assert time.monotonic() - began < 2 * 2.0 + 1.5
+    assert p.client.in_flight is None
+
+
+def test_a_request_stuck_in_the_headers_is_reported_unhealthy(server: ActivityLogServer
+                                                              ) -> None:
+    """Headers dripped a byte at a time cannot be cut off from the poller's thread; the
+    source is still reported as not answering once the request is past twice its
+    deadline, and readable again once the server answers."""
+    server.add("AuthenticationFailed", "x", "203.0.113.1")
+    server.drip, server.drip_head = 1.0, True
+    with running(poller(server)) as p:
+        _wait(lambda: (p.health() or "").startswith("a request has waited"), timeout=20)
+        server.drip = 0.0
+        _wait(lambda: p.health() is None, timeout=60)
+
+
+def test_pages_without_end_are_a_bounded_walk(server: ActivityLogServer) -> None:
+    """A server that claims 10**12 entries: pages of nothing new end the walk with an
+    error after a bounded number of pages; pages of ever new entries end it at the
+    walk's budget (the rest next round), memory bounded either way."""
+    server.hostile = lambda query: [_page_of([], total=10**12)]
+    p = ActivityPoller(ActivityClient(server.url, KEY, timeout=2.0), None, name="test",
+                       interval=0.05, page_size=10, start="beginning", walk_budget=100)
+    with pytest.raises(ApiError, match="without end"):
+        p.poll_once()
+    assert len(server.requests) < 2 * 100 // 10 + 20
+
+    def fresh(query: dict[str, str]) -> list[bytes]:
+        start = int(query.get("startIndex", 0))
+        top = 10**12 - start
+        return [_page_of([_entry(top - i) for i in range(int(query.get("limit", 1)))],
+                         total=10**12)]
+
+    server.hostile = fresh
+    server.requests.clear()
+    p = ActivityPoller(ActivityClient(server.url, KEY, timeout=2.0), None, name="test",
+                       interval=0.05, page_size=10, start="beginning", walk_budget=100)
+    taken = 0
+    walker = threading.Thread(target=p.poll_once, daemon=True)
+    walker.start()
+    deadline = time.monotonic() + 20
+    while walker.is_alive() and time.monotonic() < deadline:
+        batch = p.take()
+        if batch is not None:
+            taken += batch.entries
+        time.sleep(0.001)
+    walker.join(timeout=5)
+    assert not walker.is_alive()
+    assert 100 <= taken <= 110

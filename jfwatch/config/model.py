@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -203,6 +205,16 @@ class GeoConfig(Strict):
 ActivityType = Literal["AuthenticationFailed", "AuthenticationSucceeded", "UserLockedOut"]
 
 
+def _nearby_host(host: str) -> bool:
+    """This host, a private or link-local address, or a single-label name (a container
+    or LAN name: ``jellyfin``, ``localhost``)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "." not in host or host.endswith((".local", ".lan", ".internal", ".home.arpa"))
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
 class JellyfinApiConfig(Strict):
     """
     Jellyfin's Activity Log, polled (the ``jellyfin_api`` source): where every login came
@@ -222,6 +234,21 @@ class JellyfinApiConfig(Strict):
     verify_tls: bool = True
     # Entry Name templates in the server's UI language (en-US built in), {0}: the user.
     name_templates: dict[ActivityType, Annotated[str, Field(pattern=r"^[^{}]*\{0\}[^{}]*$")]] = {}
+
+    def transport_warnings(self) -> list[str]:
+        """What exposes the key (an administrator's) on its way: plain HTTP beyond this
+        host, its LAN or a container network, and TLS without verification."""
+        out = []
+        host = urlsplit(self.url).hostname or ""
+        if self.url.startswith("http://") and not _nearby_host(host):
+            out.append(f"jellyfin_api {self.name}: {self.url} is plain HTTP to another "
+                       "host: the API key (an administrator's) crosses the network in clear "
+                       "text; use https://")
+        if not self.verify_tls:
+            out.append(f"jellyfin_api {self.name}: verify_tls is off: whoever sits on the "
+                       "path can pose as the server, take the API key and feed jfwatch "
+                       "entries; trust the server's certificate instead")
+        return out
 
     @model_validator(mode="after")
     def _one_key(self) -> JellyfinApiConfig:

@@ -8,7 +8,12 @@ with the field names and types of Jellyfin's DTOs.  Only ``Authorization: MediaB
 
 Faults a test can set: ``delay`` (seconds before each answer), ``broken`` (malformed
 JSON), ``status`` (an HTTP error), ``on_page`` (called before each page is answered:
-entries added while a client pages); ``stop()`` and ``start()`` again on the same port.
+entries added while a client pages), ``hostile`` (the body of every page answer, in
+pieces, from the query: what a hostile or intercepted server sends; ``gzip``: sent as
+gzip-encoded), ``drip`` (seconds
+between the bytes of an answer's body; ``drip_head``: of its status line and headers
+too); ``stop()`` and
+``start()`` again on the same port.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,6 +49,10 @@ class ActivityLogServer:
         self.broken = False
         self.status: int | None = None
         self.on_page: Callable[[int], None] | None = None
+        self.hostile: Callable[[dict[str, str]], Iterable[bytes]] | None = None
+        self.drip = 0.0
+        self.drip_head = False  # the status line and headers dripped too
+        self.gzip = False  # the hostile pieces are sent as gzip-encoded
         self.requests: list[str] = []  # paths with queries, as asked
         self.auth_headers: list[str] = []
         self.port = 0
@@ -117,6 +126,8 @@ class ActivityLogServer:
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 body: object
+                if url.path == "/System/ActivityLog/Entries" and fake.hostile is not None:
+                    return self._send_pieces(fake.hostile(query))
                 if url.path == "/System/ActivityLog/Entries":
                     body = fake.page(query)
                 elif url.path == "/Users":
@@ -127,7 +138,33 @@ class ActivityLogServer:
                 data = b'{"Items": [' if fake.broken else json.dumps(body).encode()
                 return self._send(200, data)
 
+            def _send_pieces(self, pieces: Iterable[bytes]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                if fake.gzip:
+                    self.send_header("Content-Encoding", "gzip")
+                self.end_headers()  # no length: read until the connection closes
+                self.close_connection = True
+                try:
+                    for piece in pieces:
+                        self.wfile.write(piece)
+                except OSError:
+                    pass  # the client cut it off
+
             def _send(self, status: int, data: bytes) -> None:
+                if fake.drip:
+                    head = (f"HTTP/1.1 {status} OK\r\nContent-Length: {len(data)}\r\n"
+                            "Content-Type: application/json\r\n\r\n").encode()
+                    self.close_connection = True
+                    try:
+                        if not fake.drip_head:
+                            self.wfile.write(head)
+                        for byte in (head if fake.drip_head else b"") + data:
+                            self.wfile.write(bytes([byte]))
+                            time.sleep(fake.drip)
+                    except OSError:
+                        pass
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))

@@ -127,6 +127,9 @@ def cmd_check_config(args: argparse.Namespace, loaded: Loaded) -> int:
         found = nearby_logs(src.path)
         print(f"note: 0 files match {src.path}" + (f"; found {', '.join(found)}" if found else ""),
               file=sys.stderr)
+    for api in cfg.jellyfin_api:
+        for warning in api.transport_warnings():
+            print(f"warning: {warning}", file=sys.stderr)
     secrets = [path for path, holds in ((used, bool(cfg.notify.urls)),
                                         (cfg.notify.config_file, True)) if path and holds]
     for path in secrets:

@@ -322,6 +322,8 @@ class Daemon:
 
     # -- the Activity Log ---------------------------------------------------------------
     def _poller(self, api: JellyfinApiConfig) -> _Polled:
+        for warning in api.transport_warnings():
+            self.log.warning("api_key_exposed", source=api.name, problem=warning)
         try:
             key = read_api_key(str(api.api_key_file) if api.api_key_file else None,
                                api.api_key_env)
@@ -363,7 +365,7 @@ class Daemon:
         return busy
 
     def _report_api(self, polled: _Polled) -> None:
-        problem = polled.poller.problem
+        problem = polled.poller.health()
         if problem != polled.problem:
             polled.problem = problem
             if problem:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,16 @@ MAX_RESHUFFLES = 10  # count changes in a row before a round gives up (retried l
 BACKOFF_MAX = 300.0
 # The fields a detection needs: Overview can be long, and nothing else is read.
 _KEPT = ("Id", "Type", "Date", "Name", "ShortOverview", "UserId", "Severity")
+# A server is attacker-controlled input too (a hostile one, or an intercepted plain-HTTP
+# connection).  Real entries are well under 2 KiB each: an answer is read up to this much
+# per entry asked for (the stream cut there), and no more entries than asked are taken.
+BYTES_PER_ENTRY = 16 * 1024
+MIN_ANSWER_BYTES = 256 * 1024
+# Ids are Jellyfin's SQLite row ids: positive 64-bit integers.
+MAX_ID = 2**63 - 1
+# One round takes at most this many entries (a backlog goes on in the next round; an
+# endless stream of pages holds no more than this in memory).
+WALK_BUDGET = 20_000
 
 
 class ApiError(Exception):
@@ -77,19 +88,28 @@ def read_api_key(key_file: str | None, key_env: str | None) -> str:
 
 
 class ActivityClient:
-    """The HTTP side: one page of entries, and the server's user names."""
+    """
+    The HTTP side: one page of entries, and the server's user names.  ``timeout`` is
+    a deadline for each whole request (a server dripping a byte a second is cut off
+    there, not waited on for as long as it keeps dripping); ``in_flight`` says since
+    when a request has been waiting, for a thread that cannot be interrupted.
+    """
 
     def __init__(self, url: str, key: str, *, timeout: float = 10.0, verify: bool = True,
                  transport: httpx.BaseTransport | None = None) -> None:
         if '"' in key or "\n" in key:
             raise ApiError("the API key holds a quote or a line break: not a Jellyfin key")
+        self.timeout = timeout
+        self.in_flight: float | None = None  # monotonic start of the request waiting now
         self._http = httpx.Client(
             base_url=url.rstrip("/"), timeout=timeout, verify=verify, transport=transport,
             follow_redirects=False, headers={
                 # The only form 12.0 accepts by default; the legacy ones put the key in
                 # URLs and access logs.
                 "Authorization": f'MediaBrowser Client="jfwatch", Token="{key}"',
-                "Accept": "application/json"})
+                # Uncompressed: a page is tens of KiB, and a compressed answer inflates
+                # a whole read at once, past any cap (a 100 KB gzip bomb is 100 MB).
+                "Accept": "application/json", "Accept-Encoding": "identity"})
 
     def close(self) -> None:
         self._http.close()
@@ -99,35 +119,57 @@ class ActivityClient:
         params: dict[str, str | int] = {"startIndex": start, "limit": limit}
         if min_date is not None:
             params["minDate"] = min_date.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        doc = self._get(ENTRIES, params)
+        doc = self._get(ENTRIES, params, max(MIN_ANSWER_BYTES, limit * BYTES_PER_ENTRY))
         items, total = (doc.get("Items"), doc.get("TotalRecordCount")) \
             if isinstance(doc, dict) else (None, None)
         if not isinstance(items, list) or not isinstance(total, int) or isinstance(total, bool):
             raise ApiError("malformed answer: no Items list and TotalRecordCount")
+        if len(items) > limit:
+            raise ApiError(f"the server answered {len(items)} entries where {limit} were "
+                           "asked for: not Jellyfin's paging")
+        if not 0 <= total <= MAX_ID:
+            raise ApiError(f"the server counts {total} entries: not a count")
         return items, total
 
     def user_names(self) -> dict[str, str]:
         """Names by user id (ids without dashes, lower case)."""
-        doc = self._get("/Users", {})
+        doc = self._get("/Users", {}, 4 * 1024 * 1024)
         if not isinstance(doc, list):
             raise ApiError("malformed answer to /Users: not a list")
         return {_guid(u["Id"]): u["Name"] for u in doc if isinstance(u, dict)
                 and isinstance(u.get("Id"), str) and isinstance(u.get("Name"), str)}
 
-    def _get(self, path: str, params: dict[str, str | int]) -> Any:
+    def _get(self, path: str, params: dict[str, str | int], max_bytes: int) -> Any:
+        """The JSON answer, streamed: at most ``max_bytes``, within ``timeout`` in all."""
+        began = self.in_flight = time.monotonic()
+        deadline = began + self.timeout
         try:
-            answer = self._http.get(path, params=params)
+            with self._http.stream("GET", path, params=params) as answer:
+                if answer.status_code in (401, 403):
+                    raise ApiError(f"the server refused the API key (HTTP "
+                                   f"{answer.status_code}): create one in Dashboard > API Keys")
+                if answer.status_code != 200:
+                    raise ApiError(f"HTTP {answer.status_code} from {path}")
+                if answer.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    raise ApiError(f"the server sent a compressed answer to {path} that was "
+                                   "not asked for: refused")
+                body = bytearray()
+                for chunk in answer.iter_raw():  # as it arrives: the deadline is checked
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise ApiError(f"the answer from {path} is larger than "
+                                       f"{max_bytes // 1024} KiB: cut off")
+                    if time.monotonic() > deadline:
+                        raise ApiError(f"the server took longer than {self.timeout:g} s to "
+                                       "answer: cut off")
         except httpx.TimeoutException:
             raise ApiError("the server did not answer in time") from None
-        except httpx.HTTPError as exc:  # refused, reset, DNS, TLS
+        except httpx.HTTPError as exc:  # refused, reset, DNS, TLS, a bad encoding
             raise ApiError(f"cannot reach the server: {type(exc).__name__}") from None
-        if answer.status_code in (401, 403):
-            raise ApiError(f"the server refused the API key (HTTP {answer.status_code}): "
-                           "create one in Dashboard > API Keys") from None
-        if answer.status_code != 200:
-            raise ApiError(f"HTTP {answer.status_code} from {path}")
+        finally:
+            self.in_flight = None
         try:
-            return orjson.loads(answer.content)
+            return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ApiError(f"malformed answer from {path}: not JSON") from None
 
@@ -137,8 +179,17 @@ def _guid(text: str) -> str:
 
 
 def _entry_id(entry: object) -> int | None:
-    value = entry.get("Id") if isinstance(entry, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A usable entry's id; None for anything else (no id, an id out of range, or a
+    date that is not one: the cursor and the event are built from both)."""
+    if not isinstance(entry, dict):
+        return None
+    value, date = entry.get("Id"), entry.get("Date")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_ID:
+        return None
+    if date is not None and (not isinstance(date, str) or len(date) > 64 or
+                             _date(date) is None):
+        return None
+    return value
 
 
 class ActivityPoller(threading.Thread):
@@ -150,12 +201,14 @@ class ActivityPoller(threading.Thread):
 
     def __init__(self, client: ActivityClient, cursor: Cursor | None, *, name: str,
                  interval: float, page_size: int = 100, start: str = "end",
-                 wake: threading.Event | None = None) -> None:
+                 wake: threading.Event | None = None, walk_budget: int = WALK_BUDGET) -> None:
         super().__init__(name=f"poll-{name}", daemon=True)
         self.client, self.interval, self.page_size = client, interval, page_size
+        self.walk_budget = walk_budget
         self.start_at_end = start == "end"
         self.problem: str | None = None
         self.polls = 0
+        self.malformed = 0  # entries skipped as unusable
         self._cursor = cursor
         self._rewind: Cursor | bool | None = False  # False: none asked
         self._batches: queue.Queue[Batch] = queue.Queue(maxsize=1)
@@ -182,6 +235,16 @@ class ActivityPoller(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    def health(self) -> str | None:
+        """The last failure; or a request that has waited past twice its deadline (a
+        server dripping its headers cannot be cut off from here, but is not read)."""
+        started = self.client.in_flight
+        waited = 0.0 if started is None else time.monotonic() - started
+        if waited > 2 * self.client.timeout + 1:
+            return f"a request has waited {waited:.0f} s for the server (deadline " \
+                   f"{self.client.timeout:g} s): not answering"
+        return self.problem
 
     # -- the thread ----------------------------------------------------------------
     def run(self) -> None:
@@ -254,7 +317,9 @@ class ActivityPoller(threading.Thread):
         after = self._cursor
         last_id = after.last_id if after else 0
         min_date = _date(after.last_date) if after else None
-        since = None if min_date is None else min_date - SLACK
+        # Never later than now: a date far ahead (a server's wrong clock, a forged entry)
+        # would otherwise hide every entry after it.
+        since = None if min_date is None else min(min_date, datetime.now(UTC)) - SLACK
         newest, total = self.client.page(0, 1, since)
         if newest and after is not None and (_entry_id(newest[0]) or 0) < last_id:
             # The server's log starts again at lower ids (a new database): take what is
@@ -267,7 +332,19 @@ class ActivityPoller(threading.Thread):
         reshuffles = 0
         taken: set[int] = set()
         top = last_id
+        # Pages that can hold a round's budget of entries twice over (a walk moved by new
+        # entries repeats some): more means pages of nothing new, a server that pages
+        # without end.
+        pages = 2 * self.walk_budget // self.page_size + MAX_RESHUFFLES
         while size > 0:
+            pages -= 1
+            if pages < 0:
+                raise ApiError("the server's pages hold nothing new without end: not "
+                               "Jellyfin's paging")
+            if len(taken) >= self.walk_budget:
+                self.log.info("activity_backlog_continues", taken=len(taken),
+                              left=start + size, next_round_in=self.interval)
+                return
             items, now_total = self.client.page(start, size, since)
             if now_total != total:
                 # Entries came (or went) since the count: ours moved by as many places.
@@ -283,6 +360,11 @@ class ActivityPoller(threading.Thread):
             # in any id order).
             fresh = sorted(((i, e) for e in items if (i := _entry_id(e)) is not None
                             and i > last_id and i not in taken), key=lambda pair: pair[0])
+            unusable = sum(1 for e in items if _entry_id(e) is None)
+            if unusable:
+                self.malformed += unusable
+                self.log.warning("activity_entries_unusable", count=unusable,
+                                 problem="no id, an id out of range, or a date that is not one")
             if fresh:
                 entries = [e for _, e in fresh]
                 taken.update(i for i, _ in fresh)
