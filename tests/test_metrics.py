@@ -173,3 +173,62 @@ def test_promtool_unit_tests_of_every_shipped_alert() -> None:
                             cwd=ROOT / "contrib" / "prometheus", capture_output=True, text=True,
                             check=False, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_slow_clients_never_keep_a_health_probe_out() -> None:
+    """100 clients that each send a byte of a request every second (never silent long
+    enough to time out; each reconnects when cut off): every /health probe among them
+    is answered within a second, and no slow client holds a connection past its
+    deadline."""
+    import socket
+    import threading
+    import time
+
+    from jfwatch.actions.metrics import CONNECTION_DEADLINE, Metrics
+
+    metrics = Metrics()
+    port = metrics.serve("127.0.0.1", 0)
+    stop = threading.Event()
+    cut_after: list[float] = []
+
+    def slow_client() -> None:
+        conn, since = None, 0.0
+        while not stop.is_set():
+            if conn is None:
+                conn, since = socket.create_connection(("127.0.0.1", port), timeout=5), \
+                    time.monotonic()
+            try:
+                conn.sendall(b"G")
+                conn.settimeout(0.01)
+                if conn.recv(1) == b"":  # cut off by the server
+                    raise ConnectionResetError
+            except TimeoutError:
+                pass
+            except OSError:
+                cut_after.append(time.monotonic() - since)
+                conn.close()
+                conn = None
+                continue
+            stop.wait(1.0)
+        if conn is not None:
+            conn.close()
+
+    clients = [threading.Thread(target=slow_client, daemon=True) for _ in range(100)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(2)  # every place taken, over and over
+        waits = []
+        for _ in range(30):
+            began = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                assert r.status == 200 and r.read() == b"ok\n"
+            waits.append(time.monotonic() - began)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(timeout=10)
+        metrics.stop()
+    assert max(waits) < 1.0, waits
+    assert cut_after and max(cut_after) < CONNECTION_DEADLINE + 2.0

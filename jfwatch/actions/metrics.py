@@ -5,6 +5,7 @@ Prometheus metrics (own registry, ``jfwatch_`` prefix) and the HTTP endpoint wit
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -19,43 +20,75 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, make_wsgi
 from jfwatch import __version__
 from jfwatch.actions.enforce import EnforcementQueue
 
-# A scrape takes milliseconds; Prometheus scrapes with one connection at a time.
+# A scrape or a probe takes milliseconds; Prometheus scrapes with one connection at a time.
 MAX_CONNECTIONS = 16
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 5.0  # of silence on a connection
+# Of a connection in all: a client sending a byte every few seconds is never silent
+# for REQUEST_TIMEOUT, and is cut off here instead.
+CONNECTION_DEADLINE = 5.0
 
 
 class _BoundedServer(ThreadingMixIn, WSGIServer):
     """
-    At most MAX_CONNECTIONS requests served at once, each dropped after REQUEST_TIMEOUT
-    seconds of silence; connections beyond that are closed as soon as they are accepted.
-    Idle connections thus cannot pile up threads and descriptors until the daemon can no
-    longer open its logs.  IPv6 when the address is one (``::1``).
+    At most MAX_CONNECTIONS connections at once, each cut off CONNECTION_DEADLINE seconds
+    after it was accepted.  A connection that finds every place taken takes the place of
+    the oldest one (the slowest: a real request is over in milliseconds), so a flood of
+    slow or idle clients can neither pile up threads and descriptors nor keep a
+    ``/health`` probe out: the probe is served as soon as it arrives, at the expense of
+    a slow client.  IPv6 when the address is one (``::1``).
     """
 
     daemon_threads = True
+    # Connections waiting to be accepted: socketserver's 5 drops a probe's SYN while a
+    # crowd reconnects, and the kernel retries it only a second later.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.refused = 0
+        self._lock = threading.Lock()
+        self._open: dict[Any, float] = {}  # connection -> when accepted (monotonic)
+        self.evicted = 0
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            self.shutdown_request(request)
-            return
+        """In the accepting thread: make room, then serve in a thread of its own."""
+        with self._lock:
+            if len(self._open) >= MAX_CONNECTIONS:
+                oldest = min(self._open, key=self._open.__getitem__)
+                self._cut(oldest)
+                self.evicted += 1
+            self._open[request] = time.monotonic()
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            with self._lock:
+                self._open.pop(request, None)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            with self._lock:
+                self._open.pop(request, None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client cut off or gone mid-request is expected; no traceback on stderr."""
+
+    def service_actions(self) -> None:
+        """Called by serve_forever about twice a second: cut off connections past their
+        deadline."""
+        cutoff = time.monotonic() - CONNECTION_DEADLINE
+        with self._lock:
+            for conn in [c for c, since in self._open.items() if since < cutoff]:
+                self._cut(conn)
+
+    def _cut(self, conn: Any) -> None:
+        """Wake the thread serving it (a blocked read or write returns) and forget it;
+        that thread closes it.  Called with the lock held."""
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
+        self._open.pop(conn, None)
 
 
 class _QuietHandler(WSGIRequestHandler):
