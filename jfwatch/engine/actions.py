@@ -284,7 +284,8 @@ class Actions:
                 self.metrics.alerts.labels(d.rule, d.severity).inc()
                 self.log.warning("alert", rule=d.rule, severity=d.severity, ip=d.ip,
                                  country=d.country, user=d.user, count=d.count, detail=d.detail,
-                                 ban_until=d.ban_until.isoformat() if d.ban_until else None)
+                                 ban_until=d.ban_until.isoformat() if d.ban_until else None,
+                                 banned=d.ban_target)
                 self.outbox.enqueue(d)
             elif isinstance(d, Ban | Unban):
                 changed = True
