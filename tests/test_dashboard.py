@@ -93,7 +93,7 @@ def test_dashboard_expressions_give_the_true_numbers(tmp_path: Path) -> None:
         [value] = panels[expr].values()
         return value
 
-    assert round(one('sum(increase(jfwatch_events_total{kind=~"auth_failure|auth_blocked|'
+    assert round(one('sum(increase(jfwatch_attempts_total{kind=~"auth_failure|auth_blocked|'
                      'mfa_failure"}[1h]))')) == 6
     assert round(one("sum(increase(jfwatch_alerts_total[24h]))")) == sum(alerts.values()) > 0
     assert one("sum(jfwatch_bans_active)") == 1

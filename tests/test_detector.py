@@ -335,26 +335,27 @@ class TestBansCommand:
                "203.0.113.8" in lifted.stderr
 
 
-def test_dedup_memory_stays_bounded_under_a_flood() -> None:
-    """An attacker's flood of fresh usernames, and of reports on one name from both
-    parsers, cannot grow the dedup memory past its caps, and an unpaired report is
-    never merged with one from the same parser."""
-    from jfwatch.detect import dedup
+def test_attempt_memory_stays_bounded_under_a_flood() -> None:
+    """An attacker's flood of attempts from fresh addresses and names, and of records on
+    one address from two sources, cannot grow the join's memory past its caps; each
+    record joins at most one attempt, and never one from its own source."""
+    from jfwatch.detect import attempts
 
-    recent = dedup.RecentLogins(5_000_000)
+    join = attempts.Attempts(2_000_000, lambda ip: False)
     now = 1_800_000_000_000_000
-    ip = ipaddress.ip_address("203.0.113.9")
-    for n in range(20_000):
+    for n in range(attempts.MAX_ATTEMPTS + 20_000):
+        ip = ipaddress.ip_address(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
         event = Event(T0, "jellyfin", EventKind.AUTH_FAILURE, "jellyfin.denied", "jellyfin",
                       ip, f"user{n}")
-        assert recent.classify(event, now) is dedup.Seen.NEW
-    assert len(recent._recent) <= dedup._MAX_KEYS
+        assert join.join(event, now) is None
+    assert len(join) <= attempts.MAX_ATTEMPTS
+    ip = ipaddress.ip_address("203.0.113.9")
     for n in range(5_000):
-        source = "jellyfin" if n % 2 else "jellyfin_activity"
-        recent.classify(Event(T0, source, EventKind.AUTH_FAILURE, f"{source}.x", "jellyfin",
-                              ip, "admin"), now + n)
-    assert all(len(v) <= dedup._MAX_PER_KEY for v in recent._recent.values())
-    assert recent.duplicates == 2_500  # each report paired once, never twice
+        source = "jellyfin" if n % 2 else "nginx"
+        join.join(Event(T0, source, EventKind.AUTH_FAILURE, f"{source}.x", "jellyfin",
+                        ip, "admin" if source == "jellyfin" else None), now + n)
+    assert join.joined == 2_500  # each record joined once, never twice
+    assert all(len(v) <= attempts._MAX_PER_ADDRESS for v in join._by_ip.values())
 
 
 def test_carrier_grade_nat_is_allow_listed_by_default() -> None:

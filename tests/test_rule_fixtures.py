@@ -31,18 +31,21 @@ def _matches(alert: Alert, want: dict[str, Any]) -> bool:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_rule_fixture(name: str, tmp_path: Path) -> None:
-    """The fixture's log raises every expected alert and none of the forbidden ones.
-    A fixture's ``geo`` (network -> place) becomes a real City database for its replay."""
+    """The fixture's logs (every ``*.log``, each in its own format: a proxy's beside
+    Jellyfin's) raise every expected alert and none of the forbidden ones.  A fixture's
+    ``geo`` (network -> place) becomes a real City database for its replay; its
+    ``config`` is the config it is replayed with."""
     case_dir = FIXTURES / name
     assert (case_dir / "case.yaml").exists(), f"rule {name} has no replay fixture"
     case = yaml.safe_load((case_dir / "case.yaml").read_text())
     rules = load_rules([])
-    cfg = Config()
+    settings = dict(case.get("config", {}))
     if "geo" in case:
         db = write_db(tmp_path / "city.mmdb", case["geo"])
-        cfg = Config.model_validate({"geo": {"mmdb": [str(db)]}})
-    alerts = [d for d in replay([str(case_dir / "input.log")], cfg, rules).decisions
-              if isinstance(d, Alert)]
+        settings["geo"] = {"mmdb": [str(db)]}
+    cfg = Config.model_validate(settings)
+    inputs = sorted(str(p) for p in case_dir.glob("*.log"))
+    alerts = [d for d in replay(inputs, cfg, rules).decisions if isinstance(d, Alert)]
     for want in case["must"]:
         assert want["rule"] == name
         assert any(_matches(a, want) for a in alerts), f"missing {want}; got {alerts}"
@@ -84,11 +87,11 @@ def _days_of_attacks(path: Path) -> Path:
 @pytest.mark.parametrize("name", [*SHIPPED, "days"])
 def test_replay_state_in_memory_equals_state_file(name: str, tmp_path: Path) -> None:
     """A replay's throw-away state (dicts) decides exactly as the SQLite state file."""
-    log = _days_of_attacks(tmp_path / "log_20260301.log") if name == "days" else \
-        FIXTURES / name / "input.log"
+    logs = [str(_days_of_attacks(tmp_path / "log_20260301.log"))] if name == "days" else \
+        sorted(str(p) for p in (FIXTURES / name).glob("*.log"))
     rules = load_rules([])
-    in_memory = replay([str(log)], Config(), rules).decisions
-    in_file = replay([str(log)], Config(), rules, state=tmp_path / "s.db").decisions
+    in_memory = replay(logs, Config(), rules).decisions
+    in_file = replay(logs, Config(), rules, state=tmp_path / "s.db").decisions
     assert _as_json(in_memory) == _as_json(in_file)
     if name == "days":
         assert any(isinstance(d, Unban) for d in in_memory), "no ban expired"

@@ -106,6 +106,10 @@ class Metrics:
         # format: the format it is configured with.
         self.events = Counter("jfwatch_events", "Events parsed", ["source", "format", "kind"],
                               registry=r)
+        self.attempts = Counter(
+            "jfwatch_attempts", "Authentication attempts (the records of one attempt from the "
+            "proxy, Jellyfin's log and its Activity Log counted once), by kind", ["kind"],
+            registry=r)
         self.alerts = Counter("jfwatch_alerts", "Alerts raised", ["rule", "severity"], registry=r)
         self.bans = Counter("jfwatch_bans", "Bans issued", ["rule"], registry=r)
         self.unbans = Counter("jfwatch_unbans", "Bans lifted", registry=r)
@@ -173,6 +177,8 @@ class Metrics:
                 self.lines.labels(source, outcome)
             for kind in EventKind:
                 self.events.labels(source, fmt, kind.value)
+        for kind in EventKind:
+            self.attempts.labels(kind.value)
         for rule, severity, bans in rules:
             self.alerts.labels(rule, severity)
             if bans:

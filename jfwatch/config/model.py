@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -289,9 +290,14 @@ class Config(Strict):
     # Event time is attacker input: an event dated further ahead of the wall clock than
     # this is counted as forged or wrongly clocked (any event ahead is taken at "now").
     future_tolerance: Annotated[Duration, between("0s", "1d")] = Duration.parse("5m")
-    # One authentication in Jellyfin's log and in its Activity Log (jellyfin_api) within
-    # this time is counted once by rules; 0s turns it off.
-    dedup_window: Annotated[Duration, between("0s", "1m")] = Duration.parse("5s")
+    # The records of one authentication attempt (the proxy's line, Jellyfin's log line, its
+    # Activity Log entry) within this time are one attempt, counted once by rules; 0s
+    # turns the join off.  ``dedup_window``, its older name, is still read.
+    join_window: Annotated[Duration, between("0s", "1m")] = Field(
+        Duration.parse("2s"), validation_alias=AliasChoices("join_window", "dedup_window"))
+    # A successful login makes its address known (the household's) for this long: rules
+    # that count failures do not ban it (see a rule's ban.known_addresses).
+    known_for: Annotated[Duration, between("0s", "365d")] = Duration.parse("30d")
     # Optional JSON-lines copy of every event (SIEM export, debugging); written
     # exactly once per line even across crashes (its length is committed with offsets).
     events_file: Path | None = None

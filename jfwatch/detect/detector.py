@@ -25,14 +25,19 @@ from typing import Protocol
 
 from jfwatch.addresses import PRIVATE_RANGES, Network, network, networks, unbannable_reason
 from jfwatch.config.model import Config
+from jfwatch.detect.attempts import IP, USER, Attempts
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban, format_duration_s
-from jfwatch.detect.dedup import RecentLogins, Seen
 from jfwatch.detect.rules import Match, Rule
 from jfwatch.detect.state import BanRow
 from jfwatch.events import Event, EventKind, IPAddress
 
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
 _KEY_TEXTS_MAX = 4096  # cached group-key tables (one per address and user pair)
+# Failed logins and second factors (``failed_within``).
+_FAILED = frozenset({EventKind.AUTH_FAILURE, EventKind.MFA_FAILURE})
+# The kinds that teach the detector which addresses are known (``_learn``).
+_LEARNED_FROM = frozenset({EventKind.AUTH_SUCCESS, EventKind.MFA_SUCCESS,
+                           EventKind.MFA_FAILURE, EventKind.MFA_CHALLENGE})
 # Evidence levels of a key (events counted, capped): eviction takes the lowest first.
 _LEVELS = 8
 _TOP_RANK = 2 * (_LEVELS - 1)
@@ -59,6 +64,16 @@ class DetectorState(Protocol):
     def ban_count(self, ip: str) -> int: ...
     def has_values(self, rule: str, key: str) -> bool: ...
     def remember(self, rule: str, key: str, value: str, when: datetime) -> bool: ...
+    def mark_known(self, ips: tuple[str, ...], user: str, when: datetime) -> None: ...
+    def known(self, ip: str, since: datetime) -> tuple[str, datetime] | None: ...
+
+
+class AddressFacts(Protocol):
+    """What the state says of an address, for ``known`` and ``banned`` in a match."""
+
+    def is_known(self, ip: IPAddress) -> bool: ...
+    def is_banned(self, ip: IPAddress) -> bool: ...
+    def failed_since(self, ip: IPAddress, since: datetime) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +94,13 @@ class DetectorSettings:
     # An event dated further ahead of the clock than this is counted as forged or
     # wrongly clocked (anything ahead is taken at the clock's time either way).
     future_tolerance: timedelta = timedelta(minutes=5)
-    # One authentication reported by two parsers (the log and the Activity Log) within
-    # this time is counted once (``dedup``); zero turns it off.
-    dedup_window: timedelta = timedelta(seconds=5)
+    # The records of one authentication attempt from several sources (the proxy, the
+    # log, the Activity Log) within this time are one attempt (``attempts``); zero: every
+    # record counts on its own.
+    join_window: timedelta = timedelta(seconds=2)
+    # A successful login makes its address (and IPv6 network) known for this long: the
+    # household's.  Failure-count rules do not ban a known address (``known_addresses``).
+    known_for: timedelta = timedelta(days=30)
     # Decisions (ban start and end, cooldowns) taken at the clock's time, not the event's:
     # the daemon's, where a line dated in the past (a forged header, a lagging clock, a
     # backfill) must still get a ban that lasts from now (``settings_from_config``'s
@@ -121,8 +140,8 @@ Predicate = Callable[[Event], bool]
 Narrowed = Predicate | bool
 
 
-def compile_match(match: Match, settings: DetectorSettings, kind: str | None = None
-                  ) -> Narrowed:
+def compile_match(match: Match, settings: DetectorSettings, kind: str | None = None,
+                  facts: AddressFacts | None = None) -> Narrowed:
     """
     Turn a declarative match into the fewest checks (sets and networks, no expressions).
 
@@ -140,6 +159,9 @@ def compile_match(match: Match, settings: DetectorSettings, kind: str | None = N
         allowed: list[str] | None = getattr(match, name)
         if allowed is not None:
             checks.append(_field_in(name, frozenset(allowed)))
+    if match.not_origin is not None:
+        origins = frozenset(match.not_origin)
+        checks.append(lambda e: e.origin not in origins)
     if match.user is not None:
         users = frozenset(u.casefold() for u in match.user)
         checks.append(lambda e: e.user is not None and e.user.casefold() in users)
@@ -163,6 +185,21 @@ def compile_match(match: Match, settings: DetectorSettings, kind: str | None = N
     if match.not_country is not None:
         excluded = frozenset(match.not_country)
         checks.append(lambda e: e.country is not None and e.country not in excluded)
+    if (match.known is not None or match.banned is not None or match.failed_within) and \
+            facts is None:
+        raise ValueError("known, banned and failed_within need the detector's state")
+    if match.failed_within is not None:
+        assert facts is not None
+        within, failed_since = match.failed_within, facts.failed_since
+        checks.append(lambda e: e.ip is not None and failed_since(e.ip, e.time - within))
+    if match.known is not None:
+        assert facts is not None
+        known, is_known = match.known, facts.is_known
+        checks.append(lambda e: e.ip is not None and is_known(e.ip) == known)
+    if match.banned is not None:
+        assert facts is not None
+        banned, is_banned = match.banned, facts.is_banned
+        checks.append(lambda e: e.ip is not None and is_banned(e.ip) == banned)
     if not checks:
         return True
     combined = checks[0]
@@ -275,7 +312,7 @@ class _CompiledRule:
     # stretch, the cooldown is not longer than the window).
     idle: int
     bans: bool  # the rule has a ban action (its keys are evicted last among equals)
-    needs_address: bool  # counts only events with an address (see dedup)
+    needs: int  # what an event must know to be counted (attempts.IP, USER bits)
 
 
 @dataclass(slots=True)
@@ -312,10 +349,11 @@ class Detector:
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
         self._steps = self._index_rules()
-        # The same, for a second report of an authentication that brings its address.
-        self._address_steps = {kind: [entry for entry in entries if entry[0].c.needs_address]
-                               for kind, entries in self._steps.items()}
-        self._recent = RecentLogins(micros(settings.dedup_window))
+        # For a record that joined an attempt: the steps that could not count the attempt
+        # before (it lacked what they need) and can now, by kind and what was known.
+        self._join_steps: dict[tuple[str, int, int], list[_Entry]] = {}
+        self._attempts = Attempts(micros(settings.join_window),
+                                  self._trusted.__contains__ if self._trusted.nets else None)
         # A key with no event for this long holds nothing any rule still needs.
         self._horizon = max((max(c.window, c.cooldown) for c in self.rules), default=0)
         self._keys: dict[str, _Key] = {}
@@ -328,6 +366,14 @@ class Detector:
         self._key_texts: dict[tuple[IPAddress | None, str | None], dict[str, str]] = {}
         self.evictions = 0
         self.future_events = 0
+        # Authentication attempts by kind (the first record of each: what rules count).
+        self.attempts: dict[str, int] = {}
+        self._mfa_users: set[str] = set()  # users seen with two-factor authentication
+        # By address key (IPv6 by prefix): how many logins or second factors failed
+        # from it, and the last time (microseconds), for ``failed_within``; the oldest
+        # go first past a quarter of max_groups (a flood's addresses cost 100 bytes each).
+        self._failures: dict[str, tuple[int, int]] = {}
+        self._pending_known: tuple[tuple[str, ...], str, datetime] | None = None
         # When the current event's decisions are taken (``decide_on_clock``), as a time
         # and in microseconds: ban start, cooldowns.
         self._at = _EPOCH
@@ -345,7 +391,8 @@ class Detector:
         return _CompiledRule(rule, rule.name, group_by, "|".join(group_by), handler,
                              window, cooldown, rule.threshold, rule.distinct, first_count,
                              max(0, cooldown - window), rule.actions.ban is not None,
-                             rule.needs_address())
+                             (IP if rule.needs_address() else 0) |
+                             (USER if rule.needs_user() else 0))
 
     def _index_rules(self) -> dict[str, list[_Entry]]:
         """For each kind, the rules its events can concern, narrowed to that kind."""
@@ -355,16 +402,16 @@ class Detector:
             steps[kind] = []
             for c in self.rules:
                 rule = c.rule
-                reset = compile_match(rule.reset_on, s, kind) if rule.reset_on else False
+                reset = compile_match(rule.reset_on, s, kind, self) if rule.reset_on else False
                 first: Narrowed = False
                 then: Narrowed = False
                 if rule.type == "sequence":
                     assert rule.first is not None and rule.then is not None
-                    first = compile_match(rule.first, s, kind)
-                    then = compile_match(rule.then, s, kind)
+                    first = compile_match(rule.first, s, kind, self)
+                    then = compile_match(rule.then, s, kind, self)
                     match: Narrowed = first is not False or then is not False
                 else:
-                    match = compile_match(rule.match, s, kind)
+                    match = compile_match(rule.match, s, kind, self)
                 if reset is not False or match is not False:
                     steps[kind].append((_Step(c, first, then), c.group, reset, match, c.handler))
         return steps
@@ -375,8 +422,17 @@ class Detector:
 
     @property
     def duplicates(self) -> int:
-        """Second reports of one authentication (counted once)."""
-        return self._recent.duplicates
+        """Records that joined an attempt another source reported (counted once)."""
+        return self._attempts.joined
+
+    def _steps_after_join(self, kind: str, before: int, now: int) -> list[_Entry]:
+        """The steps that the attempt is news to: they need what it did not know."""
+        found = self._join_steps.get((kind, before, now))
+        if found is None:
+            found = self._join_steps[kind, before, now] = [
+                entry for entry in self._steps.get(kind, ())
+                if entry[0].c.needs & ~before and not entry[0].c.needs & ~now]
+        return found
 
     # -- public -----------------------------------------------------------------
     def feed(self, event: Event) -> list[Decision]:
@@ -391,15 +447,29 @@ class Detector:
         self._at, self._at_us = at, micros(at)
         if self._next_expiry is not None and self._next_expiry <= at:
             out += self.expire(at)
-        steps = self._steps.get(event.kind)
-        if not steps:
-            return out
         now = micros(event.time)
-        seen = self._recent.classify(event, now)
-        if seen is not Seen.NEW:
-            if seen is Seen.DUPLICATE:
-                return out
-            steps = self._address_steps[event.kind]
+        joined = self._attempts.join(event, now)
+        if joined is not None:
+            event = joined.event
+            steps = self._steps_after_join(event.kind, joined.known_before, joined.known_now)
+        else:
+            steps = self._steps.get(event.kind, [])
+            self.attempts[event.kind] = self.attempts.get(event.kind, 0) + 1
+        if event.kind in _LEARNED_FROM:
+            self._learn(event)
+        if event.kind in _FAILED and event.ip is not None and event.ip not in self._trusted \
+                and (joined is None or not joined.known_before & IP):  # once an attempt
+            self._note_failure(event, now)
+        if steps:
+            out += self._count(event, steps, now)
+        if self._pending_known is not None:  # after the rules: "known" means known before
+            self.store.mark_known(*self._pending_known)
+            self._pending_known = None
+        return out
+
+    def _count(self, event: Event, steps: list[_Entry], now: int) -> list[Decision]:
+        """The event through the rules that concern it."""
+        out: list[Decision] = []
         self._touched.clear()
         keys = self._event_keys(event)
         for step, group_by, reset, match, handler in steps:
@@ -416,6 +486,62 @@ class Detector:
                 if decisions:
                     out += decisions
         return out
+
+    # -- known addresses -----------------------------------------------------------
+    def _learn(self, event: Event) -> None:
+        """
+        A successful login makes its address known (the household's), once the rules
+        have seen it.  Only a success does, never a failure; where a user has two-factor
+        authentication, only its success does (a password alone may be a stolen one).
+        """
+        user = event.user.casefold() if event.user is not None else None
+        if event.kind in (EventKind.MFA_FAILURE, EventKind.MFA_CHALLENGE,
+                          EventKind.MFA_SUCCESS) and user is not None:
+            if len(self._mfa_users) >= _KEY_TEXTS_MAX:
+                self._mfa_users.clear()
+            self._mfa_users.add(user)
+        if event.kind not in (EventKind.AUTH_SUCCESS, EventKind.MFA_SUCCESS) or \
+                user is None or event.ip is None or event.ip in self._trusted or \
+                (event.kind == EventKind.AUTH_SUCCESS and user in self._mfa_users):
+            return
+        ips: tuple[str, ...] = (str(event.ip),)
+        if event.ip.version == 6 and self.settings.ipv6_prefix < 128:
+            ips += (_v6_prefix(event.ip, self.settings.ipv6_prefix),)
+        self._pending_known = (ips, event.user or user, event.time)
+
+    def _note_failure(self, event: Event, now: int) -> None:
+        key = self._event_keys(event)["ip"]
+        count, _ = self._failures.pop(key, (0, 0))
+        self._failures[key] = (count + 1, now)  # last in order: the oldest go first
+        if len(self._failures) > self.settings.max_groups // 4:
+            del self._failures[next(iter(self._failures))]
+
+    def failed_since(self, ip: IPAddress, since: datetime) -> bool:
+        key = self._event_keys_of(ip)
+        found = self._failures.get(key)
+        return found is not None and found[1] >= micros(since)
+
+    def failures_of(self, ip: IPAddress) -> int:
+        """Logins and second factors failed from this address (its IPv6 network)."""
+        return self._failures.get(self._event_keys_of(ip), (0, 0))[0]
+
+    def _event_keys_of(self, ip: IPAddress) -> str:
+        if ip.version == 6 and self.settings.ipv6_prefix < 128:
+            return "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
+        return "ip=" + str(ip)
+
+    def known_as(self, target: str) -> tuple[str, datetime] | None:
+        """Who last logged in from this address or network within known_for, and when."""
+        return self.store.known(target, self._at - self.settings.known_for)
+
+    def is_known(self, ip: IPAddress) -> bool:
+        return self.known_as(str(ip)) is not None
+
+    def is_banned(self, ip: IPAddress) -> bool:
+        targets = [str(ip)]
+        if ip.version == 6 and self.settings.ipv6_prefix < 128:
+            targets.append(_v6_prefix(ip, self.settings.ipv6_prefix))
+        return any(self.store.active_ban(t) is not None for t in targets)
 
     def _event_keys(self, event: Event) -> dict[str, str]:
         """
@@ -568,8 +694,13 @@ class Detector:
     def _trigger(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         group = self._group(step.c, key, now, create=True)
         assert group is not None
+        within = step.c.rule.match.failed_within
+        detail = None
+        if within is not None and event.ip is not None:  # what the address did before
+            detail = f"{self.failures_of(event.ip)} failed login(s) or second factor(s) " \
+                     f"from this address, the last within {format_duration_s(within.total_seconds())}"
         return self._fire(step.c, event, key, now, group, 1, now, users=(),
-                          kinds=(event.kind,))
+                          kinds=(event.kind,), detail=detail)
 
     def _threshold(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
@@ -744,6 +875,13 @@ class Detector:
         reason = self.protected_reason(event.ip)
         if reason is None and "/" in target:
             reason = self._network_protected(target)
+        if reason is None and rule.actions.ban.known_addresses == "spare":
+            known = self.known_as(target)
+            if known is not None:
+                reason = (f"known address: {known[0]} logged in from it on "
+                          f"{known[1]:%Y-%m-%d}; its failures look like a forgotten or "
+                          "saved old password (reset it, or update the device's), not an "
+                          "attack")
         if reason is not None:
             return None, reason
         ip, at = target, self._at
@@ -801,6 +939,6 @@ def settings_from_config(cfg: Config, *, decide_on_clock: bool = True) -> Detect
         private=networks(PRIVATE_RANGES), ipv6_prefix=cfg.ipv6_prefix,
         max_groups=cfg.max_groups, ban_increment=cfg.ban.increment,
         ban_factor=cfg.ban.factor, ban_max=cfg.ban.max, future_tolerance=cfg.future_tolerance,
-        dedup_window=cfg.dedup_window,
+        join_window=cfg.join_window, known_for=cfg.known_for,
         ban_base=cfg.ban_feed.jail_bantime
         if cfg.ban_feed.enabled and cfg.ban_feed.enforcer == "fail2ban" else None)

@@ -20,6 +20,7 @@ class MemoryState:
         self._ban_counts: dict[str, int] = {}
         self._values: set[tuple[str, str, str]] = set()
         self._keys: set[tuple[str, str]] = set()
+        self._known: dict[str, tuple[str, datetime]] = {}
 
     # -- bans (times kept in UTC, as the state file keeps them) -------------------
     def active_ban(self, ip: str) -> BanRow | None:
@@ -41,6 +42,17 @@ class MemoryState:
 
     def ban_count(self, ip: str) -> int:
         return self._ban_counts.get(ip, 0)
+
+    # -- known addresses ------------------------------------------------------------
+    def mark_known(self, ips: tuple[str, ...], user: str, when: datetime) -> None:
+        for ip in ips:
+            last = self._known.get(ip)
+            if last is None or when > last[1]:
+                self._known[ip] = (user, when)
+
+    def known(self, ip: str, since: datetime) -> tuple[str, datetime] | None:
+        found = self._known.get(ip)
+        return found if found is not None and found[1] >= since else None
 
     # -- first seen -----------------------------------------------------------------
     def has_values(self, rule: str, key: str) -> bool:

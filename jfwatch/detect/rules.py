@@ -42,6 +42,7 @@ class Match(Strict):
     source: list[str] | None = None
     service: list[str] | None = None
     origin: list[str] | None = None
+    not_origin: list[str] | None = None
     user: list[str] | None = None
     ip: list[str] | None = None
     not_ip: list[str] | None = None
@@ -51,8 +52,15 @@ class Match(Strict):
     # (a private address, no data) matches neither.
     country: list[str] | None = None
     not_country: list[str] | None = None
+    # Whether the address is known (a success from it within ``known_for``, before this
+    # event), and whether jfwatch bans it (or its IPv6 network) now.
+    known: bool | None = None
+    banned: bool | None = None
+    # The address (its IPv6 network) failed a login or a second factor within this time
+    # before the event.
+    failed_within: Annotated[Duration, between("1m", "7d")] | None = None
 
-    @field_validator("kind", "source", "service", "origin", "user", "ip", "not_ip", "country",
+    @field_validator("kind", "source", "service", "origin", "not_origin", "user", "ip", "not_ip", "country",
                      "not_country", mode="before")
     @classmethod
     def _listify(cls, value: object) -> object:
@@ -70,7 +78,8 @@ class Match(Strict):
 
     def needs_address(self) -> bool:
         """Whether only events with an address can match."""
-        return bool(self.has_ip or self.ip or self.country or self.not_country)
+        return bool(self.has_ip or self.ip or self.country or self.not_country or
+                    self.known is not None or self.banned is not None or self.failed_within)
 
     @field_validator("ip", "not_ip")
     @classmethod
@@ -93,6 +102,10 @@ class NotifyAction(Strict):
 
 class BanAction(Strict):
     duration: Annotated[Duration, between("1s", "365d")]
+    # A known address (a user logged in successfully from it within ``known_for``):
+    # ``spare`` it (its failures are a forgotten or saved old password: the alert says
+    # so) or ``ban`` it all the same (enumeration, injection: no household does that).
+    known_addresses: Literal["spare", "ban"] = "spare"
 
 
 class Actions(Strict):
@@ -146,9 +159,18 @@ class Rule(Strict):
             raise ValueError(f"{', '.join(sorted(travel))}: impossible_travel rules only")
         return self
 
+    def needs_user(self) -> bool:
+        """Whether the rule can only count events with a user (so a record that brings
+        the user to an attempt that lacked one is news to it: ``attempts``)."""
+        def step_needs(step: Match | None) -> bool:
+            return step is not None and (step.user is not None or step.has_user is True)
+
+        return "user" in self.group_by or self.distinct == "user" or self.field == "user" or \
+            any(step_needs(step) for step in (self.match, self.first, self.then))
+
     def needs_address(self) -> bool:
-        """Whether the rule can only count events with an address (so a second report of
-        one authentication that brings the address is news to it: ``dedup``)."""
+        """Whether the rule can only count events with an address (so a record that
+        brings the address to an attempt that lacked one is news to it: ``attempts``)."""
         return "ip" in self.group_by or self.distinct == "ip" or \
             self.field in ("ip", "country", "asn") or self.type == "impossible_travel" or \
             self.match.needs_address() or \

@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS enforcements (
     attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0, accepted TEXT,
     result TEXT, remote_id TEXT, last_error TEXT, UNIQUE (enforcer, action, ip, until));
 CREATE INDEX IF NOT EXISTS enforcements_due ON enforcements (enforcer, accepted, id);
+CREATE TABLE IF NOT EXISTS known_addresses (
+    ip TEXT PRIMARY KEY, user TEXT NOT NULL, last TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_cursors (
     source TEXT PRIMARY KEY, last_id INTEGER NOT NULL, last_date TEXT, updated TEXT);
 """
@@ -287,6 +289,21 @@ class StateStore:
         return self.db.execute("SELECT 1 FROM first_seen WHERE rule=? AND key=? LIMIT 1",
                                (rule, key)).fetchone() is not None
 
+    def mark_known(self, ips: tuple[str, ...], user: str, when: datetime) -> None:
+        """A successful login from these (an address, and its IPv6 network)."""
+        stamp = when.astimezone(UTC).isoformat()
+        with self.transaction() as db:
+            db.executemany("INSERT INTO known_addresses VALUES (?,?,?) ON CONFLICT(ip) DO "
+                           "UPDATE SET user=excluded.user, last=excluded.last WHERE "
+                           "excluded.last > last", [(ip, user, stamp) for ip in ips])
+
+    def known(self, ip: str, since: datetime) -> tuple[str, datetime] | None:
+        """Who last logged in successfully from this address or network, and when, if
+        that was at ``since`` or later."""
+        row = self.db.execute("SELECT user, last FROM known_addresses WHERE ip=? AND last >= ?",
+                              (ip, since.astimezone(UTC).isoformat())).fetchone()
+        return None if row is None else (row[0], datetime.fromisoformat(row[1]))
+
     def remember(self, rule: str, key: str, value: str, when: datetime) -> bool:
         """Store a value; return True if it was new."""
         with self.transaction() as db:
@@ -310,6 +327,8 @@ class StateStore:
             gone += db.execute("DELETE FROM enforcements WHERE accepted IS NOT NULL AND "
                                "accepted < ? AND (until IS NULL OR until < ?)",
                                (outbox_cut, outbox_cut)).rowcount
+            gone += db.execute("DELETE FROM known_addresses WHERE last < ?",
+                               (history_cut,)).rowcount
             gone += db.execute("DELETE FROM ban_history WHERE last < ? AND ip NOT IN "
                                "(SELECT ip FROM bans)", (history_cut,)).rowcount
         return int(gone)

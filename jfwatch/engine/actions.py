@@ -95,6 +95,7 @@ class Actions:
         self._evictions_seen = 0
         self._future_seen = 0
         self._duplicates_seen = 0
+        self._attempts_seen: dict[str, int] = {}
         # Bans that were over before they could be written (backfill of old logs): their
         # BAN and UNBAN lines would only be noise for Fail2Ban.
         self._skipped_bans: set[str] = set()
@@ -373,11 +374,17 @@ class Actions:
         if detector is not self._detector_seen:  # a reload or a commit fault made a new one
             self._detector_seen = detector
             self._evictions_seen = self._future_seen = self._duplicates_seen = 0
+            self._attempts_seen = {}
         self.metrics.groups.set(detector.tracked_groups)
         delta = detector.evictions - self._evictions_seen
         if delta > 0:
             self.metrics.evictions.inc(delta)
             self._evictions_seen = detector.evictions
+        for kind, total in list(detector.attempts.items()):
+            delta = total - self._attempts_seen.get(kind, 0)
+            if delta > 0:
+                self.metrics.attempts.labels(kind).inc(delta)
+                self._attempts_seen[kind] = total
         duplicates = detector.duplicates - self._duplicates_seen
         if duplicates > 0:
             self.metrics.duplicates.inc(duplicates)

@@ -1,0 +1,208 @@
+"""
+One login, one story: the records a proxy, Jellyfin's log and its Activity Log write of
+one authentication attempt are joined (``detect.attempts``), rules count attempts, and a
+success gets the address its proxy logged; a known address (the household's) is not
+banned by failure counts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jfwatch.config.model import Config
+from jfwatch.detect.attempts import Attempts
+from jfwatch.detect.decisions import Alert, Ban
+from jfwatch.detect.detector import Detector, settings_from_config
+from jfwatch.detect.memory_state import MemoryState
+from jfwatch.detect.rules import load_rules
+from jfwatch.events import Event, EventKind
+
+T0 = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
+DENIED, SUCCESS = EventKind.AUTH_FAILURE, EventKind.AUTH_SUCCESS
+
+
+def _record(source: str, kind: EventKind, at: float, ip: str | None = None,
+            user: str | None = None) -> Event:
+    """A record as its parser writes it: the proxy has the address and no user, Jellyfin
+    the user (and on a denial the address), the Activity Log both."""
+    return Event(time=T0 + timedelta(seconds=at), source=source, kind=kind,
+                 origin=f"{source}.x", service="jellyfin",
+                 ip=None if ip is None else ipaddress.ip_address(ip), user=user)
+
+
+def _proxy(kind: EventKind, at: float, ip: str) -> Event:
+    return _record("nginx", kind, at, ip)
+
+
+def _app(kind: EventKind, at: float, user: str, ip: str | None = None) -> Event:
+    return _record("jellyfin", kind, at, ip if kind != SUCCESS else None, user)
+
+
+def _detect(events: list[Event], config: Config | None = None) -> list[object]:
+    cfg = config or Config()
+    det = Detector(load_rules([]), settings_from_config(cfg, decide_on_clock=False),
+                   MemoryState(), clock=lambda: T0 + timedelta(days=1))
+    out: list[object] = []
+    for event in events:
+        out += det.feed(event)
+    return out
+
+
+def _alerts(out: list[object], rule: str) -> list[Alert]:
+    return [d for d in out if isinstance(d, Alert) and d.rule == rule]
+
+
+def _bans(out: list[object]) -> set[str]:
+    return {d.ip for d in out if isinstance(d, Ban)}
+
+
+def test_a_failure_logged_by_the_proxy_and_jellyfin_counts_once_in_either_order() -> None:
+    """Four wrong passwords, each in nginx's log (401) and Jellyfin's (denied): four
+    attempts, below brute-force-ip's five, whichever line comes first; a fifth bans."""
+    for proxy_first in (True, False):
+        events: list[Event] = []
+        for n in range(4):
+            pair = [_proxy(DENIED, n * 10 + 0.4, "203.0.113.5"),
+                    _app(DENIED, n * 10, "alice", "203.0.113.5")]
+            events += pair if proxy_first else pair[::-1]
+        out = _detect(events)
+        assert _bans(out) == set(), f"4 attempts counted as more (proxy first: {proxy_first})"
+        out = _detect([*events, _app(DENIED, 50, "alice", "203.0.113.5"),
+                       _proxy(DENIED, 50.2, "203.0.113.5")])
+        assert _bans(out) == {"203.0.113.5"}
+        assert [a.count for a in _alerts(out, "brute-force-ip")] == [5]
+
+
+def test_records_further_apart_than_the_window_are_not_joined() -> None:
+    """Clock skew between files within join_window (2s) joins; beyond it, two records."""
+    join = Attempts(2_000_000, None)
+    first = _app(DENIED, 0, "alice", "203.0.113.5")
+    assert join.join(first, 0) is None
+    assert join.join(_proxy(DENIED, 1.5, "203.0.113.5"), 1_500_000) is not None
+    assert join.join(_app(DENIED, 10, "bob", "203.0.113.6"), 10_000_000) is None
+    assert join.join(_proxy(DENIED, 13, "203.0.113.6"), 13_000_000) is None
+
+
+def test_a_success_gets_the_address_its_proxy_logged() -> None:
+    """Jellyfin logs a success without an address; nginx's 200 of the same login has it:
+    one attempt with both, so new-ip-for-user works on a log-only install."""
+    out = _detect([_app(SUCCESS, 0, "alice"), _proxy(SUCCESS, 0.3, "198.51.100.10"),
+                   _proxy(SUCCESS, 3600, "203.0.113.81"), _app(SUCCESS, 3600.1, "alice")])
+    assert [(a.user, a.ip) for a in _alerts(out, "new-ip-for-user")] == \
+        [("alice", "203.0.113.81")]
+
+
+def test_two_users_logging_in_at_once_from_one_nat_address() -> None:
+    """alice and bob behind one address, in the same second: both attempts get it."""
+    join = Attempts(2_000_000, None)
+    records = [_app(SUCCESS, 0, "alice"), _app(SUCCESS, 0.1, "bob"),
+               _proxy(SUCCESS, 0.2, "198.51.100.20"), _proxy(SUCCESS, 0.3, "198.51.100.20")]
+    merged = [j.event for r in records
+              if (j := join.join(r, int((r.time - T0).total_seconds() * 1e6))) is not None]
+    assert sorted((e.user, str(e.ip)) for e in merged) == \
+        [("alice", "198.51.100.20"), ("bob", "198.51.100.20")]
+
+
+def test_activity_log_log_and_proxy_of_one_login_are_one_attempt() -> None:
+    """Three sources, one failure: counted once (five logins are five attempts)."""
+    events: list[Event] = []
+    for n in range(4):
+        events += [_app(DENIED, n * 10, "alice", "203.0.113.7"),
+                   _record("jellyfin_activity", DENIED, n * 10 + 0.2, "203.0.113.7", "alice"),
+                   _proxy(DENIED, n * 10 + 0.5, "203.0.113.7")]
+    assert _bans(_detect(events)) == set()
+
+
+def test_a_record_without_an_address_is_not_given_a_guessed_one() -> None:
+    """A success without an address, after two proxies' successes from two addresses in
+    the window: which is its address cannot be told, and none is taken."""
+    join = Attempts(2_000_000, None)
+    assert join.join(_proxy(SUCCESS, 0, "198.51.100.1"), 0) is None
+    assert join.join(_proxy(SUCCESS, 0.1, "203.0.113.9"), 100_000) is None
+    assert join.join(_app(SUCCESS, 0.2, "alice"), 200_000) is None
+    assert join.ambiguous == 1
+
+
+def test_an_attacker_cannot_become_known_by_racing_a_household_success() -> None:
+    """In the same millisecond as grandma's success from home, an attacker's failure:
+    the success joins the home's 200, never the attacker's 401; the attacker is banned
+    by its failures, her home is known and spared."""
+    events = [_app(SUCCESS, 0, "grandma"), _proxy(DENIED, 0, "203.0.113.66"),
+              _proxy(SUCCESS, 0, "198.51.100.30")]
+    for n in range(1, 6):
+        events += [_app(DENIED, n, "admin", "203.0.113.66"), _proxy(DENIED, n, "203.0.113.66")]
+        events += [_app(DENIED, n + 0.5, "grandma", "198.51.100.30"),
+                   _proxy(DENIED, n + 0.5, "198.51.100.30")]
+    out = _detect(events)
+    assert "203.0.113.66" in _bans(out)
+    assert "198.51.100.30" not in _bans(out)
+    spared = [a for a in _alerts(out, "brute-force-ip") if a.ip == "198.51.100.30"]
+    assert spared and spared[0].not_banned_reason is not None
+    assert spared[0].not_banned_reason.startswith("known address: grandma logged in")
+
+
+def test_a_known_address_enumerating_accounts_is_banned_all_the_same() -> None:
+    """Only failure counts spare a known address: trying many usernames is no household's
+    doing (user-enumeration bans it)."""
+    events = [_record("jellyfin_activity", SUCCESS, 0, "198.51.100.40", "kid")]
+    events += [_record("jellyfin_activity", DENIED, 60 + n, "198.51.100.40", f"name{n}")
+               for n in range(5)]
+    out = _detect(events)
+    assert "198.51.100.40" in _bans(out)
+    assert _alerts(out, "user-enumeration")[0].ban_until is not None
+
+
+def test_a_password_alone_does_not_make_an_address_known_where_2fa_is_used() -> None:
+    """Where a user has two-factor authentication, a correct password followed by a
+    failed second factor leaves the address unknown: its failures are banned."""
+    ip = "203.0.113.44"
+    events = [_record("jellyfin_activity", EventKind.MFA_SUCCESS, 0, "198.51.100.2", "bob"),
+              _record("jellyfin_activity", SUCCESS, 100, ip, "bob"),
+              _record("jellyfin_activity", EventKind.MFA_FAILURE, 101, ip, "bob")]
+    events += [_record("jellyfin_activity", DENIED, 200 + n, ip, "bob") for n in range(5)]
+    assert ip in _bans(_detect(events))
+
+
+def test_a_thousand_interleaved_addresses_each_counted_once() -> None:
+    """1,000 addresses failing five times each, every failure in the proxy's log and
+    Jellyfin's, the two interleaved: each address banned once, at a count of 5."""
+    events: list[Event] = []
+    rng = random.Random(7)
+    for n in range(5):
+        round_ = []
+        for i in range(1000):
+            ip = f"203.{i // 250}.{i % 250}.9"
+            at = n * 60 + i * 0.05
+            round_ += [_app(DENIED, at, "admin", ip), _proxy(DENIED, at + rng.uniform(0, 1), ip)]
+        round_.sort(key=lambda e: e.time)
+        events += round_
+    out = _detect(events)
+    assert len(_bans(out)) == 1000
+    assert {a.count for a in _alerts(out, "brute-force-ip")} == {5}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(min_value=1, max_value=12))
+def test_any_interleaving_gives_the_same_attempts(rng: random.Random, logins: int) -> None:
+    """The same records in any order give the same attempts: each login's app record,
+    proxy record (up to a second apart) and Activity Log entry joined, nothing else."""
+    records: list[Event] = []
+    for n in range(logins):
+        ip, user, at = f"198.51.100.{n + 1}", f"user{n}", n * 5.0
+        kind = SUCCESS if n % 2 else DENIED
+        records += [_app(kind, at, user, ip), _proxy(kind, at + rng.uniform(0, 1), ip),
+                    _record("jellyfin_activity", kind, at + rng.uniform(0, 1), ip, user)]
+    rng.shuffle(records)
+    join = Attempts(2_000_000, None)
+    for record in records:
+        join.join(record, int((record.time - T0).total_seconds() * 1e6))
+    attempts = sorted((str(a.seen.ip), a.seen.user, tuple(sorted(a.sources)))
+                      for a in join._order)
+    assert attempts == sorted((f"198.51.100.{n + 1}", f"user{n}",
+                               ("jellyfin", "jellyfin_activity", "nginx"))
+                              for n in range(logins))
