@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -206,3 +207,57 @@ def test_any_interleaving_gives_the_same_attempts(rng: random.Random, logins: in
     assert attempts == sorted((f"198.51.100.{n + 1}", f"user{n}",
                                ("jellyfin", "jellyfin_activity", "nginx"))
                               for n in range(logins))
+
+
+def test_a_stuffed_success_does_not_make_its_address_known() -> None:
+    """An address that failed as other users (credential stuffing) and then got in as
+    emma is not the household's: its later failures are banned as anyone's."""
+    ip = "203.0.113.70"
+    events = [_record("jellyfin_activity", DENIED, n, ip, name)
+              for n, name in enumerate(("leak1", "leak2"))]
+    events.append(_record("jellyfin_activity", SUCCESS, 5, ip, "emma"))
+    events += [_record("jellyfin_activity", DENIED, 100 + n, ip, "emma") for n in range(5)]
+    out = _detect(events)
+    assert ip in _bans(out)
+    assert [a.user for a in _alerts(out, "success-from-failing-address")] == ["emma"]
+
+
+def test_replay_explains_how_far_each_rule_got() -> None:
+    """``replay --explain``: per rule grouped by the address or user, how far it got;
+    whether the address is known, protected or banned."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    case = ROOT / "tests" / "golden" / "rules" / "success-from-failing-address"
+    done = subprocess.run([sys.executable, "-m", "jfwatch", "replay", "--explain",
+                           "203.0.113.66", "--explain", "198.51.100.10", "--explain", "emma",
+                           *sorted(str(p) for p in case.glob("*.log"))],
+                          capture_output=True, text=True, timeout=120, check=True)
+    text = done.stderr
+    assert "203.0.113.66 (ip 203.0.113.66):" in text
+    assert "  brute-force-ip: 3 of 5 attempts within 10m (last at 2026-02-01 12:10:02 UTC)" \
+        in text
+    assert "  success-from-failing-address: fired, last at 2026-02-01 12:10:05 UTC" in text
+    assert "  known address: alice logged in from it on 2026-02-01" in text
+    assert text.count("not banned now") == 2
+    assert "  many-ips-one-account: 1 of 3 distinct ips within 30m" in text
+
+
+def test_parse_shows_the_lines_nothing_matched(tmp_path: Path) -> None:
+    """``parse --show-unmatched`` prints the lines no parser recognised, as they are."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log_20260201.log"
+    known = ("[2026-02-01 12:00:00.000 +00:00] [INF] [9] Jellyfin.Server.Implementations."
+             'Users.UserManager: Authentication request for "a" has been denied '
+             '(IP: "203.0.113.5").\n')
+    unknown = ("[2026-02-01 12:00:01.000 +00:00] [INF] [9] Emby.Server.Implementations."
+               'Session.SessionManager: Playback stopped reported by app "Jellyfin Web"\n')
+    log.write_text(known + unknown + known)
+    done = subprocess.run([sys.executable, "-m", "jfwatch", "parse", "--show-unmatched",
+                           str(log)], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == unknown
+    assert "3 read, 2 matched, 1 unmatched" in done.stderr

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from jfwatch.events import Event, EventKind, IPAddress
 
-MAX_ATTEMPTS = 20_000  # about 20 MB at the cap; a flood's oldest go first
+MAX_ATTEMPTS = 10_000  # about 10 MB at the cap; a flood's oldest go first
 # A source with no record for this long (event time) behind the newest no longer holds
 # attempts back for a partner it may still bring.
 _QUIET_MICROS = 15 * 60 * 1_000_000
@@ -97,6 +97,7 @@ class Attempts:
         # with one (most records: no scan of a flood's attempts).
         self._by_time: dict[tuple[tuple[str, str], int], list[_Attempt]] = {}
         self._unaddressed: dict[tuple[tuple[str, str], int], list[_Attempt]] = {}
+        self._alive: dict[tuple[tuple[str, str], int], int] = {}  # per bucket, not gone
         self._order: deque[_Attempt] = deque()
         self._newest: dict[str, int] = {}  # per source: its newest record's time
         self.joined = 0  # records that joined an attempt (not counted again)
@@ -169,6 +170,7 @@ class Attempts:
             bucket = index.setdefault(where, [])
             if len(bucket) < _MAX_PER_BUCKET:
                 bucket.append(attempt)
+        self._alive[where] = self._alive.get(where, 0) + 1
         if attempt.ip is not None:
             self._index_ip(attempt)
         while len(self._order) > MAX_ATTEMPTS:
@@ -195,10 +197,13 @@ class Attempts:
     def _drop(self, attempt: _Attempt) -> None:
         attempt.gone = True
         where = (attempt.key, attempt.time // self.window)
-        for index in (self._by_time, self._unaddressed):
-            bucket = index.get(where)
-            if bucket is not None and bucket[-1].gone and all(a.gone for a in bucket):
-                del index[where]
+        left = self._alive[where] - 1
+        if left:
+            self._alive[where] = left
+        else:  # the bucket's last: its lists go
+            del self._alive[where]
+            self._by_time.pop(where, None)
+            self._unaddressed.pop(where, None)
         if attempt.ip is not None:
             ip_key = (attempt.key, attempt.ip)
             entries = self._by_ip.get(ip_key)

@@ -33,6 +33,10 @@ from jfwatch.events import Event, EventKind, IPAddress
 
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
 _KEY_TEXTS_MAX = 4096  # cached group-key tables (one per address and user pair)
+# A success does not make its address known after this many failures from it, or one as
+# another user, within this time (``_suspect``): a stuffed or guessed password.
+_SUSPECT_FAILURES = 3
+_SUSPECT_MICROS = 6 * 3600 * 1_000_000
 # Failed logins and second factors (``failed_within``).
 _FAILED = frozenset({EventKind.AUTH_FAILURE, EventKind.MFA_FAILURE})
 # The kinds that teach the detector which addresses are known (``_learn``).
@@ -371,8 +375,8 @@ class Detector:
         self._mfa_users: set[str] = set()  # users seen with two-factor authentication
         # By address key (IPv6 by prefix): how many logins or second factors failed
         # from it, and the last time (microseconds), for ``failed_within``; the oldest
-        # go first past a quarter of max_groups (a flood's addresses cost 100 bytes each).
-        self._failures: dict[str, tuple[int, int]] = {}
+        # go first past an eighth of max_groups (about 200 bytes each).
+        self._failures: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._pending_known: tuple[tuple[str, ...], str, datetime] | None = None
         # When the current event's decisions are taken (``decide_on_clock``), as a time
         # and in microseconds: ban start, cooldowns.
@@ -457,7 +461,8 @@ class Detector:
             self.attempts[event.kind] = self.attempts.get(event.kind, 0) + 1
         if event.kind in _LEARNED_FROM:
             self._learn(event)
-        if event.kind in _FAILED and event.ip is not None and event.ip not in self._trusted \
+        if event.kind in _FAILED and event.ip is not None and \
+                not (self._trusted.nets and event.ip in self._trusted) \
                 and (joined is None or not joined.known_before & IP):  # once an attempt
             self._note_failure(event, now)
         if steps:
@@ -501,8 +506,10 @@ class Detector:
                 self._mfa_users.clear()
             self._mfa_users.add(user)
         if event.kind not in (EventKind.AUTH_SUCCESS, EventKind.MFA_SUCCESS) or \
-                user is None or event.ip is None or event.ip in self._trusted or \
-                (event.kind == EventKind.AUTH_SUCCESS and user in self._mfa_users):
+                user is None or event.ip is None or \
+                (self._trusted.nets and event.ip in self._trusted) or \
+                (event.kind == EventKind.AUTH_SUCCESS and user in self._mfa_users) or \
+                self._suspect(event.ip, user, micros(event.time)):
             return
         ips: tuple[str, ...] = (str(event.ip),)
         if event.ip.version == 6 and self.settings.ipv6_prefix < 128:
@@ -511,9 +518,12 @@ class Detector:
 
     def _note_failure(self, event: Event, now: int) -> None:
         key = self._event_keys(event)["ip"]
-        count, _ = self._failures.pop(key, (0, 0))
-        self._failures[key] = (count + 1, now)  # last in order: the oldest go first
-        if len(self._failures) > self.settings.max_groups // 4:
+        count, _, users = self._failures.pop(key, (0, 0, ()))
+        user = None if event.user is None else event.user.casefold()
+        if user is not None and user not in users and len(users) < 4:
+            users += (user,)
+        self._failures[key] = (count + 1, now, users)  # last in order: the oldest go first
+        if len(self._failures) > self.settings.max_groups // 8:
             del self._failures[next(iter(self._failures))]
 
     def failed_since(self, ip: IPAddress, since: datetime) -> bool:
@@ -523,12 +533,41 @@ class Detector:
 
     def failures_of(self, ip: IPAddress) -> int:
         """Logins and second factors failed from this address (its IPv6 network)."""
-        return self._failures.get(self._event_keys_of(ip), (0, 0))[0]
+        return self._failures.get(self._event_keys_of(ip), (0, 0, ()))[0]
+
+    def _suspect(self, ip: IPAddress, user: str, now: int) -> bool:
+        """A success from this address does not make it known: in the hours before, it
+        failed as another user (stuffing, spraying) or failed often (guessing)."""
+        found = self._failures.get(self._event_keys_of(ip))
+        if found is None or found[1] < now - _SUSPECT_MICROS:
+            return False
+        count, _, users = found
+        return count >= _SUSPECT_FAILURES or any(u != user for u in users)
 
     def _event_keys_of(self, ip: IPAddress) -> str:
         if ip.version == 6 and self.settings.ipv6_prefix < 128:
             return "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
         return "ip=" + str(ip)
+
+    def key_of(self, subject: str) -> tuple[str, str | None]:
+        """The group key of an address (IPv6 by prefix) or a user name, and the ban
+        target of an address (None for a user)."""
+        try:
+            ip = ipaddress.ip_address(subject)
+        except ValueError:
+            return "user=" + subject.casefold(), None
+        key = self._event_keys_of(ip)
+        return key, key.removeprefix("ip=")
+
+    def group_of(self, rule: str, key: str) -> tuple[array[int], list[str] | None,
+                                                     int | None] | None:
+        """A rule's memory of one key: the event times it holds (microseconds), the
+        distinct values, and when it last alerted; None if it holds nothing."""
+        tracked = self._keys.get(key)
+        group = None if tracked is None else tracked.groups.get(rule)
+        if group is None:
+            return None
+        return group.times or array("q"), group.values, group.last_alert
 
     def known_as(self, target: str) -> tuple[str, datetime] | None:
         """Who last logged in from this address or network within known_for, and when."""

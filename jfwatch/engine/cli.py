@@ -28,6 +28,12 @@ def cmd_parse(args: argparse.Namespace) -> int:
     from jfwatch.engine.oneshot import EventPrinter, read_files, summary
     from jfwatch.enrich.geo import Geo
 
+    if args.show_unmatched:
+        from jfwatch.engine.oneshot import print_unmatched
+
+        totals = print_unmatched(args.files, args.format, _tz(args.timezone), sys.stdout)
+        print(summary(totals), file=sys.stderr)
+        return 0
     printer = EventPrinter(sys.stdout)
     read_files(Engine(printer, geo=Geo()), args.files, args.format, _tz(args.timezone),
                proxy_token_failures=args.token_failures)
@@ -71,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timezone", default="UTC", help="zone for log times without one")
     sp.add_argument("--token-failures", action="store_true",
                     help="count proxy 401s outside login endpoints as token_failure")
+    sp.add_argument("--show-unmatched", action="store_true",
+                    help="print the lines no parser recognised, instead of the events")
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.set_defaults(func=cmd_parse, batch=True)
 
@@ -80,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=FORMATS, default="auto", help="the logs' format")
     sp.add_argument("--state", type=Path,
                     help="use (and update) this state file; none: the state lives in memory")
+    sp.add_argument("--explain", action="append", metavar="ADDRESS_OR_USER",
+                    help="after the summary, say how far each rule got for this address or "
+                         "user, and whether the address is known, protected or banned "
+                         "(repeatable)")
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.set_defaults(func=_pipeline("cmd_replay"), batch=True)
 

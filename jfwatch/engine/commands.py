@@ -149,7 +149,7 @@ def cmd_replay(args: argparse.Namespace, loaded: Loaded) -> int:
 
     cfg, _, rules = loaded
     printer = replay(args.files, cfg, rules, args.format, state=args.state,
-                     printer=DecisionPrinter(sys.stdout))
+                     printer=DecisionPrinter(sys.stdout), explain=args.explain or ())
     print(printer.summary(), file=sys.stderr)
     return 0
 

@@ -62,6 +62,35 @@ def _read_through(engine: Engine, stream: Stream, fh: BinaryIO) -> None:
     engine.flush(stream, force=True)
 
 
+def print_unmatched(files: Sequence[str], fmt: str, tz: tzinfo, out: TextIO, *,
+                    max_line: int = DEFAULT_MAX_LINE) -> LineStats:
+    """
+    ``parse --show-unmatched``: the lines no parser turned into an event, as they are (as
+    ``fail2ban-regex --print-all-missed`` does), to find a template a log writes that
+    jfwatch does not know.  Line by line: slower than ``parse``, for diagnosis.
+    """
+    totals = LineStats()
+    write = _writer(out)
+    for name in files:
+        stream = Stream(name, create_parser(fmt, context_for(None if name == "-" else name,
+                                                             tz)), max_line)
+        try:
+            fh = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise SystemExit(f"jfwatch: cannot read {name}: {exc.strerror}") from exc
+        with fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    line += b"\n"
+                _, counts = stream.parse(line)
+                totals.add(counts)
+                if counts.unmatched:
+                    write(line)
+        _, counts = stream.flush(force=True)
+        totals.add(counts)
+    return totals
+
+
 def summary(stats: LineStats) -> str:
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items())) or "none"
     return (f"Lines: {stats.read} read, {stats.matched} matched, {stats.unmatched} unmatched, "
@@ -86,13 +115,15 @@ class EventPrinter:
 
 
 def replay(files: Sequence[str], cfg: Config, rules: list[Rule], fmt: str = "auto", *,
-           state: Path | None = None, printer: DecisionPrinter | None = None) -> DecisionPrinter:
+           state: Path | None = None, printer: DecisionPrinter | None = None,
+           explain: Sequence[str] = ()) -> DecisionPrinter:
     """
     The whole pipeline over files in event time: as if every event were sorted by time
     (ties in file order) and fed to one detector, whose state is in memory unless
     ``state`` names a file.  Without a ``printer`` the decisions are kept in a list.
     """
     from jfwatch.detect.detector import Detector, settings_from_config
+    from jfwatch.detect.explain import explain as explain_subject
     from jfwatch.detect.memory_state import MemoryState
     from jfwatch.detect.state import StateStore
     from jfwatch.enrich.geo import Geo
@@ -106,6 +137,8 @@ def replay(files: Sequence[str], cfg: Config, rules: list[Rule], fmt: str = "aut
     read_files(Engine(printer, detector, in_event_time=True, geo=geo), files, fmt,
                ZoneInfo(cfg.timezone), max_line=cfg.max_line)
     printer.future = detector.future_events
+    printer.explained = [line for subject in explain
+                         for line in explain_subject(detector, subject)]
     return printer
 
 
@@ -119,6 +152,7 @@ class DecisionPrinter:
         self.banned: list[str] = []
         self.unbans = 0
         self.future = 0  # events dated after the newest input was written
+        self.explained: list[str] = []  # --explain's lines
         self.decisions: list[Decision] = []
         self._write = None if out is None else _writer(out)
 
@@ -148,9 +182,10 @@ class DecisionPrinter:
         rules = "".join(f"\n  {rule}: {n}" for rule, n in sorted(self.alerts.items()))
         future = f"\nFuture-dated: {self.future} event(s) dated after the newest input was " \
             "written, taken at that time" if self.future else ""
+        explained = "".join(f"\n{line}" for line in self.explained)
         return (f"{summary(self.totals)}\nAlerts: {sum(self.alerts.values())}{rules}\n"
                 f"Bans: {len(self.banned)} issued ({len(set(self.banned))} addresses), "
-                f"{self.unbans} lifted{future}")
+                f"{self.unbans} lifted{future}{explained}")
 
 
 def newest_plausible_time(files: Sequence[str]) -> datetime:
