@@ -80,6 +80,17 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 def unbannable_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why an address can never be banned (not anyone's own), or None."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        # In integers: ipaddress's properties build networks on every call, and a flood
+        # asks this of every address it bans.
+        value = int(ip)
+        if value == 0:
+            return "unspecified address"
+        if value == 0xFFFFFFFF:
+            return "broadcast address"
+        top = value >> 28
+        return "multicast address" if top == 0xE else "reserved address" if top == 0xF \
+            else None
     if ip.is_unspecified:
         return "unspecified address"
     if ip.is_multicast:

@@ -31,6 +31,9 @@ MAX_ATTEMPTS = 10_000  # about 10 MB at the cap; a flood's oldest go first
 # A source with no record for this long (event time) behind the newest no longer holds
 # attempts back for a partner it may still bring.
 _QUIET_MICROS = 15 * 60 * 1_000_000
+# Records kept while only one source has been seen (a second one's first records may be
+# their partners).
+_RECENT_MAX = 1024
 # Attempts are kept at least this long behind the newest record (event time): for a
 # source that has brought nothing yet (its lines are read later, or it is quiet).
 _KEEP_MICROS = 60 * 1_000_000
@@ -100,6 +103,8 @@ class Attempts:
         self._alive: dict[tuple[tuple[str, str], int], int] = {}  # per bucket, not gone
         self._order: deque[_Attempt] = deque()
         self._newest: dict[str, int] = {}  # per source: its newest record's time
+        # While a single source has been seen: its last records, not yet indexed.
+        self._recent: deque[tuple[Event, int]] = deque(maxlen=_RECENT_MAX)
         self.joined = 0  # records that joined an attempt (not counted again)
         self.ambiguous = 0  # records left alone: they could belong to several
 
@@ -113,16 +118,21 @@ class Attempts:
         if self.window <= 0 or outcome is None:
             return None
         if now > self._newest.get(event.source, now - 1):
+            if event.source not in self._newest and self._newest:
+                self._index_recent()  # a second source: its partners may be among them
             self._newest[event.source] = now
+        if len(self._newest) == 1:
+            # One source so far (most installs read Jellyfin's log alone): nothing can
+            # join, and the last records are only kept, cheaply, should another come.
+            self._recent.append((event, now))
+            return None
         if self._order and self._order[0].time < now - _KEEP_MICROS:
             self._forget_old()  # (the horizon is never later than that)
         key = (event.service, outcome)
         ip = event.ip if event.ip is not None and \
             (self.trusted is None or not self.trusted(event.ip)) else None
         user = None if event.user is None else event.user.casefold()
-        # (A partner comes from another source: none while only one has been seen.)
-        found = self._partner(event.source, key, ip, user, now) if len(self._newest) > 1 \
-            else None
+        found = self._partner(event.source, key, ip, user, now)
         if found is None:
             self._add(_Attempt(now, key, ip, user, event, [event.source]))
             return None
@@ -140,6 +150,15 @@ class Attempts:
         found.sources.append(event.source)
         self.joined += 1
         return Joined(merged, before)
+
+    def _index_recent(self) -> None:
+        for event, now in self._recent:
+            outcome = _OUTCOMES[event.kind]
+            ip = event.ip if event.ip is not None and \
+                (self.trusted is None or not self.trusted(event.ip)) else None
+            user = None if event.user is None else event.user.casefold()
+            self._add(_Attempt(now, (event.service, outcome), ip, user, event, [event.source]))
+        self._recent.clear()
 
     def _partner(self, source: str, key: tuple[str, str], ip: IPAddress | None,
                  user: str | None, now: int) -> _Attempt | None:

@@ -70,6 +70,7 @@ class DetectorState(Protocol):
     def remember(self, rule: str, key: str, value: str, when: datetime) -> bool: ...
     def mark_known(self, ips: tuple[str, ...], user: str, when: datetime) -> None: ...
     def known(self, ip: str, since: datetime) -> tuple[str, datetime] | None: ...
+    def any_known(self) -> bool: ...
 
 
 class AddressFacts(Protocol):
@@ -378,6 +379,9 @@ class Detector:
         # go first past an eighth of max_groups (about 200 bytes each).
         self._failures: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._pending_known: tuple[tuple[str, ...], str, datetime] | None = None
+        # Whether any address is known at all: a flood before the first success asks
+        # the state nothing.
+        self._any_known = store.any_known()
         # When the current event's decisions are taken (``decide_on_clock``), as a time
         # and in microseconds: ban start, cooldowns.
         self._at = _EPOCH
@@ -470,6 +474,7 @@ class Detector:
         if self._pending_known is not None:  # after the rules: "known" means known before
             self.store.mark_known(*self._pending_known)
             self._pending_known = None
+            self._any_known = True
         return out
 
     def _count(self, event: Event, steps: list[_Entry], now: int) -> list[Decision]:
@@ -571,6 +576,8 @@ class Detector:
 
     def known_as(self, target: str) -> tuple[str, datetime] | None:
         """Who last logged in from this address or network within known_for, and when."""
+        if not self._any_known:
+            return None
         return self.store.known(target, self._at - self.settings.known_for)
 
     def is_known(self, ip: IPAddress) -> bool:

@@ -50,6 +50,9 @@ class MemoryState:
             if last is None or when > last[1]:
                 self._known[ip] = (user, when)
 
+    def any_known(self) -> bool:
+        return bool(self._known)
+
     def known(self, ip: str, since: datetime) -> tuple[str, datetime] | None:
         found = self._known.get(ip)
         return found if found is not None and found[1] >= since else None

@@ -297,6 +297,9 @@ class StateStore:
                            "UPDATE SET user=excluded.user, last=excluded.last WHERE "
                            "excluded.last > last", [(ip, user, stamp) for ip in ips])
 
+    def any_known(self) -> bool:
+        return self.db.execute("SELECT 1 FROM known_addresses LIMIT 1").fetchone() is not None
+
     def known(self, ip: str, since: datetime) -> tuple[str, datetime] | None:
         """Who last logged in successfully from this address or network, and when, if
         that was at ``since`` or later."""
