@@ -261,3 +261,55 @@ def test_parse_shows_the_lines_nothing_matched(tmp_path: Path) -> None:
                            str(log)], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout == unknown
     assert "3 read, 2 matched, 1 unmatched" in done.stderr
+
+
+def test_an_ipv6_household_is_known_by_its_network() -> None:
+    """A phone's privacy address changes daily; the household's /64 does not: a success
+    from one address of it spares the network's failures from another."""
+    events = [_record("jellyfin_activity", SUCCESS, 0, "2001:db8:5:5::aaaa", "mum")]
+    events += [_record("jellyfin_activity", DENIED, 86_400 + n, "2001:db8:5:5::bbbb", "mum")
+               for n in range(5)]
+    out = _detect(events)
+    assert _bans(out) == set()
+    assert _alerts(out, "brute-force-ip")[0].not_banned_reason.startswith(  # type: ignore[union-attr]
+        "known address: mum")
+
+
+def test_a_stuffing_campaign_is_banned_whole_and_the_household_is_not() -> None:
+    """The campaign fixture (30 addresses, two or three attempts each, through nginx and
+    Jellyfin): every address banned, also those with two attempts; one growing alert;
+    the stuffed success alerted with its address and user; dad's typo at a cafe,
+    followed by his password, not banned."""
+    from jfwatch.engine.oneshot import replay
+
+    from conftest import ROOT
+
+    case = ROOT / "tests" / "golden" / "rules" / "credential-stuffing-campaign"
+    decisions = replay(sorted(str(p) for p in case.glob("*.log")), Config(),
+                       load_rules([])).decisions
+    assert _bans(decisions) == {f"203.0.113.{100 + a}" for a in range(30)}
+    campaign = _alerts(decisions, "credential-stuffing-campaign")
+    assert campaign and campaign[0].severity == "critical"
+    assert campaign[0].detail is not None and "addresses" in campaign[0].detail
+    stuffed = _alerts(decisions, "success-from-failing-address") + \
+        _alerts(decisions, "success-from-banned-address")
+    assert ("203.0.113.129", "emma") in {(a.ip, a.user) for a in stuffed}
+    # No alert counts more attempts than were made: 2 or 3 per address, 30 addresses.
+    assert all(a.count <= 90 for a in campaign)
+
+
+def test_a_single_failure_is_swept_once_its_grace_is_over() -> None:
+    """During a campaign, an address with one failure and no success within the grace
+    is banned; one whose success comes within it is not (a typo)."""
+    events: list[Event] = []
+    for a in range(12):  # the campaign: 12 addresses, 6 accounts, two failures each
+        for k in range(2):
+            events.append(_record("jellyfin_activity", DENIED, a * 10 + k, f"203.0.113.{a}",
+                                  f"leak{a % 6}"))
+    events.append(_record("jellyfin_activity", DENIED, 200, "198.51.100.50", "zed"))  # silent
+    events.append(_record("jellyfin_activity", DENIED, 210, "198.51.100.51", "mum"))  # typo
+    events.append(_record("jellyfin_activity", SUCCESS, 230, "198.51.100.51", "mum"))
+    events.append(_record("jellyfin_activity", DENIED, 900, "203.0.113.99", "leak1"))  # later
+    bans = _bans(_detect(events))
+    assert "198.51.100.50" in bans and "198.51.100.51" not in bans
+    assert {f"203.0.113.{a}" for a in range(12)} <= bans

@@ -26,6 +26,7 @@ from typing import Protocol
 from jfwatch.addresses import PRIVATE_RANGES, Network, network, networks, unbannable_reason
 from jfwatch.config.model import Config
 from jfwatch.detect.attempts import IP, USER, Attempts
+from jfwatch.detect.campaign import Campaign
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban, format_duration_s
 from jfwatch.detect.rules import Match, Rule
 from jfwatch.detect.state import BanRow
@@ -351,6 +352,7 @@ class Detector:
         self.store = store
         self.clock = clock
         self._trusted = NetSet(settings.trusted_proxies)
+        self._campaigns: dict[str, Campaign] = {}  # by rule name
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
         self._steps = self._index_rules()
@@ -392,7 +394,11 @@ class Detector:
     def _compile(self, rule: Rule) -> _CompiledRule:
         handler = {"threshold": self._threshold, "new_value": self._new_value,
                    "trigger": self._trigger, "sequence": self._sequence,
-                   "impossible_travel": self._travel}[rule.type]
+                   "impossible_travel": self._travel, "campaign": self._campaign}[rule.type]
+        if rule.type == "campaign":
+            self._campaigns[rule.name] = Campaign(
+                micros(rule.window), rule.min_addresses, rule.min_accounts,
+                micros(rule.grace), micros(rule.cooldown))
         window, cooldown = micros(rule.window), micros(rule.cooldown)
         first_count = rule.first.count if rule.first is not None else 0
         group_by = tuple(sorted(set(rule.group_by)))
@@ -465,6 +471,11 @@ class Detector:
             self.attempts[event.kind] = self.attempts.get(event.kind, 0) + 1
         if event.kind in _LEARNED_FROM:
             self._learn(event)
+            if self._campaigns and event.ip is not None and \
+                    event.kind in (EventKind.AUTH_SUCCESS, EventKind.MFA_SUCCESS):
+                target = self._event_keys_of(event.ip).removeprefix("ip=")
+                for campaign in self._campaigns.values():
+                    campaign.success(target)
         if event.kind in _FAILED and event.ip is not None and \
                 not (self._trusted.nets and event.ip in self._trusted) \
                 and (joined is None or not joined.known_before & IP):  # once an attempt
@@ -581,7 +592,8 @@ class Detector:
         return self.store.known(target, self._at - self.settings.known_for)
 
     def is_known(self, ip: IPAddress) -> bool:
-        return self.known_as(str(ip)) is not None
+        """IPv6 by its network: privacy addresses change daily, the household's /64 not."""
+        return self.known_as(self._event_keys_of(ip).removeprefix("ip=")) is not None
 
     def is_banned(self, ip: IPAddress) -> bool:
         targets = [str(ip)]
@@ -614,12 +626,13 @@ class Detector:
         self._key_texts[pair] = keys
         return keys
 
-    def expire(self, now: datetime) -> list[Unban]:
-        """Lift bans whose time is over (never later than the clock says it is)."""
+    def expire(self, now: datetime) -> list[Decision]:
+        """Lift bans whose time is over (never later than the clock says it is); sweep
+        campaign members whose grace is over."""
         now = min(now, self.clock())
+        out: list[Decision] = self._campaigns_due(now) if self._campaigns else []
         if self._next_expiry is None or self._next_expiry > now:
-            return []
-        out = []
+            return out
         for row in self.store.expired_bans(now):
             self.store.remove_ban(row.ip)
             out.append(Unban(row.ip, row.rule, row.until))
@@ -829,7 +842,9 @@ class Detector:
 
     def _new_value(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
-        value = _value_of(c.rule.field, event)
+        # An IPv6 address by its network: privacy addresses change daily, a place not.
+        value = self._event_keys_of(event.ip).removeprefix("ip=") \
+            if c.rule.field == "ip" and event.ip is not None else _value_of(c.rule.field, event)
         if value is None:
             return []
         known_before = self.store.has_values(c.name, key)
@@ -861,6 +876,56 @@ class Detector:
                           detail=f"{km:,.0f} km in {format_duration_s(round(hours * 3600))}"
                                  f" ({km / hours:,.0f} km/h)")
 
+    def _campaign(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
+        """One failure of a possible campaign (``detect.campaign``): its report when it
+        starts and as it grows, and a ban for each address taking part."""
+        if event.ip is None or event.user is None:
+            return []
+        c = step.c
+        campaign = self._campaigns[c.name]
+        target = self._event_keys_of(event.ip).removeprefix("ip=")
+        done = campaign.failure(target, event.ip, event.user.casefold(), now)
+        out: list[Decision] = []
+        banned = self._sweep(c.rule, done.sweep)
+        if done.report:
+            assert campaign.since is not None
+            accounts = campaign.accounts
+            out.append(Alert(
+                rule=c.name, description=c.rule.description, severity=c.rule.severity,
+                time=event.time, key={}, ip=None, user=None, count=campaign.attempts,
+                window_seconds=c.rule.window.total_seconds(),
+                first_time=event.time - (now - campaign.since) * _MICROSECOND,
+                last_time=event.time,
+                tags=tuple(c.rule.actions.notify.tags) if c.rule.actions.notify else (),
+                simulate=c.rule.simulate, users=tuple(sorted(accounts))[:10],
+                kinds=(event.kind,),
+                detail=f"{campaign.addresses} addresses, {len(accounts)} accounts, "
+                       f"{campaign.attempts} attempts, {campaign.successes} successful "
+                       f"login(s) from them; {len(campaign.swept)} addresses banned or "
+                       "to be banned",
+                samples=(event.excerpt,)))
+        return out + banned
+
+    def _sweep(self, rule: Rule, members: list[tuple[str, IPAddress]]) -> list[Decision]:
+        if rule.actions.ban is None:
+            return []
+        out: list[Decision] = []
+        for target, address in members:
+            ban, _ = self._ban(rule, address, target, self.store.active_ban(target))
+            if ban is not None:
+                out.append(ban)
+        return out
+
+    def _campaigns_due(self, now: datetime) -> list[Decision]:
+        at = micros(now)
+        out: list[Decision] = []
+        for c in self.rules:
+            campaign = self._campaigns.get(c.name)
+            if campaign is not None and campaign.since is not None:
+                self._at, self._at_us = now, at
+                out += self._sweep(c.rule, campaign.due(at))
+        return out
+
     # -- firing -----------------------------------------------------------------
     def _key_fields(self, group_by: tuple[str, ...], event: Event) -> dict[str, str]:
         """An alert's group key as fields, e.g. ``{"ip": "2001:db8::/64"}``."""
@@ -887,7 +952,7 @@ class Detector:
         out: list[Decision] = []
         ban_until, reason = None, None
         if rule.actions.ban is not None:
-            ban, reason = self._ban(rule, event, target, active)
+            ban, reason = self._ban(rule, event.ip, target, active)
             if ban is not None:
                 out.append(ban)
                 ban_until = ban.until
@@ -908,17 +973,17 @@ class Detector:
             detail=detail, samples=(event.excerpt,))
         return [alert, *out]
 
-    def _ban(self, rule: Rule, event: Event, target: str | None, active: BanRow | None
-             ) -> tuple[Ban | None, str | None]:
+    def _ban(self, rule: Rule, address: IPAddress | None, target: str | None,
+             active: BanRow | None) -> tuple[Ban | None, str | None]:
         """A ban of ``target`` (``ban_target``), or why there is none (``active``: its
         ban now).  It starts at the decision's time: a line dated in the past still gets
         its full duration from now."""
         assert rule.actions.ban is not None
         if rule.simulate:
             return None, "simulate mode"
-        if event.ip is None or target is None:
+        if address is None or target is None:
             return None, "no trustworthy address"
-        reason = self.protected_reason(event.ip)
+        reason = self.protected_reason(address)
         if reason is None and "/" in target:
             reason = self._network_protected(target)
         if reason is None and rule.actions.ban.known_addresses == "spare":

@@ -118,7 +118,8 @@ class Rule(Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,63}$")
     description: str = Field(min_length=3)
-    type: Literal["threshold", "sequence", "new_value", "trigger", "impossible_travel"]
+    type: Literal["threshold", "sequence", "new_value", "trigger", "impossible_travel",
+                  "campaign"]
     enabled: bool = True
     match: Match = Match()
     group_by: list[GroupField] = ["ip"]
@@ -133,6 +134,13 @@ class Rule(Strict):
     # approximate, and mobile networks move addresses around a country).
     max_speed_kmh: float = Field(900.0, gt=0, le=100_000, allow_inf_nan=False)
     min_distance_km: float = Field(300.0, ge=0, le=20_000, allow_inf_nan=False)
+    # campaign: many addresses, a few attempts each, across accounts, within ``window``:
+    # at least min_addresses addresses and min_accounts accounts.  An address with a
+    # single failure is swept into its ban only if no success comes from it within
+    # ``grace`` (a one-off typo is followed by the right password).
+    min_addresses: int = Field(10, ge=2, le=100_000)
+    min_accounts: int = Field(5, ge=1, le=100_000)
+    grace: Annotated[Duration, between("0s", "1d")] = Duration.parse("10m")
     reset_on: Match | None = None
     cooldown: Annotated[Duration, between("0s", "30d")] = Duration.parse("0s")
     severity: Severity = "medium"
@@ -157,6 +165,12 @@ class Rule(Strict):
         travel = {"max_speed_kmh", "min_distance_km"} & self.model_fields_set
         if travel and self.type != "impossible_travel":
             raise ValueError(f"{', '.join(sorted(travel))}: impossible_travel rules only")
+        campaign = {"min_addresses", "min_accounts", "grace"} & self.model_fields_set
+        if campaign and self.type != "campaign":
+            raise ValueError(f"{', '.join(sorted(campaign))}: campaign rules only")
+        if self.type == "campaign" and self.group_by:
+            raise ValueError("a campaign rule groups nothing (group_by: []): it is one "
+                             "campaign across addresses and accounts")
         return self
 
     def needs_user(self) -> bool:
@@ -166,12 +180,13 @@ class Rule(Strict):
             return step is not None and (step.user is not None or step.has_user is True)
 
         return "user" in self.group_by or self.distinct == "user" or self.field == "user" or \
+            self.type == "campaign" or \
             any(step_needs(step) for step in (self.match, self.first, self.then))
 
     def needs_address(self) -> bool:
         """Whether the rule can only count events with an address (so a record that
         brings the address to an attempt that lacked one is news to it: ``attempts``)."""
-        return "ip" in self.group_by or self.distinct == "ip" or \
+        return "ip" in self.group_by or self.distinct == "ip" or self.type == "campaign" or \
             self.field in ("ip", "country", "asn") or self.type == "impossible_travel" or \
             self.match.needs_address() or \
             any(step is not None and step.needs_address() for step in (self.first, self.then))
