@@ -27,6 +27,7 @@ HOME4 = "198.51.100.10"
 HOME6 = "2001:db8:aa:1"  # the household's /64; each day new privacy addresses in it
 FAMILY = ("dad", "mum", "kid", "grandma")
 ATTACKERS = [f"203.0.113.{100 + a}" for a in range(30)]
+BYPASS = "203.0.113.250"  # has dad's password, not his second factor
 
 
 class Week:
@@ -63,6 +64,15 @@ class Week:
         self._jellyfin(t, f'Authentication request for "{user}" has succeeded.')
         self._nginx(t + timedelta(milliseconds=25), ip, 200, agent)
 
+    def second_factor(self, t: datetime, user: str, ip: str, ok: bool) -> None:
+        """dad uses the 2FA plugin: a challenge after his password, then his code."""
+        self._jellyfin(t, f'[2FA] Issuing challenge for "{user}" from "{ip}"')
+        self.nginx.append((t, f'{ip} - - [{t + timedelta(seconds=9):%d/%b/%Y:%H:%M:%S} +0000] '
+                              f'"POST /TwoFactorAuth/Verify HTTP/1.1" {200 if ok else 401} 64 "-" '
+                              '"Jellyfin Web"\n'))
+        if not ok:
+            self.attempts[ip] += 1
+
     def write(self, folder: Path) -> list[str]:
         jf, ng = folder / "log_20260302.log", folder / "access.log"
         jf.write_text("".join(line for _, line in sorted(self.jellyfin)))
@@ -88,6 +98,8 @@ def simulate(rng: random.Random) -> Week:
                     week.fail(t, user, ip)
                     t += timedelta(seconds=rng.randint(5, 40))
                 week.succeed(t, user, ip)
+                if user == "dad":
+                    week.second_factor(t + timedelta(seconds=1), user, ip, ok=True)
         if day == 2:  # grandma forgets her password: three tries, Jellyfin locks her out
             t = morning + timedelta(hours=3)
             for n in range(3):
@@ -100,6 +112,11 @@ def simulate(rng: random.Random) -> Week:
             for hour in range(14):
                 week.fail(morning + timedelta(hours=hour, minutes=7), "kid", HOME4,
                           agent="Samsung TV")
+    # A 2FA bypass attempt: dad's password works from an unknown address, his code not.
+    t = START + timedelta(days=6, hours=14)
+    week.succeed(t, "dad", BYPASS, agent="curl/8.5")
+    for n in range(3):
+        week.second_factor(t + timedelta(seconds=1 + 20 * n), "dad", BYPASS, ok=False)
     # The last half hour: credential stuffing from 30 addresses with names from a leak;
     # the twenty-third pair works for kid.
     leak = ["admin", "john", "dad", "mum", "sarah", "mike", "test", "emma", "kid", "alex"]
@@ -126,7 +143,9 @@ def test_a_week_of_a_household_and_a_stuffing_run(tmp_path: Path) -> None:
     household = {HOME4, f"{HOME6}::/64"} | {ip for ip in banned if ip.startswith("192.0.2.")}
     assert not banned & household, f"the household was banned: {banned & household}"
     assert set(ATTACKERS) <= banned, f"not banned: {set(ATTACKERS) - banned}"
-    assert banned == set(ATTACKERS)
+    assert banned == {*ATTACKERS, BYPASS}
+    bypass = [a for a in alerts if a.rule == "mfa-failure-after-password"]
+    assert bypass and {a.user for a in bypass} == {"dad"} and bypass[0].severity == "critical"
     stuffed = [a for a in alerts if a.rule in ("success-from-failing-address",
                                                "success-from-banned-address")]
     assert (ATTACKERS[22], "kid") in {(a.ip, a.user) for a in stuffed}

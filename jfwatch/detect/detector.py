@@ -38,6 +38,10 @@ _KEY_TEXTS_MAX = 4096  # cached group-key tables (one per address and user pair)
 # another user, within this time (``_suspect``): a stuffed or guessed password.
 _SUSPECT_FAILURES = 3
 _SUSPECT_MICROS = 6 * 3600 * 1_000_000
+# A second factor's answer belongs to the challenge issued to its address this recently.
+_SECOND_FACTOR = frozenset({EventKind.MFA_CHALLENGE, EventKind.MFA_FAILURE,
+                            EventKind.MFA_SUCCESS})
+_CHALLENGE_MICROS = 5 * 60 * 1_000_000
 # Failed logins and second factors (``failed_within``).
 _FAILED = frozenset({EventKind.AUTH_FAILURE, EventKind.MFA_FAILURE})
 # The kinds that teach the detector which addresses are known (``_learn``).
@@ -380,6 +384,8 @@ class Detector:
         # from it, and the last time (microseconds), for ``failed_within``; the oldest
         # go first past an eighth of max_groups (about 200 bytes each).
         self._failures: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+        # By address key: the user of the last 2FA challenge and its time.
+        self._challenges: dict[str, tuple[str, int]] = {}
         self._pending_known: tuple[tuple[str, ...], str, datetime] | None = None
         # Whether any address is known at all: a flood before the first success asks
         # the state nothing.
@@ -462,6 +468,8 @@ class Detector:
         if self._next_expiry is not None and self._next_expiry <= at:
             out += self.expire(at)
         now = micros(event.time)
+        if event.kind in _SECOND_FACTOR and event.ip is not None:
+            event = self._second_factor_user(event, now)
         joined = self._attempts.join(event, now)
         if joined is not None:
             event = joined.event
@@ -531,6 +539,27 @@ class Detector:
         if event.ip.version == 6 and self.settings.ipv6_prefix < 128:
             ips += (_v6_prefix(event.ip, self.settings.ipv6_prefix),)
         self._pending_known = (ips, event.user or user, event.time)
+
+    def _second_factor_user(self, event: Event, now: int) -> Event:
+        """
+        A 2FA challenge names the user its password belonged to; the code's answer that
+        follows from the same address (a proxy's 401 or 200 on the verify endpoint)
+        names no one.  It is that user's, within CHALLENGE_MICROS: so a failed code after
+        a correct password is "mfa-failure-after-password" for that account.
+        """
+        key = self._event_keys(event)["ip"]
+        if event.kind == EventKind.MFA_CHALLENGE:
+            if event.user is not None:
+                self._challenges.pop(key, None)
+                self._challenges[key] = (event.user, now)
+                if len(self._challenges) > _KEY_TEXTS_MAX:
+                    del self._challenges[next(iter(self._challenges))]
+            return event
+        challenge = self._challenges.get(key)
+        if event.user is None and challenge is not None and \
+                0 <= now - challenge[1] <= _CHALLENGE_MICROS:
+            return replace(event, user=challenge[0])
+        return event
 
     def _note_failure(self, event: Event, now: int) -> None:
         key = self._event_keys(event)["ip"]
