@@ -216,7 +216,7 @@ class Actions:
         if lag > 0:
             self.log.warning("clock_lags", source=source, path=path, lag_seconds=round(lag),
                              handling="bans, cooldowns and alerts run on the wall clock",
-                             fix="check the source's timezone: (or the writer's clock)")
+                             fix="check the source's timezone: setting (or the writer's clock)")
         else:
             self.log.info("clock_agrees_again", source=source, path=path)
 

@@ -589,7 +589,7 @@ class Daemon:
         """
         Lines read live (the file had nothing left to read at ``caught_up_at``, and has
         nothing now) were written since then, whatever they say: dated more than
-        future_tolerance before it, the stream's clock lags (a wrong timezone:, a writer's
+        future_tolerance before it, the stream's clock lags (a wrong timezone, a writer's
         clock behind).  Reported like future-dated lines; decisions are taken at the wall
         clock either way.
         """
