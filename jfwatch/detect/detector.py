@@ -468,6 +468,10 @@ class Detector:
         if self._next_expiry is not None and self._next_expiry <= at:
             out += self.expire(at)
         now = micros(event.time)
+        if self._campaigns:
+            # Single-failure members whose grace is over, in event time (a backlog's
+            # successes come later in it): at the first event after, in replay as live.
+            out += self._campaigns_due(now)
         if event.kind in _SECOND_FACTOR and event.ip is not None:
             event = self._second_factor_user(event, now)
         joined = self._attempts.join(event, now)
@@ -656,10 +660,9 @@ class Detector:
         return keys
 
     def expire(self, now: datetime) -> list[Decision]:
-        """Lift bans whose time is over (never later than the clock says it is); sweep
-        campaign members whose grace is over."""
+        """Lift bans whose time is over (never later than the clock says it is)."""
         now = min(now, self.clock())
-        out: list[Decision] = self._campaigns_due(now) if self._campaigns else []
+        out: list[Decision] = []
         if self._next_expiry is None or self._next_expiry > now:
             return out
         for row in self.store.expired_bans(now):
@@ -945,14 +948,12 @@ class Detector:
                 out.append(ban)
         return out
 
-    def _campaigns_due(self, now: datetime) -> list[Decision]:
-        at = micros(now)
+    def _campaigns_due(self, now: int) -> list[Decision]:
         out: list[Decision] = []
         for c in self.rules:
             campaign = self._campaigns.get(c.name)
             if campaign is not None and campaign.since is not None:
-                self._at, self._at_us = now, at
-                out += self._sweep(c.rule, campaign.due(at))
+                out += self._sweep(c.rule, campaign.due(now))
         return out
 
     # -- firing -----------------------------------------------------------------
