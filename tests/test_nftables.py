@@ -59,7 +59,9 @@ def _elements(ns: str, set_name: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def test_bans_become_elements_with_their_timeout(netns: str, tmp_path: Path) -> None:
+def _nft_daemon(netns: str, tmp_path: Path) -> tuple[DaemonRun, Path]:
+    """A daemon in the namespace with the nftables enforcer (and the list, not Fail2Ban,
+    so each ban lasts its rule's duration), following an empty log of today."""
     logs = tmp_path / "logs"
     logs.mkdir()
     log = logs / f"log_{datetime.now(UTC):%Y%m%d}.log"
@@ -67,6 +69,11 @@ def test_bans_become_elements_with_their_timeout(netns: str, tmp_path: Path) -> 
     run = DaemonRun(tmp_path, wrap=_in(netns), extra="nftables: {enabled: true}\nallow: []\n")
     run.config.write_text(run.config.read_text().replace(
         "ban_feed: {", "ban_feed: {enforcer: list, "))
+    return run, log
+
+
+def test_bans_become_elements_with_their_timeout(netns: str, tmp_path: Path) -> None:
+    run, log = _nft_daemon(netns, tmp_path)
     run.start()
     try:
         now = datetime.now(UTC)
@@ -131,13 +138,7 @@ def test_the_shipped_drop_rule_loads_beside_the_sets(netns: str) -> None:
 def test_a_rotating_ipv6_attacker_is_dropped_by_its_network(netns: str, tmp_path: Path) -> None:
     """200 failures from 200 addresses of one /64: one element, the network, in the
     interval set, and any address of it matches (the kernel drops it)."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    log = logs / f"log_{datetime.now(UTC):%Y%m%d}.log"
-    log.touch()
-    run = DaemonRun(tmp_path, wrap=_in(netns), extra="nftables: {enabled: true}\nallow: []\n")
-    run.config.write_text(run.config.read_text().replace(
-        "ban_feed: {", "ban_feed: {enforcer: list, "))
+    run, log = _nft_daemon(netns, tmp_path)
     run.start()
     try:
         now = datetime.now(UTC)

@@ -129,9 +129,7 @@ class Attempts:
         if self._order and self._order[0].time < now - _KEEP_MICROS:
             self._forget_old()  # (the horizon is never later than that)
         key = (event.service, outcome)
-        ip = event.ip if event.ip is not None and \
-            (self.trusted is None or not self.trusted(event.ip)) else None
-        user = None if event.user is None else event.user.casefold()
+        ip, user = self._client(event)
         found = self._partner(event.source, key, ip, user, now)
         if found is None:
             self._add(_Attempt(now, key, ip, user, event, [event.source]))
@@ -153,12 +151,17 @@ class Attempts:
 
     def _index_recent(self) -> None:
         for event, now in self._recent:
-            outcome = _OUTCOMES[event.kind]
-            ip = event.ip if event.ip is not None and \
-                (self.trusted is None or not self.trusted(event.ip)) else None
-            user = None if event.user is None else event.user.casefold()
-            self._add(_Attempt(now, (event.service, outcome), ip, user, event, [event.source]))
+            ip, user = self._client(event)
+            self._add(_Attempt(now, (event.service, _OUTCOMES[event.kind]), ip, user, event,
+                               [event.source]))
         self._recent.clear()
+
+    def _client(self, event: Event) -> tuple[IPAddress | None, str | None]:
+        """What a record says of its client: the address (never a trusted proxy's) and
+        the user, case-folded."""
+        ip = event.ip if event.ip is not None and \
+            (self.trusted is None or not self.trusted(event.ip)) else None
+        return ip, None if event.user is None else event.user.casefold()
 
     def _partner(self, source: str, key: tuple[str, str], ip: IPAddress | None,
                  user: str | None, now: int) -> _Attempt | None:

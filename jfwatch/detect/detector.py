@@ -356,7 +356,7 @@ class Detector:
         self.store = store
         self.clock = clock
         self._trusted = NetSet(settings.trusted_proxies)
-        self._campaigns: dict[str, Campaign] = {}  # by rule name
+        self._campaigns: dict[str, tuple[Rule, Campaign]] = {}  # by rule name
         self._allow = NetSet(settings.allow)
         self.rules = [self._compile(r) for r in rules]
         self._steps = self._index_rules()
@@ -402,9 +402,9 @@ class Detector:
                    "trigger": self._trigger, "sequence": self._sequence,
                    "impossible_travel": self._travel, "campaign": self._campaign}[rule.type]
         if rule.type == "campaign":
-            self._campaigns[rule.name] = Campaign(
+            self._campaigns[rule.name] = (rule, Campaign(
                 micros(rule.window), rule.min_addresses, rule.min_accounts,
-                micros(rule.grace), micros(rule.cooldown))
+                micros(rule.grace), micros(rule.cooldown)))
         window, cooldown = micros(rule.window), micros(rule.cooldown)
         first_count = rule.first.count if rule.first is not None else 0
         group_by = tuple(sorted(set(rule.group_by)))
@@ -485,8 +485,8 @@ class Detector:
             self._learn(event)
             if self._campaigns and event.ip is not None and \
                     event.kind in (EventKind.AUTH_SUCCESS, EventKind.MFA_SUCCESS):
-                target = self._event_keys_of(event.ip).removeprefix("ip=")
-                for campaign in self._campaigns.values():
+                target = self._counted_as(event.ip)
+                for _, campaign in self._campaigns.values():
                     campaign.success(target)
         if event.kind in _FAILED and event.ip is not None and \
                 not (self._trusted.nets and event.ip in self._trusted) \
@@ -539,10 +539,8 @@ class Detector:
                 (event.kind == EventKind.AUTH_SUCCESS and user in self._mfa_users) or \
                 self._suspect(event.ip, user, micros(event.time)):
             return
-        ips: tuple[str, ...] = (str(event.ip),)
-        if event.ip.version == 6 and self.settings.ipv6_prefix < 128:
-            ips += (_v6_prefix(event.ip, self.settings.ipv6_prefix),)
-        self._pending_known = (ips, event.user or user, event.time)
+        self._pending_known = (self._address_and_network(event.ip), event.user or user,
+                               event.time)
 
     def _second_factor_user(self, event: Event, now: int) -> Event:
         """
@@ -593,10 +591,19 @@ class Detector:
         count, _, users = found
         return count >= _SUSPECT_FAILURES or any(u != user for u in users)
 
-    def _event_keys_of(self, ip: IPAddress) -> str:
+    def _counted_as(self, ip: IPAddress) -> str:
+        """An address as rules count it: IPv6 by its ipv6_prefix network."""
         if ip.version == 6 and self.settings.ipv6_prefix < 128:
-            return "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
-        return "ip=" + str(ip)
+            return _v6_prefix(ip, self.settings.ipv6_prefix)
+        return str(ip)
+
+    def _address_and_network(self, ip: IPAddress) -> tuple[str, ...]:
+        """The address, and the network it is counted by where that differs."""
+        counted = self._counted_as(ip)
+        return (counted,) if counted == str(ip) else (str(ip), counted)
+
+    def _event_keys_of(self, ip: IPAddress) -> str:
+        return "ip=" + self._counted_as(ip)
 
     def key_of(self, subject: str) -> tuple[str, str | None]:
         """The group key of an address (IPv6 by prefix) or a user name, and the ban
@@ -605,8 +612,7 @@ class Detector:
             ip = ipaddress.ip_address(subject)
         except ValueError:
             return "user=" + subject.casefold(), None
-        key = self._event_keys_of(ip)
-        return key, key.removeprefix("ip=")
+        return self._event_keys_of(ip), self._counted_as(ip)
 
     def group_of(self, rule: str, key: str) -> tuple[array[int], list[str] | None,
                                                      int | None] | None:
@@ -626,13 +632,11 @@ class Detector:
 
     def is_known(self, ip: IPAddress) -> bool:
         """IPv6 by its network: privacy addresses change daily, the household's /64 not."""
-        return self.known_as(self._event_keys_of(ip).removeprefix("ip=")) is not None
+        return self.known_as(self._counted_as(ip)) is not None
 
     def is_banned(self, ip: IPAddress) -> bool:
-        targets = [str(ip)]
-        if ip.version == 6 and self.settings.ipv6_prefix < 128:
-            targets.append(_v6_prefix(ip, self.settings.ipv6_prefix))
-        return any(self.store.active_ban(t) is not None for t in targets)
+        return any(self.store.active_ban(t) is not None
+                   for t in self._address_and_network(ip))
 
     def _event_keys(self, event: Event) -> dict[str, str]:
         """
@@ -646,10 +650,7 @@ class Detector:
         ip = event.ip
         keys = {"": ""}  # by group_by joined with "|" (strings hash once, tuples every time)
         if ip is not None:
-            if ip.version == 6 and self.settings.ipv6_prefix < 128:
-                keys["ip"] = "ip=" + _v6_prefix(ip, self.settings.ipv6_prefix)
-            else:
-                keys["ip"] = "ip=" + str(ip)
+            keys["ip"] = self._event_keys_of(ip)
         if event.user is not None:
             keys["user"] = "user=" + event.user.casefold()
             if ip is not None:
@@ -687,9 +688,7 @@ class Detector:
         """
         if event.ip is None:
             return None
-        if "ip" in c.group_by and event.ip.version == 6 and self.settings.ipv6_prefix < 128:
-            return _v6_prefix(event.ip, self.settings.ipv6_prefix)
-        return str(event.ip)
+        return self._counted_as(event.ip) if "ip" in c.group_by else str(event.ip)
 
     def _network_protected(self, target: str) -> str | None:
         """Why a network must not be banned: it holds an address that must never be."""
@@ -875,7 +874,7 @@ class Detector:
     def _new_value(self, step: _Step, event: Event, key: str, now: int) -> list[Decision]:
         c = step.c
         # An IPv6 address by its network: privacy addresses change daily, a place not.
-        value = self._event_keys_of(event.ip).removeprefix("ip=") \
+        value = self._counted_as(event.ip) \
             if c.rule.field == "ip" and event.ip is not None else _value_of(c.rule.field, event)
         if value is None:
             return []
@@ -914,8 +913,8 @@ class Detector:
         if event.ip is None or event.user is None:
             return []
         c = step.c
-        campaign = self._campaigns[c.name]
-        target = self._event_keys_of(event.ip).removeprefix("ip=")
+        campaign = self._campaigns[c.name][1]
+        target = self._counted_as(event.ip)
         done = campaign.failure(target, event.ip, event.user.casefold(), now)
         out: list[Decision] = []
         banned = self._sweep(c.rule, done.sweep)
@@ -950,10 +949,9 @@ class Detector:
 
     def _campaigns_due(self, now: int) -> list[Decision]:
         out: list[Decision] = []
-        for c in self.rules:
-            campaign = self._campaigns.get(c.name)
-            if campaign is not None and campaign.since is not None:
-                out += self._sweep(c.rule, campaign.due(now))
+        for rule, campaign in self._campaigns.values():
+            if campaign.since is not None:
+                out += self._sweep(rule, campaign.due(now))
         return out
 
     # -- firing -----------------------------------------------------------------
