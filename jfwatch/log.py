@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from jfwatch.parsers.redact import redact, strip_control
+from jfwatch.redact import redact, strip_control
 
 
 def _scrub(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

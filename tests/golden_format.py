@@ -46,9 +46,10 @@ def attribute(parser: Any, samples: list[Sample]) -> list[list[dict[str, Any]]]:
     """
     from datetime import UTC
 
-    # local: keeps this module importable alone
-    from jfwatch.parsers.redact import excerpt
     from jfwatch.parsers.wrappers import unwrap
+
+    # local: keeps this module importable alone
+    from jfwatch.redact import excerpt
 
     joined = ""
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from jfwatch.config.errors import ConfigError
-from jfwatch.config.model import Config, load_config
+from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert
 from jfwatch.detect.rules import load_rules
+from jfwatch.engine.commands import load_all
 from jfwatch.engine.oneshot import replay
 from jfwatch.enrich.geo import Geo, GeoError
 
@@ -56,8 +57,8 @@ def test_a_database_that_does_not_open_is_named(tmp_path: Path) -> None:
         Geo([bad])
     cfg = tmp_path / "jfwatch.yml"
     cfg.write_text("geo:\n  mmdb: [broken.mmdb, missing.mmdb]\n")
-    with pytest.raises(ConfigError) as exc:
-        load_config(cfg)
+    with pytest.raises(ConfigError) as exc:  # the runtime checks of check-config, run, replay
+        load_all(cfg, None, "files")
     text = "\n".join(exc.value.problems)
     assert "broken.mmdb" in text and "missing.mmdb" in text and "jfwatch.yml:2" in text
 

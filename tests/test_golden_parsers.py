@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jfwatch.parsers import PARSERS, create_parser
-from jfwatch.sources.lines import context_for
+from jfwatch.parsers.base import context_for
 
 from golden_format import attribute, read_samples
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jfwatch.parsers import create_parser
-from jfwatch.sources.lines import context_for
+from jfwatch.parsers.base import context_for
 
 REAL = "203.0.113.200"
 FILE_HEAD = "[2026-04-01 12:00:00.000 +00:00] [INF] [9] Jellyfin.Server.Implementations.Users.UserManager: "

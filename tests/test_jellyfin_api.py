@@ -64,7 +64,7 @@ def take(p: ActivityPoller, cursor: Cursor | None, *, until: int, limit: int = 1
             p.rewind(cursor)
             continue
         assert batch.after == cursor, "a batch must start where the last one ended"
-        ids += [json.loads(line)["Id"] for line in batch.data.splitlines()]
+        ids += [record["Id"] for record in batch.records]
         cursor = batch.cursor
         batches += 1
     return ids, cursor
@@ -145,7 +145,7 @@ def test_start_end_takes_only_what_comes_after_the_first_start(server: ActivityL
         server.add("AuthenticationFailed", "old", f"203.0.113.{n}")
     with running(poller(server, start="end")) as p:
         first = next_batch(p)
-        assert first is not None and first.data == b"" and first.cursor.last_id == 5
+        assert first is not None and first.records == [] and first.cursor.last_id == 5
         server.add("AuthenticationFailed", "new", "203.0.113.9")
         ids, _ = take(p, first.cursor, until=1)
     assert ids == [6]
@@ -211,7 +211,7 @@ def test_user_names_are_resolved_from_user_ids_in_any_language(server: ActivityL
     with running(poller(server)) as p:
         batch = next_batch(p)
     assert batch is not None
-    events = ActivityParser(StreamContext()).feed(batch.data.decode().strip())
+    events = ActivityParser(StreamContext()).feed_record(batch.records[0])
     assert [(e.kind, e.user, str(e.ip)) for e in events] == [
         ("auth_success", "alice", "203.0.113.5")]
 
@@ -302,7 +302,7 @@ def test_ids_and_dates_out_of_range_are_skipped_and_counted(server: ActivityLogS
     p.poll_once()
     batch = p.take()
     assert batch is not None and batch.cursor.last_id == 3
-    assert [json.loads(line)["Id"] for line in batch.data.splitlines()] == [2, 3]
+    assert [record["Id"] for record in batch.records] == [2, 3]
     assert p.malformed == len(bad)
 
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from jfwatch.engine.engine import Stream
 from jfwatch.parsers import create_parser
-from jfwatch.sources.lines import Block, LineReader, LineStats, context_for, decode, split_valid
+from jfwatch.parsers.base import context_for
+from jfwatch.sources.lines import Block, LineReader, LineStats, decode, split_valid
 
 from conftest import ROOT
 

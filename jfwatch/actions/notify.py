@@ -26,7 +26,7 @@ from jfwatch.config.model import NotifyConfig
 from jfwatch.config.yaml_lines import guard_yaml
 from jfwatch.detect.decisions import Alert
 from jfwatch.detect.state import StateStore
-from jfwatch.parsers.redact import redact, strip_control
+from jfwatch.redact import redact, strip_control
 
 _DIGEST_MAX_CHARS = 3000  # a digest lists the first alerts, then just counts
 _TYPES = {"critical": "failure", "high": "failure", "medium": "warning", "low": "warning",

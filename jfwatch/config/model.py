@@ -12,10 +12,13 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -23,8 +26,8 @@ from pydantic import (
 from jfwatch.addresses import DEFAULT_ALLOW, bad_networks
 from jfwatch.config.durations import Duration, between
 from jfwatch.config.errors import ConfigError
-from jfwatch.config.yaml_lines import YamlRefused, describe, guard_yaml, load_yaml
-from jfwatch.parsers import FORMATS
+from jfwatch.config.yaml_lines import describe, load_yaml, locate
+from jfwatch.formats import FORMATS
 
 DEFAULT_CONFIG = Path("/etc/jfwatch/jfwatch.yml")
 DEFAULT_TIMEZONE = "UTC"
@@ -34,10 +37,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _from_config_dir(value: object, info: ValidationInfo) -> object:
+    """A relative path in a config file is relative to the file's directory, wherever
+    the command runs (systemd starts the daemon in /): the one place paths are resolved."""
+    base = (info.context or {}).get("config_dir")
+    if base is not None and isinstance(value, str) and value and not os.path.isabs(value):
+        return os.path.join(base, value)
+    return value
+
+
+# Every field naming a file or directory is one of these two.
+ConfigPath = Annotated[Path, BeforeValidator(_from_config_dir)]
+ConfigGlob = Annotated[str, BeforeValidator(_from_config_dir)]
+
+
 class SourceConfig(Strict):
     """One log to follow: a path or a glob inside one directory."""
 
-    path: str
+    path: ConfigGlob
     # What metrics, logs and `status` call it (the path when not given).
     name: str | None = Field(None, pattern=r"^[\w.@/ -]{1,64}$")
     format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
@@ -66,12 +83,12 @@ class BanFeedConfig(Strict):
     """
 
     enabled: bool = True
-    path: Path = Path("/var/log/jfwatch/bans.log")
-    list_path: Path | None = Path("/var/log/jfwatch/banned.txt")
+    path: ConfigPath = Path("/var/log/jfwatch/bans.log")
+    list_path: ConfigPath | None = Path("/var/log/jfwatch/banned.txt")
     enforcer: Literal["fail2ban", "list"] = "fail2ban"
     jail: str = Field("jfwatch", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     jail_bantime: Annotated[Duration, between("1m", "365d")] = Duration.parse("4h")
-    fail2ban_socket: Path | None = None  # fail2ban-client's default when None
+    fail2ban_socket: ConfigPath | None = None  # fail2ban-client's default when None
 
     @model_validator(mode="after")
     def _list_beside_the_feed(self) -> BanFeedConfig:
@@ -92,8 +109,8 @@ class CrowdsecConfig(Strict):
     """
 
     enabled: bool = False
-    credentials_file: Path = Path("/etc/jfwatch/crowdsec-credentials.yaml")
-    bouncer_key_file: Path | None = None
+    credentials_file: ConfigPath = Path("/etc/jfwatch/crowdsec-credentials.yaml")
+    bouncer_key_file: ConfigPath | None = None
     timeout: Annotated[Duration, between("1s", "1m")] = Duration.parse("10s")
 
 
@@ -117,7 +134,7 @@ class BanPolicy(Strict):
     max: Annotated[Duration, between("1m", "365d")] = Duration.parse("4w")
 
 
-def _apprise_loadable(url: SecretStr) -> SecretStr:
+def apprise_loadable(url: SecretStr) -> SecretStr:
     """A URL Apprise cannot load is an error, named by its service, never by its secret
     (a mistyped token would otherwise silently drop every alert)."""
     import logging
@@ -136,47 +153,9 @@ def _apprise_loadable(url: SecretStr) -> SecretStr:
     return url
 
 
-def _apprise_file_loadable(path: Path | None) -> Path | None:
-    """Every entry of an Apprise config file must load, as every URL must."""
-    if path is None:
-        return None
-    try:
-        entries = _apprise_file_entries(path)
-    except YamlRefused as exc:
-        raise ValueError(f"refused the Apprise config file: {exc}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"cannot read the Apprise config file: {exc}") from None
-    bad = []
-    for number, url in enumerate(entries, 1):
-        try:
-            _apprise_loadable(SecretStr(url))
-        except ValueError:
-            scheme = url.split("://", 1)[0] if "://" in url else "?"
-            bad.append(f"entry {number} ({scheme}://)" if scheme.isalnum() else f"entry {number}")
-    if bad:
-        raise ValueError(f"Apprise cannot load {', '.join(bad)} of {path}: an unknown service, "
-                         "or a token or field in the wrong form (URLs are not shown)")
-    return path
-
-
-def _apprise_file_entries(path: Path) -> list[str]:
-    """The URLs of an Apprise config file: YAML (``urls:``, each a URL or a URL with its
-    options) or text (``[tags=]URL`` lines)."""
-    guard_yaml(path)  # before Apprise or anyone else parses it
-    text = path.read_text(encoding="utf-8")
-    data = load_yaml(path)[0] if path.suffix in (".yml", ".yaml") else None
-    if isinstance(data, dict):
-        entries = data.get("urls") or []
-        return [str(next(iter(e))) if isinstance(e, dict) and e else str(e)
-                for e in entries if e]
-    lines = [line.strip() for line in text.splitlines()]
-    return [line.split("=", 1)[1].strip() if "=" in line.split("://", 1)[0] else line
-            for line in lines if line and not line.startswith(("#", ";"))]
-
-
 class NotifyConfig(Strict):
-    urls: list[Annotated[SecretStr, AfterValidator(_apprise_loadable)]] = []
-    config_file: Annotated[Path | None, AfterValidator(_apprise_file_loadable)] = None
+    urls: list[Annotated[SecretStr, AfterValidator(apprise_loadable)]] = []
+    config_file: ConfigPath | None = None  # read (and checked) by the runtime checks
     rdns: bool = False
     max_per_rule_per_hour: int = Field(10, ge=1, le=3600)
     quiet_hours: str | None = Field(None, pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")
@@ -184,23 +163,12 @@ class NotifyConfig(Strict):
     give_up_after: Annotated[Duration, between("1m", "30d")] = Duration.parse("2d")
 
 
-def _databases_open(paths: list[Path]) -> list[Path]:
-    """Every ``.mmdb`` must open now, not at the first public address."""
-    from jfwatch.enrich.geo import GeoError, open_databases
-
-    try:
-        open_databases(paths)
-    except GeoError as exc:
-        raise ValueError(f"cannot open the database: {exc}") from None
-    return paths
-
-
 class GeoConfig(Strict):
     """Where addresses are, all looked up locally: the embedded country table, plus
     optional MaxMind/DB-IP ``.mmdb`` files (City for cities and impossible travel, ASN)."""
 
     enabled: bool = True
-    mmdb: Annotated[list[Path], AfterValidator(_databases_open)] = []
+    mmdb: list[ConfigPath] = []  # opened by the runtime checks
 
 
 ActivityType = Literal["AuthenticationFailed", "AuthenticationSucceeded", "UserLockedOut"]
@@ -226,7 +194,7 @@ class JellyfinApiConfig(Strict):
 
     url: str = Field(pattern=r"^https?://[^\s/@]+(/[^\s@]*)?$")
     name: str = Field("jellyfin-api", pattern=r"^[\w.@/ -]{1,64}$")
-    api_key_file: Path | None = None
+    api_key_file: ConfigPath | None = None
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     poll_interval: Annotated[Duration, between("1s", "1h")] = Duration.parse("10s")
     timeout: Annotated[Duration, between("1s", "5m")] = Duration.parse("10s")
@@ -270,8 +238,8 @@ class Config(Strict):
 
     server_name: str = "jellyfin"
     timezone: str = DEFAULT_TIMEZONE
-    state_dir: Path = Path("/var/lib/jfwatch")
-    rules_dirs: list[Path] = [Path("/etc/jfwatch/rules.d")]
+    state_dir: ConfigPath = Path("/var/lib/jfwatch")
+    rules_dirs: list[ConfigPath] = [Path("/etc/jfwatch/rules.d")]
     # Jellyfin's two daily names: log_YYYYMMDD.log (current logging.json) and
     # jellyfinYYYYMMDD.log (Debian/Ubuntu installs that kept an older one); never the
     # FFmpeg.*.log and upload_*.log files beside them.
@@ -300,7 +268,7 @@ class Config(Strict):
     known_for: Annotated[Duration, between("0s", "365d")] = Duration.parse("30d")
     # Optional JSON-lines copy of every event (SIEM export, debugging); written
     # exactly once per line even across crashes (its length is committed with offsets).
-    events_file: Path | None = None
+    events_file: ConfigPath | None = None
     ban_feed: BanFeedConfig = BanFeedConfig()
     crowdsec: CrowdsecConfig = CrowdsecConfig()
     nftables: NftablesConfig = NftablesConfig()
@@ -308,6 +276,17 @@ class Config(Strict):
     notify: NotifyConfig = NotifyConfig()
     metrics: MetricsConfig = MetricsConfig()
     geo: GeoConfig = GeoConfig()
+    # The file it was read from and the line of each key (for messages found later).
+    _origin: tuple[Path, dict[tuple[object, ...], int]] | None = PrivateAttr(None)
+
+    def where(self, *loc: object) -> str:
+        """``file:line: key`` of an option, for a problem found after loading (the
+        runtime checks); the dotted key alone for the built-in defaults."""
+        key = ".".join(map(str, loc))
+        if self._origin is None:
+            return key
+        path, lines = self._origin
+        return f"{path}:{locate(lines, loc)}: {key}"
 
     @field_validator("allow", "trusted_proxies")
     @classmethod
@@ -367,38 +346,10 @@ def load_config(path: Path | None) -> tuple[Config, Path | None]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}:1: the config must be a mapping of options"])
-    # Relative paths in a config file are relative to the file, not the cwd.
-    base = path.parent
-    for key in ("state_dir", "events_file"):
-        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-            data[key] = str(base / data[key])
-    for key in ("rules_dirs",):
-        if isinstance(data.get(key), list):
-            data[key] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p
-                         for p in data[key]]
-    for src in data.get("sources") or []:
-        if isinstance(src, dict) and isinstance(src.get("path"), str) and \
-                not Path(src["path"]).is_absolute():
-            src["path"] = str(base / src["path"])
-    for api in data.get("jellyfin_api") or []:
-        if isinstance(api, dict) and isinstance(api.get("api_key_file"), str) and \
-                not Path(api["api_key_file"]).is_absolute():
-            api["api_key_file"] = str(base / api["api_key_file"])
-    geo = data.get("geo")
-    if isinstance(geo, dict) and isinstance(geo.get("mmdb"), list):
-        geo["mmdb"] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p
-                       for p in geo["mmdb"]]
-    crowdsec = data.get("crowdsec")
-    if isinstance(crowdsec, dict):
-        for key in ("credentials_file", "bouncer_key_file"):
-            if isinstance(crowdsec.get(key), str) and not Path(crowdsec[key]).is_absolute():
-                crowdsec[key] = str(base / crowdsec[key])
-    feed = data.get("ban_feed")
-    if isinstance(feed, dict):
-        for key in ("path", "list_path"):
-            if isinstance(feed.get(key), str) and not Path(feed[key]).is_absolute():
-                feed[key] = str(base / feed[key])
     try:
-        return Config.model_validate(data), path
+        cfg = Config.model_validate(data, context={"config_dir": os.path.dirname(
+            os.path.abspath(path))})
     except ValidationError as exc:
         raise ConfigError(describe(path, lines, exc)) from exc
+    cfg._origin = (path, lines)
+    return cfg, path

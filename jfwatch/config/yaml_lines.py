@@ -108,14 +108,19 @@ def describe(path: Path, lines: dict[tuple[Any, ...], int], exc: ValidationError
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        line = None
-        for depth in range(len(loc), -1, -1):
-            line = lines.get(loc[:depth])
-            if line is not None:
-                break
+        line = locate(lines, loc)
         field = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        problems.append(f"{path}:{line or 1}: {field}: {msg}")
+        problems.append(f"{path}:{line}: {field}: {msg}")
     return problems
+
+
+def locate(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    """The line of ``loc`` (a key path), or of its nearest written parent (1: none)."""
+    for depth in range(len(loc), -1, -1):
+        line = lines.get(loc[:depth])
+        if line is not None:
+            return line
+    return 1

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from jfwatch.config.errors import ConfigError
@@ -23,15 +23,21 @@ from jfwatch.config.model import Config, load_config
 from jfwatch.detect.decisions import Unban
 from jfwatch.detect.rules import Rule, load_rules
 from jfwatch.detect.state import StateStore, StateUnusable
+from jfwatch.engine.preflight import runtime_problems
 from jfwatch.sources.files import nearby_logs
-from jfwatch.sources.jellyfin_api import ApiError, read_api_key
 
 Loaded = tuple[Config, Path | None, list[Rule]]
 
 
-def load_all(config_path: Path | None, rules_dir: list[Path] | None
+# What a command checks beyond the config's own validity (``preflight``): nothing, the
+# files the config names (Apprise config file, .mmdb), or those and the keys.
+Runtime = Literal["none", "files", "all"]
+
+
+def load_all(config_path: Path | None, rules_dir: list[Path] | None, runtime: Runtime = "none"
              ) -> tuple[Config, Path | None, list[Rule]]:
-    """Config and rules together, so every problem of both is reported in one go."""
+    """Config, rules and the runtime checks together, so every problem is reported in
+    one go."""
     problems: list[str] = []
     cfg, used = Config(), None
     rule_dirs: list[Path] | None = None
@@ -40,6 +46,9 @@ def load_all(config_path: Path | None, rules_dir: list[Path] | None
     except ConfigError as exc:
         problems += exc.problems
         rule_dirs = _raw_rule_dirs(config_path)  # still check the rules the file names
+    else:
+        if runtime != "none":
+            problems += runtime_problems(cfg, keys=runtime == "all")
     rules: list[Rule] = []
     try:
         rules = load_rules([*(cfg.rules_dirs if rule_dirs is None else rule_dirs),
@@ -74,45 +83,35 @@ def _report(exc: ConfigError) -> int:
     return 2
 
 
-def _with_config(command: Callable[[argparse.Namespace, Loaded], int]
-                 ) -> Callable[[argparse.Namespace], int]:
-    """A command that runs on a valid config and rules; otherwise every problem is
-    printed and it exits 2."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            loaded = load_all(args.config, getattr(args, "rules", None))
-        except ConfigError as exc:
-            return _report(exc)
-        try:
-            return command(args, loaded)
-        except StateUnusable as exc:
-            print(f"error: state file unusable: {exc}", file=sys.stderr)
-            return 2
-
-    return run
+Command = Callable[[argparse.Namespace, Loaded], int]
 
 
-@_with_config
+def _with_config(runtime: Runtime) -> Callable[[Command], Callable[[argparse.Namespace], int]]:
+    """A command that runs on a valid config and rules (and passes the ``runtime``
+    checks); otherwise every problem is printed and it exits 2."""
+
+    def wrap(command: Command) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                loaded = load_all(args.config, getattr(args, "rules", None), runtime)
+            except ConfigError as exc:
+                return _report(exc)
+            try:
+                return command(args, loaded)
+            except StateUnusable as exc:
+                print(f"error: state file unusable: {exc}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap
+
+
+@_with_config(runtime="all")
 def cmd_check_config(args: argparse.Namespace, loaded: Loaded) -> int:
     cfg, used, rules = loaded
     where = str(used) if used else "built-in defaults"
-    problems = []
-    for api in cfg.jellyfin_api:  # the key is read at start: an unreadable one stops it
-        try:
-            read_api_key(str(api.api_key_file) if api.api_key_file else None, api.api_key_env)
-        except ApiError as exc:
-            problems.append(f"jellyfin_api {api.name}: {exc}")
-    if cfg.crowdsec.enabled:
-        from jfwatch.engine.actions import lapi_client
-
-        try:
-            lapi_client(cfg).close()
-        except ConfigError as exc:
-            problems += exc.problems
-    if problems:
-        return _report(ConfigError(problems))
     print(f"config OK ({where}): {len(cfg.sources)} source(s), "
           f"{len(cfg.jellyfin_api)} Activity Log source(s), {len(rules)} rule(s) enabled, "
           f"{len(cfg.notify.urls)} notification URL(s); bans enforced by "
@@ -143,7 +142,7 @@ def cmd_check_config(args: argparse.Namespace, loaded: Loaded) -> int:
     return 0
 
 
-@_with_config
+@_with_config(runtime="files")
 def cmd_replay(args: argparse.Namespace, loaded: Loaded) -> int:
     from jfwatch.engine.oneshot import DecisionPrinter, replay
 
@@ -161,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run(args)
 
 
-@_with_config
+@_with_config(runtime="all")
 def _run(args: argparse.Namespace, loaded: Loaded) -> int:
     from jfwatch import log
     from jfwatch.engine.daemon import Daemon
@@ -172,7 +171,7 @@ def _run(args: argparse.Namespace, loaded: Loaded) -> int:
                 rules=len(rules), sources=len(cfg.sources))
 
     def reload() -> tuple[Config, list[Rule]]:
-        new_cfg, _, new_rules = load_all(args.config, getattr(args, "rules", None))
+        new_cfg, _, new_rules = load_all(args.config, getattr(args, "rules", None), "files")
         return new_cfg, new_rules
 
     try:
@@ -194,7 +193,7 @@ def _run(args: argparse.Namespace, loaded: Loaded) -> int:
     return daemon.run()
 
 
-@_with_config
+@_with_config(runtime="none")
 def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
     cfg, _, _ = loaded
     path = cfg.state_dir / "state.db"
@@ -263,7 +262,7 @@ def _banned_as(store: StateStore, given: str) -> str:
     return inside[0] if inside else address
 
 
-@_with_config
+@_with_config(runtime="none")
 def cmd_status(args: argparse.Namespace, loaded: Loaded) -> int:
     """How the daemon is: asked over its metrics port; from the state when it is down.
     Exit 0 when it runs, 3 when it does not (as ``systemctl status``)."""
@@ -361,7 +360,7 @@ def _lift_in_fail2ban(cfg: Config, ip: str) -> int:
     return 1
 
 
-@_with_config
+@_with_config(runtime="files")
 def cmd_notify_test(args: argparse.Namespace, loaded: Loaded) -> int:
     from jfwatch.actions.notify import Outbox
 

@@ -34,8 +34,8 @@ from jfwatch.detect.state import SavedOffset, StateStore
 from jfwatch.engine.actions import Actions, ExportFailed
 from jfwatch.engine.engine import Engine, Stream
 from jfwatch.enrich.geo import Geo, GeoError
-from jfwatch.parsers import create_parser
-from jfwatch.parsers.base import StreamContext
+from jfwatch.parsers import PARSERS, create_parser
+from jfwatch.parsers.base import StreamContext, context_for
 from jfwatch.sources.files import (
     Source,
     file_budget,
@@ -59,7 +59,6 @@ from jfwatch.sources.jellyfin_api import (
     Cursor,
     read_api_key,
 )
-from jfwatch.sources.lines import context_for
 
 RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 COMMIT_EVERY = 30.0
@@ -337,7 +336,8 @@ class Daemon:
                                 interval=api.poll_interval.total_seconds(),
                                 page_size=api.page_size, start=api.start, wake=self.wake)
         ctx = StreamContext(activity_templates={str(k): v for k, v in api.name_templates.items()})
-        stream = Stream(api.name, create_parser("jellyfin_activity", ctx), self.config.max_line,
+        # Records, not lines: no wrapper to take off, nothing to decode again.
+        stream = Stream(api.name, PARSERS["jellyfin_activity"].create(ctx), self.config.max_line,
                         key=f"api:{api.name}", fmt="jellyfin_api")
         return _Polled(api, poller, stream, cursor)
 
@@ -355,7 +355,7 @@ class Daemon:
                 polled.poller.rewind(polled.cursor)
                 continue
             busy = True
-            self.engine.feed(polled.stream, batch.data)
+            self.engine.feed_records(polled.stream, batch.records)
             self.engine.flush(polled.stream, force=True)
             sizes = self.actions.write_export(polled.stream)
             cursor = batch.cursor

@@ -14,8 +14,9 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Protocol
 
 from jfwatch.events import Event
-from jfwatch.parsers.base import StreamParser
+from jfwatch.parsers.base import RecordParser, StreamParser
 from jfwatch.sources.lines import DEFAULT_MAX_LINE, Block, LineStats, decode, split_valid
+from jfwatch.sources.records import Record
 
 if TYPE_CHECKING:  # parse needs neither, nor the config models they bring in
     from jfwatch.detect.decisions import Decision
@@ -75,6 +76,19 @@ class Stream:
         _count_kinds(events, counts)
         return events, counts
 
+    def parse_records(self, records: list[Record]) -> tuple[list[Event], LineStats]:
+        """The events of records an API source handed over (each counts as a line)."""
+        parser = self.parser
+        if not isinstance(parser, RecordParser):
+            raise TypeError(f"{self.format} streams take lines, not records")
+        counts = LineStats(read=len(records))
+        before = parser.matched_lines
+        events = [e for record in records for e in parser.feed_record(record)]
+        counts.matched = parser.matched_lines - before
+        counts.unmatched = counts.read - counts.matched
+        _count_kinds(events, counts)
+        return events, counts
+
     def flush(self, *, force: bool) -> tuple[list[Event], LineStats]:
         """What the parser held back (all of it if ``force``: end of input)."""
         counts = LineStats()
@@ -105,6 +119,10 @@ class Engine:
     def feed(self, stream: Stream, data: bytes) -> None:
         """Complete lines read from ``stream``."""
         self._pass(stream, *stream.parse(data))
+
+    def feed_records(self, stream: Stream, records: list[Record]) -> None:
+        """Records an API source read for ``stream``."""
+        self._pass(stream, *stream.parse_records(records))
 
     def flush(self, stream: Stream, *, force: bool) -> None:
         self._pass(stream, *stream.flush(force=force))

@@ -20,7 +20,8 @@ import orjson
 from jfwatch.engine.engine import Engine, Stream
 from jfwatch.events import Event
 from jfwatch.parsers import create_parser
-from jfwatch.sources.lines import DEFAULT_MAX_LINE, LineReader, LineStats, context_for
+from jfwatch.parsers.base import context_for
+from jfwatch.sources.lines import DEFAULT_MAX_LINE, LineReader, LineStats
 
 if TYPE_CHECKING:
     from jfwatch.config.model import Config

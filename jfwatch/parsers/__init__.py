@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from jfwatch.events import Event
+from jfwatch.formats import FORMATS, PARSER_NAMES
 from jfwatch.parsers import authelia, authentik, caddy, jellyfin, jellyfin_activity, nginx, traefik
 from jfwatch.parsers.base import StreamContext, StreamParser, feed_each_line
 from jfwatch.parsers.wrappers import Joiner, unwrap
@@ -36,7 +37,8 @@ PARSERS: dict[str, ParserSpec] = {
     for spec in map(_spec, (jellyfin, jellyfin_activity, authelia, authentik, caddy, traefik,
                             nginx))
 }
-FORMATS = ("auto", *PARSERS)
+if tuple(PARSERS) != PARSER_NAMES:  # the config validates against the names alone
+    raise ImportError(f"parsers {tuple(PARSERS)} differ from jfwatch.formats {PARSER_NAMES}")
 
 
 class AutoParser:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from jfwatch.events import Event, EventKind, IPAddress
-from jfwatch.parsers.redact import excerpt, redact
+from jfwatch.redact import excerpt, redact
 
 # Jellyfin's login endpoints (UserController.cs), the ZL154 2FA plugin's, and the SSO
 # plugin's.  Matching is case-insensitive (clients send /Users/authenticatebyname) and

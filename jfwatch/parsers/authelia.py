@@ -15,8 +15,9 @@ import re
 from typing import Any, Final
 
 from jfwatch.events import Event, EventKind
-from jfwatch.parsers.base import StatelessParser, StreamContext, json_object, parse_ip, parse_iso
-from jfwatch.parsers.redact import clean_user, excerpt
+from jfwatch.parsers.base import StatelessParser, StreamContext, json_object, parse_ip
+from jfwatch.redact import clean_user, excerpt
+from jfwatch.timestamps import parse_iso
 
 NAME: Final = "authelia"
 

@@ -7,7 +7,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -15,7 +16,6 @@ from jfwatch.addresses import canonical, memo_address
 from jfwatch.events import Event, IPAddress
 
 _IP_CHARS = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
-_LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -48,21 +48,6 @@ def parse_host_port(text: str | None) -> IPAddress | None:
     return parse_ip(text)
 
 
-def parse_iso(text: str, default_tz: tzinfo) -> datetime | None:
-    """Parse ISO 8601 / RFC 3339 (``Z`` and nanoseconds allowed); naive times get ``default_tz``."""
-    text = text.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    if "." in text and _LONG_FRACTION.search(text):
-        # Python accepts at most microseconds: cut nanoseconds (Traefik, docker).
-        text = _LONG_FRACTION.sub(r"\1", text)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=default_tz)
-
-
 def from_epoch(seconds: float) -> datetime:
     """Epoch seconds (Caddy's ``ts``) as an aware UTC datetime."""
     return datetime.fromtimestamp(seconds, tz=UTC)
@@ -87,6 +72,18 @@ class StreamContext:
     # The time of the collector's wrapper around the line being parsed (set per line by
     # parsers.Unwrapping), for lines that carry only a clock.
     outer_time: datetime | None = None
+
+
+@runtime_checkable
+class RecordParser(Protocol):
+    """A parser that also takes records (decoded JSON objects) from an API source."""
+
+    @property
+    def matched_lines(self) -> int:
+        """Records (and lines) so far that yielded an event."""
+
+    def feed_record(self, entry: dict[str, Any], text: str | None = None) -> list[Event]:
+        """The events of one record (``text``: the line it was read from, if any)."""
 
 
 class StreamParser(Protocol):
@@ -156,3 +153,24 @@ class StatelessParser:
     @property
     def holding(self) -> bool:
         return False
+
+
+_DATED_NAME = re.compile(r"(\d{4})(\d{2})(\d{2})")
+
+
+def date_from_name(path: str | Path) -> date | None:
+    """The day in Jellyfin's ``log_YYYYMMDD.log`` names (for console-format lines)."""
+    m = _DATED_NAME.search(Path(path).name)
+    if m is None:
+        return None
+    try:
+        return date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        return None
+
+
+def context_for(path: str | Path | None, tz: tzinfo, *, quoting: str = "auto",
+                proxy_token_failures: bool = False) -> StreamContext:
+    """The parser context for a file (or stdin when ``path`` is None)."""
+    return StreamContext(timezone=tz, file_date=date_from_name(path) if path else None,
+                         proxy_token_failures=proxy_token_failures, quoting=quoting)

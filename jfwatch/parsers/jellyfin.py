@@ -32,8 +32,9 @@ from datetime import date, datetime, timedelta
 from typing import Final
 
 from jfwatch.events import Event, EventKind, IPAddress
-from jfwatch.parsers.base import StreamContext, parse_ip, parse_iso
-from jfwatch.parsers.redact import clean_user, excerpt
+from jfwatch.parsers.base import StreamContext, parse_ip
+from jfwatch.redact import clean_user, excerpt
+from jfwatch.timestamps import parse_iso
 
 NAME: Final = "jellyfin"
 

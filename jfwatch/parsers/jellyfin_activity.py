@@ -1,8 +1,7 @@
 """
 Parse Jellyfin's Activity Log entries, one JSON object per line: what
-``GET /System/ActivityLog/Entries`` returns in ``Items`` (the ``jellyfin_api`` source
-writes each new entry as such a line; ``jq -c '.Items[]'`` of a saved answer gives the
-same).
+``GET /System/ActivityLog/Entries`` returns in ``Items`` (``jq -c '.Items[]'`` of a saved
+answer); the ``jellyfin_api`` source hands its entries over as records (``feed_record``).
 
 Fields (``Jellyfin.Server.Implementations/Events/Consumers``): ``Id``, ``Type``, ``Date``
 (UTC), ``Name``, ``ShortOverview``, ``UserId``.  The address is in ``ShortOverview``,
@@ -20,9 +19,13 @@ import re
 from datetime import UTC
 from typing import Any, Final
 
+import orjson
+
 from jfwatch.events import Event, EventKind, IPAddress
-from jfwatch.parsers.base import StatelessParser, StreamContext, json_object, parse_ip, parse_iso
-from jfwatch.parsers.redact import clean_user, excerpt
+from jfwatch.parsers.base import StatelessParser, StreamContext, json_object, parse_ip
+from jfwatch.redact import clean_user, excerpt
+from jfwatch.sources.records import RESOLVED_USER, Record
+from jfwatch.timestamps import parse_iso
 
 NAME: Final = "jellyfin_activity"
 PATTERNS: Final = ("failed", "succeeded", "locked_out", "injection")
@@ -40,7 +43,6 @@ DEFAULT_TEMPLATES: Final = {
     "UserLockedOut": "User {0} has been locked out",
 }
 _BREAKS: Final = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
-RESOLVED_USER: Final = "jfwatch.user"  # added by the source: the name of UserId
 # Address-shaped runs: IPv4, IPv6 (also IPv4-mapped); validated by parse_ip.
 _ADDRESS_RUN = re.compile(r"[0-9A-Fa-f]*[:.][0-9A-Fa-f:.]*")
 
@@ -74,9 +76,13 @@ class ActivityParser(StatelessParser):
         self.templates = {**DEFAULT_TEMPLATES, **ctx.activity_templates}
 
     def feed(self, line: str) -> list[Event]:
+        """An entry saved as a JSON line (``jfwatch parse`` of an exported Activity Log)."""
         entry = json_object(line)
-        if entry is None:
-            return []
+        return [] if entry is None else self.feed_record(entry, line)
+
+    def feed_record(self, entry: Record, text: str | None = None) -> list[Event]:
+        """An entry as the API source hands it over (``text``: the line it was read
+        from, if any, for the excerpt)."""
         found = _KINDS.get(entry.get("Type"))  # type: ignore[arg-type]
         when = entry.get("Date")
         when = parse_iso(when, UTC) if isinstance(when, str) else None
@@ -88,7 +94,7 @@ class ActivityParser(StatelessParser):
         raw_user = self._user(entry, entry["Type"])
         # Names come out of JSON, where line breaks and tabs survive (a log line has none).
         user = clean_user(None if raw_user is None else raw_user.translate(_BREAKS))
-        text = excerpt(line)
+        text = excerpt(text if text is not None else orjson.dumps(entry).decode())
         events = [Event(when, NAME, kind, f"{NAME}.{pattern}", "jellyfin", ip, user,
                         excerpt=text)]
         if raw_user is not None and not raw_user.isprintable():

@@ -13,9 +13,9 @@ from jfwatch.parsers.base import (
     json_object,
     parse_host_port,
     parse_ip,
-    parse_iso,
 )
 from jfwatch.parsers.nginx import COMBINED, TRAEFIK_TAIL, parse_clf_time
+from jfwatch.timestamps import parse_iso
 
 NAME: Final = "traefik"
 PATTERNS: Final = HTTP_PATTERNS

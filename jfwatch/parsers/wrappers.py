@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 
-from jfwatch.parsers.base import json_object, parse_iso
+from jfwatch.parsers.base import json_object
+from jfwatch.timestamps import parse_iso
 
 _RFC3339 = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})"
 # CRI / podman k8s-file: "<RFC3339Nano> stdout F <line>" (P: more of the line follows).

@@ -34,8 +34,8 @@ import orjson
 
 from jfwatch import log
 from jfwatch.keys import KeyUnreadable, read_key
-from jfwatch.parsers.base import parse_iso
-from jfwatch.parsers.jellyfin_activity import RESOLVED_USER
+from jfwatch.sources.records import RESOLVED_USER, Record
+from jfwatch.timestamps import parse_iso
 
 ENTRIES = "/System/ActivityLog/Entries"
 SLACK = timedelta(minutes=1)  # entries written in the same second as the last one taken
@@ -70,12 +70,15 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Entries after ``after`` up to ``cursor``, as JSON lines."""
+    """Entries after ``after`` up to ``cursor``, oldest first, as records."""
 
     after: Cursor | None
     cursor: Cursor
-    data: bytes
-    entries: int
+    records: list[Record]
+
+    @property
+    def entries(self) -> int:
+        return len(self.records)
 
 
 def read_api_key(key_file: str | None, key_env: str | None) -> str:
@@ -282,7 +285,7 @@ class ActivityPoller(threading.Thread):
             newest = items[0] if items else None
             cursor = Cursor(_entry_id(newest) or 0,
                             newest.get("Date") if isinstance(newest, dict) else None)
-            self._hand_over(Batch(None, cursor, b"", 0))
+            self._hand_over(Batch(None, cursor, []))
             return
         for batch in self._walk():
             if not self._hand_over(batch):
@@ -373,9 +376,8 @@ class ActivityPoller(threading.Thread):
                 date = entries[-1].get("Date")
                 cursor = Cursor(top, date if isinstance(date, str) else
                                 (after.last_date if after else None))
-                data = b"".join(orjson.dumps({k: e[k] for k in (*_KEPT, RESOLVED_USER)
-                                              if k in e}) + b"\n" for e in entries)
-                yield Batch(after, cursor, data, len(entries))
+                yield Batch(after, cursor, [{k: e[k] for k in (*_KEPT, RESOLVED_USER) if k in e}
+                                            for e in entries])
                 after = cursor
             if start == 0:
                 return

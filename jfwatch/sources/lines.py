@@ -5,21 +5,15 @@ one-shot file, stdin), and the rule that rejects what no log writer produces.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, tzinfo
-from pathlib import Path
 from typing import BinaryIO
-
-from jfwatch.parsers.base import StreamContext
 
 DEFAULT_MAX_LINE = 64 * 1024
 # Read at most this much of one stream at a time: what bounds the memory of a backlog
 # (a first start on old logs, a flood) and keeps one busy file from starving the others.
 BLOCK_BYTES = 1 << 20
-_DATED_NAME = re.compile(r"(\d{4})(\d{2})(\d{2})")
 
 
 @dataclass(slots=True)
@@ -54,24 +48,6 @@ def decode(raw: bytes, max_line: int = DEFAULT_MAX_LINE) -> str | None:
         return raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError:
         return None
-
-
-def date_from_name(path: str | Path) -> date | None:
-    """The day in Jellyfin's ``log_YYYYMMDD.log`` names (for console-format lines)."""
-    m = _DATED_NAME.search(Path(path).name)
-    if m is None:
-        return None
-    try:
-        return date(int(m[1]), int(m[2]), int(m[3]))
-    except ValueError:
-        return None
-
-
-def context_for(path: str | Path | None, tz: tzinfo, *, quoting: str = "auto",
-                proxy_token_failures: bool = False) -> StreamContext:
-    """The parser context for a file (or stdin when ``path`` is None)."""
-    return StreamContext(timezone=tz, file_date=date_from_name(path) if path else None,
-                         proxy_token_failures=proxy_token_failures, quoting=quoting)
 
 
 @dataclass(slots=True)
