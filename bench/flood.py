@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 from jfwatch.config.model import Config
 from jfwatch.detect.detector import Detector, settings_from_config
 from jfwatch.detect.rules import load_rules
-from jfwatch.detect.state import StateStore
 from jfwatch.events import Event, EventKind
+from jfwatch.state import StateStore
 
 NAMES = ("admin", "root", "user", "test", "guest", "jellyfin", "media", "demo", "alice", "bob",
          "family", "kids", "tv", "plex", "emby", "server", "owner", "home", "movies", "music")

@@ -12,8 +12,8 @@ import pytest
 
 from jfwatch.actions.notify import Outbox
 from jfwatch.config.model import load_config
-from jfwatch.detect.state import StateStore
 from jfwatch.engine.commands import load_all
+from jfwatch.state import StateStore
 
 CONFIG = """\
 state_dir: state

@@ -20,7 +20,7 @@ import pytest
 from jfwatch.actions.crowdsec import CrowdsecEnforcer, LapiClient, read_credentials
 from jfwatch.actions.enforce import EnforcementQueue, request_rows
 from jfwatch.detect.decisions import Ban
-from jfwatch.detect.state import StateStore
+from jfwatch.state import StateStore
 
 from daemon_helper import DaemonRun, append, denied
 from lapi import Lapi, seconds

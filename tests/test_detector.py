@@ -16,8 +16,8 @@ import pytest
 from jfwatch.detect.decisions import Alert, Ban, Unban
 from jfwatch.detect.detector import Detector, DetectorSettings, networks
 from jfwatch.detect.rules import Rule
-from jfwatch.detect.state import StateStore
 from jfwatch.events import Event, EventKind
+from jfwatch.state import StateStore
 
 from conftest import ROOT
 
@@ -252,7 +252,7 @@ def test_flood_of_a_million_addresses_is_bounded() -> None:
         from jfwatch.detect.detector import Detector, DetectorSettings
         from jfwatch.events import Event, EventKind
         from jfwatch.detect.rules import load_rules
-        from jfwatch.detect.state import StateStore
+        from jfwatch.state import StateStore
         rules = load_rules([])
         det = Detector(rules, DetectorSettings(), StateStore(":memory:"))
         t0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -181,8 +181,8 @@ def test_a_ban_written_just_before_a_crash_is_not_written_again(tmp_path: Path) 
     from jfwatch.config.model import Config
     from jfwatch.detect.decisions import Ban
     from jfwatch.detect.detector import Detector, settings_from_config
-    from jfwatch.detect.state import StateStore
-    from jfwatch.engine.actions import Actions
+    from jfwatch.engine.sink import DaemonSink
+    from jfwatch.state import StateStore
 
     now = datetime.now(UTC)
     config = Config.model_validate({
@@ -192,9 +192,9 @@ def test_a_ban_written_just_before_a_crash_is_not_written_again(tmp_path: Path) 
     until = now + timedelta(hours=4)
     store.record_ban("203.0.113.70", "brute-force-ip", now, until, 0)  # written, then killed
     store.record_ban("203.0.113.71", "brute-force-ip", now, until, 0)  # killed before writing
-    actions = Actions(config, store)
-    assert actions.feed is not None
-    actions.feed.write(Ban("203.0.113.70", "brute-force-ip", now, until, 0), datetime.now(UTC))
+    actions = DaemonSink(config, store)
+    assert actions.publisher is not None
+    actions.publisher.feed.write(Ban("203.0.113.70", "brute-force-ip", now, until, 0), datetime.now(UTC))
     actions.start()
     actions.idle(Detector([], settings_from_config(config), store))
     actions.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -232,3 +233,49 @@ def test_slow_clients_never_keep_a_health_probe_out() -> None:
         metrics.stop()
     assert max(waits) < 1.0, waits
     assert cut_after and max(cut_after) < CONNECTION_DEADLINE + 2.0
+
+
+def test_health_under_5000_sources_and_concurrent_scrapes() -> None:
+    """The reading thread changes every source's health and the faults while HTTP threads
+    answer /health and /status: every answer is a real one (200 or 503), never a 500."""
+    import threading
+
+    from jfwatch.actions.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.stale_after = 0.0  # every unreadable source counts at once
+    port = metrics.serve("127.0.0.1", 0)
+    stop = threading.Event()
+    answers: Counter[int] = Counter()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            for path in ("/health", "/status"):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}",
+                                                timeout=10) as resp:
+                        answers[resp.status] += 1
+                except urllib.error.HTTPError as exc:
+                    answers[exc.code] += 1
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(4)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave as on a busy many-core host
+    for t in scrapers:
+        t.start()
+    try:
+        for round_ in range(20):
+            for n in range(5000):
+                metrics.source_health(f"source-{n}", (n + round_) % 3 != 0)
+                if n % 100 == 0:
+                    metrics.fault(f"part-{n % 700}", None if round_ % 2 else f"problem {n}")
+            metrics.status = {"round": round_}
+    finally:
+        sys.setswitchinterval(switch)
+        stop.set()
+        for t in scrapers:
+            t.join(timeout=30)
+        metrics.stop()
+    assert answers[500] == 0, answers
+    assert answers[200] + answers[503] > 0
+    assert set(answers) <= {200, 503}

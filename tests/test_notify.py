@@ -12,7 +12,7 @@ from jfwatch.actions.enforce import request_rows
 from jfwatch.actions.notify import Outbox, render
 from jfwatch.config.model import NotifyConfig
 from jfwatch.detect.decisions import Alert, Ban
-from jfwatch.detect.state import StateStore
+from jfwatch.state import StateStore
 
 from http_receiver import Receiver, free_port
 

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from jfwatch import log
 from jfwatch.detect.decisions import Ban, Unban
-from jfwatch.detect.state import StateStore
+from jfwatch.state import StateStore
 
 BACKOFF_MAX = 300.0
 BATCH = 50

@@ -150,6 +150,8 @@ class Metrics:
                                "has files to read (or another source in its directory has)",
                                ["source"], registry=r)
         Info("jfwatch_build", "Build information", registry=r).info({"version": __version__})
+        # Written by the reading thread, read by the HTTP threads: under this lock.
+        self._health_lock = threading.Lock()
         self._unhealthy_since: dict[str, float] = {}
         self._faults: dict[str, str] = {}
         # The daemon's latest snapshot for /status, replaced whole (never changed in place),
@@ -188,25 +190,29 @@ class Metrics:
 
     def source_health(self, source: str, readable: bool) -> None:
         self.source_up.labels(source).set(1 if readable else 0)
-        if readable:
-            self._unhealthy_since.pop(source, None)
-        else:
-            self._unhealthy_since.setdefault(source, time.monotonic())
+        with self._health_lock:
+            if readable:
+                self._unhealthy_since.pop(source, None)
+            else:
+                self._unhealthy_since.setdefault(source, time.monotonic())
 
     def fault(self, what: str, problem: str | None) -> None:
         """A part that cannot do its job now (``ban_feed``, ``state``), or None when it can
         again: ``/health`` says 503 while any is at fault."""
-        if problem is None:
-            self._faults.pop(what, None)
-        else:
-            self._faults[what] = problem
+        with self._health_lock:
+            if problem is None:
+                self._faults.pop(what, None)
+            else:
+                self._faults[what] = problem
         self.faults.labels(what).set(0 if problem is None else 1)
 
     def healthy(self) -> tuple[bool, str]:
         now = time.monotonic()
-        bad = [s for s, t in self._unhealthy_since.items() if now - t > self.stale_after]
+        with self._health_lock:
+            bad = [s for s, t in self._unhealthy_since.items() if now - t > self.stale_after]
+            faults = sorted(self._faults.items())
         lines = ["unreadable: " + ", ".join(bad)] if bad else []
-        lines += [f"{what}: {problem}" for what, problem in sorted(self._faults.items())]
+        lines += [f"{what}: {problem}" for what, problem in faults]
         return (not lines, "\n".join(lines or ["ok"]) + "\n")
 
     def sync_enforcers(self, queue: EnforcementQueue) -> None:

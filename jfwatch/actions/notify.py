@@ -25,8 +25,8 @@ from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import NotifyConfig
 from jfwatch.config.yaml_lines import guard_yaml
 from jfwatch.detect.decisions import Alert
-from jfwatch.detect.state import StateStore
 from jfwatch.redact import redact, strip_control
+from jfwatch.state import StateStore
 
 _DIGEST_MAX_CHARS = 3000  # a digest lists the first alerts, then just counts
 _TYPES = {"critical": "failure", "high": "failure", "medium": "warning", "low": "warning",

@@ -29,8 +29,8 @@ from jfwatch.detect.attempts import IP, USER, Attempts
 from jfwatch.detect.campaign import Campaign
 from jfwatch.detect.decisions import Alert, Ban, Decision, Unban, format_duration_s
 from jfwatch.detect.rules import Match, Rule
-from jfwatch.detect.state import BanRow
 from jfwatch.events import Event, EventKind, IPAddress
+from jfwatch.state import BanRow
 
 _SEQUENCE_MAX = 1000  # first-step events remembered per sequence group
 _KEY_TEXTS_MAX = 4096  # cached group-key tables (one per address and user pair)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from jfwatch.detect.state import BanRow
+from jfwatch.state import BanRow
 
 
 class MemoryState:

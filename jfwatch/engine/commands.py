@@ -22,9 +22,9 @@ from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config, load_config
 from jfwatch.detect.decisions import Unban
 from jfwatch.detect.rules import Rule, load_rules
-from jfwatch.detect.state import StateStore, StateUnusable
 from jfwatch.engine.preflight import runtime_problems
 from jfwatch.sources.files import nearby_logs
+from jfwatch.state import StateStore, StateUnusable
 
 Loaded = tuple[Config, Path | None, list[Rule]]
 

@@ -126,8 +126,8 @@ def replay(files: Sequence[str], cfg: Config, rules: list[Rule], fmt: str = "aut
     from jfwatch.detect.detector import Detector, settings_from_config
     from jfwatch.detect.explain import explain as explain_subject
     from jfwatch.detect.memory_state import MemoryState
-    from jfwatch.detect.state import StateStore
     from jfwatch.enrich.geo import Geo
+    from jfwatch.state import StateStore
 
     newest = newest_plausible_time(files)
     store = StateStore(state) if state else MemoryState()

@@ -35,7 +35,7 @@ def runtime_problems(cfg: Config, *, keys: bool = True) -> list[str]:
             except ApiError as exc:
                 problems.append(f"{cfg.where('jellyfin_api', number)}: {exc}")
         if cfg.crowdsec.enabled:
-            from jfwatch.engine.actions import lapi_client
+            from jfwatch.engine.sink import lapi_client
 
             try:
                 lapi_client(cfg).close()

@@ -1,0 +1,191 @@
+"""
+The daemon's sink (``engine.Sink``): each output of the engine to the part whose job it
+is.  Decisions go to the outbox (alerts), the enforcers and the ban feed (bans);
+events to the metrics and the event export; health to ``/health`` and ``status``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from jfwatch import log
+from jfwatch.actions.banfeed import BanFeed
+from jfwatch.actions.crowdsec import (
+    CrowdsecEnforcer,
+    LapiClient,
+    LapiError,
+    SharedDecisions,
+    read_credentials,
+)
+from jfwatch.actions.enforce import EnforcementQueue, Enforcer
+from jfwatch.actions.export import EventExport
+from jfwatch.actions.metrics import Metrics
+from jfwatch.actions.nftables import Nftables
+from jfwatch.actions.notify import Outbox
+from jfwatch.actions.publish import BanPublisher
+from jfwatch.config.errors import ConfigError
+from jfwatch.config.model import Config
+from jfwatch.detect.decisions import Alert, Ban, Decision
+from jfwatch.detect.detector import Detector
+from jfwatch.engine.engine import Stream
+from jfwatch.events import Event, EventKind
+from jfwatch.keys import KeyUnreadable, read_key
+from jfwatch.reporting import Totals
+from jfwatch.sources.lines import LineStats
+from jfwatch.state import StateStore
+
+# Not a rule file: raised by the daemon itself from the LAPI's decisions.
+BANNED_LOGIN_RULE = "crowdsec-banned-login"
+
+
+def build_enforcers(config: Config) -> list[Enforcer]:
+    """The enforcers beyond the feed that the config enables (ConfigError if their
+    credentials cannot be read: found at start, and by check-config)."""
+    enforcers: list[Enforcer] = []
+    if config.crowdsec.enabled:
+        enforcers.append(CrowdsecEnforcer(lapi_client(config)))
+    if config.nftables.enabled:
+        enforcers.append(Nftables(config.nftables.table, config.nftables.family,
+                                  config.nftables.nft))
+    return enforcers
+
+
+def lapi_client(config: Config) -> LapiClient:
+    cs = config.crowdsec
+    try:
+        url, login, password = read_credentials(cs.credentials_file)
+        bouncer_key = None if cs.bouncer_key_file is None else \
+            read_key("bouncer key", str(cs.bouncer_key_file))
+    except (LapiError, KeyUnreadable) as exc:
+        raise ConfigError([f"crowdsec: {exc}"]) from None
+    return LapiClient(url, login, password, timeout=cs.timeout.total_seconds(),
+                      bouncer_key=bouncer_key)
+
+
+class DaemonSink:
+    def __init__(self, config: Config, store: StateStore) -> None:
+        self.config, self.store = config, store
+        self.log = log.get("jfwatch.actions")
+        self.metrics = Metrics()
+        self.metrics.stale_after = config.metrics.stale_after.total_seconds()
+        self.export = EventExport(config.events_file, store)
+        self.publisher = BanPublisher(BanFeed(config.ban_feed.path, config.ban_feed.list_path),
+                                      store, self.metrics.fault) \
+            if config.ban_feed.enabled else None
+        self.outbox = Outbox(store, config.notify, config.server_name,
+                             tz=ZoneInfo(config.timezone), enforcers=config.enforcers)
+        self.enforcement = EnforcementQueue(store, build_enforcers(config), config.server_name)
+        self.shared = SharedDecisions(lapi_client(config)) \
+            if config.crowdsec.enabled and config.crowdsec.bouncer_key_file else None
+        self.metrics_port: int | None = None
+        self.newest_event: dict[str, datetime] = {}
+        self._bans_changed = True
+        self._detector_totals: Totals[str] = Totals()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        if self.config.metrics.enabled:
+            self.metrics_port = self.metrics.serve(self.config.metrics.listen,
+                                                   self.config.metrics.port)
+            self.log.info("metrics_listening", address=self.config.metrics.listen,
+                          port=self.metrics_port)
+        self.outbox.start()
+        self.enforcement.start()
+        self.export.restore()  # last: metrics and alerts run even if it fails
+
+    def stop(self) -> None:
+        self.enforcement.stop()
+        self.outbox.stop()
+        self.metrics.stop()
+
+    def reload(self, config: Config) -> None:
+        self.config = config
+
+    # -- the engine's output -------------------------------------------------------
+    def lines(self, stream: Stream, counts: LineStats) -> None:
+        for outcome in ("matched", "unmatched", "rejected"):
+            n = getattr(counts, outcome)
+            if n:
+                self.metrics.lines.labels(stream.source, outcome).inc(n)
+
+    def events(self, stream: Stream, events: list[Event]) -> None:
+        # Counted per label set, then added: one counter update per kind, not per event.
+        for kind, n in Counter(str(e.kind) for e in events).items():
+            self.metrics.events.labels(stream.source, stream.format, kind).inc(n)
+        newest = max(e.time for e in events)
+        self.metrics.last_event.labels(stream.source).set(newest.timestamp())
+        # The newest event time per stream since the daemon last took it (clock checks).
+        self.newest_event[stream.key] = max(newest, self.newest_event.get(stream.key, newest))
+        self.export.add(stream.key, events)  # written with the stream's next commit
+        if self.shared is not None:
+            self.act([alert for e in events if (alert := self._banned_login(e)) is not None])
+
+    def act(self, decisions: Sequence[Decision]) -> None:
+        for d in decisions:
+            if isinstance(d, Alert):
+                self.metrics.alerts.labels(d.rule, d.severity).inc()
+                self.log.warning("alert", rule=d.rule, severity=d.severity, ip=d.ip,
+                                 country=d.country, user=d.user, count=d.count, detail=d.detail,
+                                 ban_until=d.ban_until.isoformat() if d.ban_until else None,
+                                 banned=d.ban_target)
+                self.outbox.enqueue(d)
+                continue
+            self._bans_changed = True
+            self.enforcement.request(d)
+            if isinstance(d, Ban):
+                self.metrics.bans.labels(d.rule).inc()
+                self.log.warning("ban", ip=d.ip, rule=d.rule, until=d.until.isoformat())
+            else:
+                self.metrics.unbans.inc()
+                self.log.info("unban", ip=d.ip, rule=d.rule)
+            if self.publisher is not None:
+                self.publisher.publish(d)
+
+    def _banned_login(self, event: Event) -> Alert | None:
+        """A successful login from an address the shared LAPI bans (another host's
+        decision, a blocklist): the password may be in an attacker's hands."""
+        if event.kind not in (EventKind.AUTH_SUCCESS, EventKind.MFA_SUCCESS) or \
+                event.ip is None or self.shared is None:
+            return None
+        bans = self.shared.bans_on(str(event.ip))
+        if not bans:
+            return None
+        why = "; ".join(f"{d.get('scenario')} ({d.get('origin')}, {d.get('duration')} left)"
+                        for d in bans[:3])
+        return Alert(rule=BANNED_LOGIN_RULE, severity="critical", time=event.time,
+                     description="Successful login from an address CrowdSec bans",
+                     key={"ip": str(event.ip)}, ip=str(event.ip), user=event.user, count=1,
+                     window_seconds=0.0, first_time=event.time, last_time=event.time,
+                     country=event.country, asn=event.asn, city=event.city,
+                     detail=f"CrowdSec decisions: {why}", samples=(event.excerpt,))
+
+    # -- housekeeping -----------------------------------------------------------------
+    def idle(self, detector: Detector) -> None:
+        """After each pass: the feed's retries and banned list, gauges and counters."""
+        if self.publisher is not None:
+            self.publisher.idle()
+        if self._bans_changed:
+            self._bans_changed = False
+            self.metrics.bans_active.set(self.store.bans_active())
+        self._detector_gauges(detector)
+        self.metrics.outbox_depth.set(self.outbox.depth())
+        self.metrics.sync_notify(self.outbox.counts)
+        self.metrics.sync_enforcers(self.enforcement)
+
+    def _detector_gauges(self, detector: Detector) -> None:
+        totals = self._detector_totals
+        totals.owned_by(detector)  # a reload or a commit fault made a new one: from zero
+        self.metrics.groups.set(detector.tracked_groups)
+        self.metrics.evictions.inc(totals.take("evictions", detector.evictions))
+        self.metrics.duplicates.inc(totals.take("duplicates", detector.duplicates))
+        for kind, total in list(detector.attempts.items()):
+            self.metrics.attempts.labels(kind).inc(totals.take(f"attempts:{kind}", total))
+        future = totals.take("future", detector.future_events)
+        if future:
+            self.metrics.future_events.inc(future)
+            self.log.warning("future_dated_events", count=future,
+                             tolerance=self.config.future_tolerance.total_seconds(),
+                             handling="taken at the current time; bans expire on the wall clock")
