@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from jfwatch.engine.activity_server import ActivityLogServer
-
+from activity_server import ActivityLogServer
 from daemon_helper import DaemonRun, append
 from http_receiver import free_port
 

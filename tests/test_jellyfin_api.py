@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jfwatch.engine.activity_server import ActivityLogServer
 from jfwatch.parsers.base import StreamContext
 from jfwatch.parsers.jellyfin_activity import ActivityParser, address_in
 from jfwatch.sources.jellyfin_api import (
@@ -29,6 +28,8 @@ from jfwatch.sources.jellyfin_api import (
     Cursor,
     read_api_key,
 )
+
+from activity_server import ActivityLogServer
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -167,6 +168,7 @@ def test_a_server_whose_log_starts_again_is_followed(server: ActivityLogServer) 
     assert ids == [1] and after is not None and after.last_id == 1
 
 
+@pytest.mark.slow
 def test_refused_key_outage_slowness_and_garbage_are_reported(server: ActivityLogServer) -> None:
     server.add("AuthenticationFailed", "x", "203.0.113.1")
     wrong = "f" * 32
@@ -344,6 +346,7 @@ def test_answers_larger_than_asked_for_are_cut_off(server: ActivityLogServer,
     assert peak < 20 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_a_dripping_server_is_cut_off_and_reported(server: ActivityLogServer) -> None:
     """A server that answers a byte at a time (each within the read timeout, forever)
     is cut off at the request's deadline: reported, never read."""
@@ -357,6 +360,7 @@ def test_a_dripping_server_is_cut_off_and_reported(server: ActivityLogServer) ->
     assert p.client.in_flight is None
 
 
+@pytest.mark.slow
 def test_a_request_stuck_in_the_headers_is_reported_unhealthy(server: ActivityLogServer
                                                               ) -> None:
     """Headers dripped a byte at a time cannot be cut off from the poller's thread; the

@@ -176,6 +176,7 @@ def test_promtool_unit_tests_of_every_shipped_alert() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_slow_clients_never_keep_a_health_probe_out() -> None:
     """100 clients that each send a byte of a request every second (never silent long
     enough to time out; each reconnects when cut off): every /health probe among them
@@ -235,6 +236,7 @@ def test_slow_clients_never_keep_a_health_probe_out() -> None:
     assert cut_after and max(cut_after) < CONNECTION_DEADLINE + 2.0
 
 
+@pytest.mark.slow
 def test_health_under_5000_sources_and_concurrent_scrapes() -> None:
     """The reading thread changes every source's health and the faults while HTTP threads
     answer /health and /status: every answer is a real one (200 or 503), never a 500."""

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
-from jfwatch.engine.activity_server import ActivityLogServer
+from jfwatch.engine.demo_server import ActivityLogServer
 
 _JELLYFIN_TS = re.compile(r"^\[(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})\.(\d{3}) \+00:00\]")
 _CLF_TS = re.compile(r"\[(\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2}) \+0000\]")

@@ -1,19 +1,12 @@
 """
 A small server on 127.0.0.1 that answers like Jellyfin's ActivityLogController and
-UserController (``jfwatch demo`` serves its Activity Log with it; the tests, faults too):
+UserController (``jfwatch demo`` serves its Activity Log with it; the tests add faults
+to it in ``tests/activity_server.py``):
 ``GET /System/ActivityLog/Entries`` (``startIndex``, ``limit``, ``minDate``; newest first
 by date, as ``ActivityManager.GetPagedResultAsync`` orders them) and ``GET /Users``,
 with the field names and types of Jellyfin's DTOs.  Only ``Authorization: MediaBrowser
 ... Token="<key>"`` is accepted (12.0's default); anything else gets 401.
-
-Faults a test can set: ``delay`` (seconds before each answer), ``broken`` (malformed
-JSON), ``status`` (an HTTP error), ``on_page`` (called before each page is answered:
-entries added while a client pages), ``hostile`` (the body of every page answer, in
-pieces, from the query: what a hostile or intercepted server sends; ``gzip``: sent as
-gzip-encoded), ``drip`` (seconds
-between the bytes of an answer's body; ``drip_head``: of its status line and headers
-too); ``stop()`` and
-``start()`` again on the same port.
+``stop()`` and ``start()`` again serve on the same port.
 """
 
 from __future__ import annotations
@@ -22,8 +15,6 @@ import hashlib
 import json
 import re
 import threading
-import time
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -45,14 +36,6 @@ class ActivityLogServer:
         self.entries: list[dict[str, Any]] = []
         self.users: dict[str, str] = {}  # id -> name
         self.lock = threading.Lock()
-        self.delay = 0.0
-        self.broken = False
-        self.status: int | None = None
-        self.on_page: Callable[[int], None] | None = None
-        self.hostile: Callable[[dict[str, str]], Iterable[bytes]] | None = None
-        self.drip = 0.0
-        self.drip_head = False  # the status line and headers dripped too
-        self.gzip = False  # the hostile pieces are sent as gzip-encoded
         self.requests: list[str] = []  # paths with queries, as asked
         self.auth_headers: list[str] = []
         self.port = 0
@@ -107,74 +90,48 @@ class ActivityLogServer:
 
     # -- serving -------------------------------------------------------------------
     def start(self) -> ActivityLogServer:
-        fake = self
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *_: Any) -> None:
                 pass
 
             def do_GET(self) -> None:
-                fake.requests.append(self.path)
-                fake.auth_headers.append(self.headers.get("Authorization", ""))
-                if fake.delay:
-                    time.sleep(fake.delay)
-                token = _TOKEN.search(self.headers.get("Authorization", ""))
-                if token is None or token.group(1) != fake.key:
-                    return self._send(401, b"")
-                if fake.status is not None:
-                    return self._send(fake.status, b"error")
-                url = urlsplit(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                body: object
-                if url.path == "/System/ActivityLog/Entries" and fake.hostile is not None:
-                    return self._send_pieces(fake.hostile(query))
-                if url.path == "/System/ActivityLog/Entries":
-                    body = fake.page(query)
-                elif url.path == "/Users":
-                    body = [{"Name": n, "Id": i, "HasPassword": True}
-                            for i, n in fake.users.items()]
-                else:
-                    return self._send(404, b"")
-                data = b'{"Items": [' if fake.broken else json.dumps(body).encode()
-                return self._send(200, data)
-
-            def _send_pieces(self, pieces: Iterable[bytes]) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                if fake.gzip:
-                    self.send_header("Content-Encoding", "gzip")
-                self.end_headers()  # no length: read until the connection closes
-                self.close_connection = True
-                try:
-                    for piece in pieces:
-                        self.wfile.write(piece)
-                except OSError:
-                    pass  # the client cut it off
-
-            def _send(self, status: int, data: bytes) -> None:
-                if fake.drip:
-                    head = (f"HTTP/1.1 {status} OK\r\nContent-Length: {len(data)}\r\n"
-                            "Content-Type: application/json\r\n\r\n").encode()
-                    self.close_connection = True
-                    try:
-                        if not fake.drip_head:
-                            self.wfile.write(head)
-                        for byte in (head if fake.drip_head else b"") + data:
-                            self.wfile.write(bytes([byte]))
-                            time.sleep(fake.drip)
-                    except OSError:
-                        pass
-                    return
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                server.requests.append(self.path)
+                server.auth_headers.append(self.headers.get("Authorization", ""))
+                server.handle(self)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
         return self
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        """Answer one GET as Jellyfin would (401 without the key)."""
+        if not self.authorized(request):
+            return self.send(request, 401, b"")
+        url = urlsplit(request.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        body: object
+        if url.path == "/System/ActivityLog/Entries":
+            body = self.page(query)
+        elif url.path == "/Users":
+            body = [{"Name": n, "Id": i, "HasPassword": True} for i, n in self.users.items()]
+        else:
+            return self.send(request, 404, b"")
+        return self.send(request, 200, json.dumps(body).encode())
+
+    def authorized(self, request: BaseHTTPRequestHandler) -> bool:
+        token = _TOKEN.search(request.headers.get("Authorization", ""))
+        return token is not None and token.group(1) == self.key
+
+    def send(self, request: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
+        request.send_response(status)
+        request.send_header("Content-Type", "application/json; charset=utf-8")
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -184,8 +141,6 @@ class ActivityLogServer:
 
     def page(self, query: dict[str, str]) -> dict[str, Any]:
         start, limit = int(query.get("startIndex", 0)), query.get("limit")
-        if start and self.on_page is not None:
-            self.on_page(start)
         with self.lock:
             rows = list(self.entries)
         if "minDate" in query:
