@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from jfwatch.addresses import networks
 from jfwatch.detect.decisions import Alert, Ban, Unban
-from jfwatch.detect.detector import Detector, DetectorSettings, networks
+from jfwatch.detect.detector import Detector, DetectorSettings
 from jfwatch.detect.rules import Rule
 from jfwatch.events import Event, EventKind
 from jfwatch.state import StateStore
