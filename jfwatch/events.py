@@ -58,6 +58,9 @@ class Event:
     asn: int | None = None
     city: str | None = None
     location: tuple[float, float] | None = None
+    # What bans the address elsewhere (``enrich.shared_bans``: a CrowdSec LAPI's
+    # decisions, in words), or None.
+    listed: str | None = None
 
     def json_line(self) -> bytes:
         """The event as one line of JSON (``jfwatch parse``, the event export), no newline."""
@@ -65,7 +68,7 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON-ready form used by ``jfwatch parse``."""
-        return {
+        out = {
             "time": self.time,  # orjson writes RFC 3339 with the offset
             "source": self.source,
             "kind": self.kind,
@@ -82,3 +85,6 @@ class Event:
             "asn": self.asn,
             "city": self.city,
         }
+        if self.listed is not None:  # only where known: exports of other installs unchanged
+            out["listed"] = self.listed
+        return out

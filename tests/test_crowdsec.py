@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,6 +152,9 @@ def test_a_login_from_an_address_another_host_banned_is_critical(tmp_path: Path,
         "sources:\n", "sources:\n  - {path: logs/authelia.log, format: authelia, start: end}\n"))
     run.start()
     try:
+        # The decisions are pulled by a thread of their own (as a bouncer pulls them);
+        # a login read before the first pull cannot be known to be from a banned address.
+        run.wait_for(lambda: "crowdsec_decisions_loaded" in run.log_text(), what="decisions")
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         append(authelia, f'time="{stamp}" level=debug msg="Successful 1FA authentication '
                          "attempt made by user 'alice'\" method=POST path=/api/firstfactor "
@@ -186,3 +190,34 @@ def test_a_rotating_ipv6_attacker_is_one_range_decision(tmp_path: Path, lapi: La
         run.wait_for(lambda: not lapi.bouncer_view("2001:db8:5:6::99"), what="range lifted")
     finally:
         run.stop()
+
+
+def test_shared_bans_follow_the_decisions_stream(lapi: Lapi) -> None:
+    """Decisions made after the first pull arrive with the next one (the stream's deltas),
+    deleted ones leave; a look-up is a dictionary probe, never a request."""
+    import ipaddress
+
+    from jfwatch.enrich.shared_bans import SharedBans
+
+    from lapi import BOUNCER_KEY
+
+    shared = SharedBans(lapi.url, BOUNCER_KEY, interval=0.2)
+    shared.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not shared.loaded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        address = ipaddress.ip_address("198.51.100.66")
+        assert shared.loaded and shared.listed(address) is None
+        lapi.add_decision(str(address), "30m")
+        while shared.listed(address) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "another host" in (shared.listed(address) or "")
+        lapi._cscli("decisions", "delete", "--ip", str(address))
+        while shared.listed(address) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert shared.listed(address) is None and shared.problem is None
+    finally:
+        shared.stop()
+        shared.join(timeout=15)
+        shared.close()

@@ -17,7 +17,7 @@ def _first_commands() -> list[str]:
 def test_readme_starts_with_install_and_test_commands() -> None:
     install, tests = _first_commands()
     assert "pip install ." in install and install.endswith("jfwatch demo")
-    assert tests.endswith("python -m pytest --cov")
+    assert tests.endswith("python -m pytest -n 2 --cov")
 
 
 def test_ci_runs_the_readme_test_command() -> None:

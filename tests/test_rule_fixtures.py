@@ -17,6 +17,7 @@ from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Unban
 from jfwatch.detect.rules import load_rules, shipped_rules_dir
 from jfwatch.engine.oneshot import replay
+from jfwatch.enrich.shared_bans import SharedBans
 
 from conftest import ROOT
 from mmdb import write_db
@@ -45,7 +46,13 @@ def test_rule_fixture(name: str, tmp_path: Path) -> None:
         settings["geo"] = {"mmdb": [str(db)]}
     cfg = Config.model_validate(settings)
     inputs = sorted(str(p) for p in case_dir.glob("*.log"))
-    alerts = [d for d in replay(inputs, cfg, rules).decisions if isinstance(d, Alert)]
+    enrichers = []
+    if "crowdsec_decisions" in case:  # what a LAPI's decisions stream would answer
+        shared = SharedBans("http://127.0.0.1:9", "unused")
+        shared.apply({"new": case["crowdsec_decisions"], "deleted": None}, startup=True)
+        enrichers.append(shared)
+    alerts = [d for d in replay(inputs, cfg, rules, enrichers=enrichers).decisions
+              if isinstance(d, Alert)]
     for want in case["must"]:
         assert want["rule"] == name
         assert any(_matches(a, want) for a in alerts), f"missing {want}; got {alerts}"

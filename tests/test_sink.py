@@ -182,3 +182,34 @@ def test_the_sink_routes_each_output_to_its_part(tmp_path: Path) -> None:
                                                 "kind": "auth_failure"}) == 1.0
     finally:
         sink.stop()
+
+
+def test_a_lapi_that_never_answers_delays_no_event() -> None:
+    """The shared decisions are read by their own thread: a LAPI that accepts and never
+    answers is reported, and events pass at once (nothing is known, nothing listed)."""
+    import ipaddress
+    import socket
+    import time
+
+    from jfwatch.enrich.shared_bans import SharedBans
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    shared = SharedBans(f"http://127.0.0.1:{silent.getsockname()[1]}", "key", interval=0.1,
+                        timeout=0.5)
+    shared.start()
+    try:
+        event = _event(1)
+        started = time.monotonic()
+        for _ in range(1000):
+            assert shared.enrich([event]) == [event]
+        assert time.monotonic() - started < 0.5
+        deadline = time.monotonic() + 10
+        while shared.problem is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert shared.problem == "the LAPI did not answer in time"
+        assert shared.listed(ipaddress.ip_address("198.51.100.1")) is None
+    finally:
+        shared.stop()
+        shared.join(timeout=5)
+        shared.close()
+        silent.close()

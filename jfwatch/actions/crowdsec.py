@@ -9,8 +9,8 @@ credentials file: url, login, password) and keeps the JWT until shortly before i
 expires.  Each pushed alert's message carries ``(ref <server>/<n>)``: after a crash
 between the push and its record, the ref is looked up among the address's alerts, so a
 ban is pushed once.  An unban deletes the decisions of the alerts jfwatch pushed for the
-address, never another host's.  Optionally, with a bouncer key, the decisions on an
-address can be read (a successful login from an address the LAPI bans is an alert).
+address, never another host's.  (Reading the LAPI's decisions, with a bouncer key, is
+``enrich.shared_bans``.)
 """
 
 from __future__ import annotations
@@ -52,11 +52,10 @@ def go_duration(seconds: float) -> str:
 
 
 class LapiClient:
-    def __init__(self, url: str, machine_id: str, password: str, *, timeout: float = 10.0,
-                 bouncer_key: str | None = None) -> None:
+    def __init__(self, url: str, machine_id: str, password: str, *, timeout: float = 10.0
+                 ) -> None:
         self.machine_id = machine_id
         self._password = password
-        self._bouncer_key = bouncer_key
         self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
                                   follow_redirects=False)
         self._token: str | None = None
@@ -134,14 +133,6 @@ class LapiClient:
         return deleted
 
     # -- bouncer side (API key) ------------------------------------------------------
-    def decisions_on(self, ip: str) -> list[dict[str, Any]]:
-        """Active decisions on ``ip`` as bouncers see them (needs the bouncer key)."""
-        if self._bouncer_key is None:
-            return []
-        found = self._call("GET", "/v1/decisions", params={"ip": ip}, auth=False,
-                           headers={"X-Api-Key": self._bouncer_key})
-        return [d for d in found or [] if isinstance(d, dict)]
-
     def _call(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> Any:
         headers = dict(kwargs.pop("headers", {}))
         for attempt in (1, 2):
@@ -194,39 +185,3 @@ class CrowdsecEnforcer:
 
     def unban(self, ip: str, ids: list[str]) -> str:
         return f"{self.client.delete_decisions([int(i) for i in ids])} decision(s) deleted"
-
-
-class SharedDecisions:
-    """
-    What the LAPI bans, as bouncers see it, for successful logins: cached a minute per
-    address, and not asked for a minute after a failure (a login must never wait on a
-    LAPI that is down more than once a minute).
-    """
-
-    CACHE_SECONDS = 60.0
-    CACHE_MAX = 4096
-
-    def __init__(self, client: LapiClient) -> None:
-        self.client = client
-        self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
-        self._quiet_until = 0.0
-        self.problem: str | None = None
-
-    def bans_on(self, ip: str) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        hit = self._cache.get(ip)
-        if hit is not None and now - hit[0] < self.CACHE_SECONDS:
-            return hit[1]
-        if now < self._quiet_until:
-            return []
-        try:
-            found = [d for d in self.client.decisions_on(ip) if d.get("type") == "ban"]
-        except LapiError as exc:
-            self.problem = str(exc)
-            self._quiet_until = now + self.CACHE_SECONDS
-            return []
-        self.problem = None
-        if len(self._cache) >= self.CACHE_MAX:
-            self._cache.clear()
-        self._cache[ip] = (now, found)
-        return found

@@ -89,6 +89,9 @@ def compile_match(match: Match, settings: DetectorSettings, kind: str | None = N
     if match.not_country is not None:
         excluded = frozenset(match.not_country)
         checks.append(lambda e: e.country is not None and e.country not in excluded)
+    if match.listed is not None:
+        listed = match.listed
+        checks.append(lambda e: (e.listed is not None) == listed)
     if (match.known is not None or match.banned is not None or match.failed_within) and \
             facts is None:
         raise ValueError("known, banned and failed_within need the detector's state")

@@ -33,6 +33,8 @@ def _trigger(self: Detector, step: _Step, event: Event, key: str, now: int) -> l
     if within is not None and event.ip is not None:  # what the address did before
         detail = f"{self.failures_of(event.ip)} failed login(s) or second factor(s) " \
                  f"from this address, the last within {format_duration_s(within.total_seconds())}"
+    elif step.c.rule.match.listed and event.listed is not None:  # what bans it elsewhere
+        detail = f"CrowdSec decisions: {event.listed}"
     return self._fire(step.c, event, key, now, group, 1, now, users=(),
                       kinds=(event.kind,), detail=detail)
 

@@ -59,6 +59,9 @@ class Match(Strict):
     # The address (its IPv6 network) failed a login or a second factor within this time
     # before the event.
     failed_within: Annotated[Duration, between("1m", "7d")] | None = None
+    # Whether a shared decision source bans the address (a CrowdSec LAPI's decisions,
+    # read with ``crowdsec.bouncer_key_file``): never true without one.
+    listed: bool | None = None
 
     @field_validator("kind", "source", "service", "origin", "not_origin", "user", "ip", "not_ip", "country",
                      "not_country", mode="before")

@@ -35,7 +35,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
         print(summary(totals), file=sys.stderr)
         return 0
     printer = EventPrinter(sys.stdout)
-    read_files(Engine(printer, geo=Geo()), args.files, args.format, _tz(args.timezone),
+    read_files(Engine(printer, enrichers=[Geo()]), args.files, args.format, _tz(args.timezone),
                proxy_token_failures=args.token_failures)
     print(summary(printer.totals), file=sys.stderr)
     return 0

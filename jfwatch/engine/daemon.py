@@ -112,7 +112,7 @@ class Daemon:
             geo = Geo(self.config.geo.mmdb) if self.config.geo.enabled else None
         except GeoError as exc:  # checked at config load; gone or damaged since
             raise ConfigError([f"geo.mmdb: {exc}"]) from None
-        self.engine = Engine(self.sink, self.detector, geo=geo)
+        self.engine = Engine(self.sink, self.detector, enrichers=[geo, self.sink.shared])
         travel = [r.name for r in self.rules if r.type == "impossible_travel"]
         if travel and not (geo and geo.has_locations):
             self.log.warning("rule_without_data", rules=travel,

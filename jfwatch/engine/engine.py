@@ -21,10 +21,15 @@ from jfwatch.sources.records import Record
 if TYPE_CHECKING:  # parse needs neither, nor the config models they bring in
     from jfwatch.detect.decisions import Decision
     from jfwatch.detect.detector import Detector
-    from jfwatch.enrich.geo import Geo
 
 _KIND_OF = attrgetter("kind")
 _TIME_OF = attrgetter("time")
+
+
+class Enricher(Protocol):
+    """Adds what is known of an event's address (``enrich.geo``, ``enrich.shared_bans``)."""
+
+    def enrich(self, events: list[Event]) -> list[Event]: ...
 
 
 class Sink(Protocol):
@@ -111,9 +116,10 @@ class Engine:
     """
 
     def __init__(self, sink: Sink, detector: Detector | None = None, *,
-                 in_event_time: bool = False, geo: Geo | None = None) -> None:
+                 in_event_time: bool = False, enrichers: Sequence[Enricher | None] = ()
+                 ) -> None:
         self.sink, self.detector, self.in_event_time = sink, detector, in_event_time
-        self.geo = geo
+        self.enrichers = [e for e in enrichers if e is not None]
         self._waiting: list[Event] = []
 
     def feed(self, stream: Stream, data: bytes) -> None:
@@ -131,8 +137,8 @@ class Engine:
         self.sink.lines(stream, counts)
         if not events:
             return
-        if self.geo is not None:
-            events = self.geo.enrich(events)
+        for enricher in self.enrichers:
+            events = enricher.enrich(events)
         self.sink.events(stream, events)
         if self.detector is None:
             return

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from jfwatch.engine.engine import Engine, Stream
+from jfwatch.engine.engine import Engine, Enricher, Stream
 from jfwatch.events import Event
 from jfwatch.parsers import create_parser
 from jfwatch.parsers.base import context_for
@@ -117,11 +117,13 @@ class EventPrinter:
 
 def replay(files: Sequence[str], cfg: Config, rules: list[Rule], fmt: str = "auto", *,
            state: Path | None = None, printer: DecisionPrinter | None = None,
-           explain: Sequence[str] = ()) -> DecisionPrinter:
+           explain: Sequence[str] = (), enrichers: Sequence[Enricher] = ()
+           ) -> DecisionPrinter:
     """
     The whole pipeline over files in event time: as if every event were sorted by time
     (ties in file order) and fed to one detector, whose state is in memory unless
     ``state`` names a file.  Without a ``printer`` the decisions are kept in a list.
+    ``enrichers``: beyond geo (the rule fixtures' CrowdSec decisions).
     """
     from jfwatch.detect.detector import Detector, settings_from_config
     from jfwatch.detect.explain import explain as explain_subject
@@ -135,8 +137,8 @@ def replay(files: Sequence[str], cfg: Config, rules: list[Rule], fmt: str = "aut
                         lambda: newest)
     printer = printer or DecisionPrinter(None)
     geo = Geo(cfg.geo.mmdb) if cfg.geo.enabled else None
-    read_files(Engine(printer, detector, in_event_time=True, geo=geo), files, fmt,
-               ZoneInfo(cfg.timezone), max_line=cfg.max_line)
+    read_files(Engine(printer, detector, in_event_time=True, enrichers=[geo, *enrichers]),
+               files, fmt, ZoneInfo(cfg.timezone), max_line=cfg.max_line)
     printer.future = detector.future_events
     printer.explained = [line for subject in explain
                          for line in explain_subject(detector, subject)]

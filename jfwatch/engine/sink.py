@@ -17,7 +17,6 @@ from jfwatch.actions.crowdsec import (
     CrowdsecEnforcer,
     LapiClient,
     LapiError,
-    SharedDecisions,
     read_credentials,
 )
 from jfwatch.actions.enforce import EnforcementQueue, Enforcer
@@ -31,14 +30,12 @@ from jfwatch.config.model import Config
 from jfwatch.detect.decisions import Alert, Ban, Decision
 from jfwatch.detect.detector import Detector
 from jfwatch.engine.engine import Stream
-from jfwatch.events import Event, EventKind
+from jfwatch.enrich.shared_bans import SharedBans
+from jfwatch.events import Event
 from jfwatch.keys import KeyUnreadable, read_key
 from jfwatch.reporting import Totals
 from jfwatch.sources.lines import LineStats
 from jfwatch.state import StateStore
-
-# Not a rule file: raised by the daemon itself from the LAPI's decisions.
-BANNED_LOGIN_RULE = "crowdsec-banned-login"
 
 
 def build_enforcers(config: Config) -> list[Enforcer]:
@@ -57,12 +54,22 @@ def lapi_client(config: Config) -> LapiClient:
     cs = config.crowdsec
     try:
         url, login, password = read_credentials(cs.credentials_file)
-        bouncer_key = None if cs.bouncer_key_file is None else \
-            read_key("bouncer key", str(cs.bouncer_key_file))
+    except LapiError as exc:
+        raise ConfigError([f"crowdsec: {exc}"]) from None
+    return LapiClient(url, login, password, timeout=cs.timeout.total_seconds())
+
+
+def shared_bans(config: Config) -> SharedBans | None:
+    """The LAPI's decisions as a bouncer reads them, if a bouncer key is configured."""
+    cs = config.crowdsec
+    if not cs.enabled or cs.bouncer_key_file is None:
+        return None
+    try:
+        url = read_credentials(cs.credentials_file)[0]
+        key = read_key("bouncer key", str(cs.bouncer_key_file))
     except (LapiError, KeyUnreadable) as exc:
         raise ConfigError([f"crowdsec: {exc}"]) from None
-    return LapiClient(url, login, password, timeout=cs.timeout.total_seconds(),
-                      bouncer_key=bouncer_key)
+    return SharedBans(url, key, timeout=cs.timeout.total_seconds())
 
 
 class DaemonSink:
@@ -78,8 +85,7 @@ class DaemonSink:
         self.outbox = Outbox(store, config.notify, config.server_name,
                              tz=ZoneInfo(config.timezone), enforcers=config.enforcers)
         self.enforcement = EnforcementQueue(store, build_enforcers(config), config.server_name)
-        self.shared = SharedDecisions(lapi_client(config)) \
-            if config.crowdsec.enabled and config.crowdsec.bouncer_key_file else None
+        self.shared = shared_bans(config)  # an enrichment: its own thread reads the LAPI
         self.metrics_port: int | None = None
         self.newest_event: dict[str, datetime] = {}
         self._bans_changed = True
@@ -94,9 +100,13 @@ class DaemonSink:
                           port=self.metrics_port)
         self.outbox.start()
         self.enforcement.start()
+        if self.shared is not None:
+            self.shared.start()
         self.export.restore()  # last: metrics and alerts run even if it fails
 
     def stop(self) -> None:
+        if self.shared is not None:
+            self.shared.stop()
         self.enforcement.stop()
         self.outbox.stop()
         self.metrics.stop()
@@ -120,8 +130,6 @@ class DaemonSink:
         # The newest event time per stream since the daemon last took it (clock checks).
         self.newest_event[stream.key] = max(newest, self.newest_event.get(stream.key, newest))
         self.export.add(stream.key, events)  # written with the stream's next commit
-        if self.shared is not None:
-            self.act([alert for e in events if (alert := self._banned_login(e)) is not None])
 
     def act(self, decisions: Sequence[Decision]) -> None:
         for d in decisions:
@@ -144,24 +152,6 @@ class DaemonSink:
             if self.publisher is not None:
                 self.publisher.publish(d)
 
-    def _banned_login(self, event: Event) -> Alert | None:
-        """A successful login from an address the shared LAPI bans (another host's
-        decision, a blocklist): the password may be in an attacker's hands."""
-        if event.kind not in (EventKind.AUTH_SUCCESS, EventKind.MFA_SUCCESS) or \
-                event.ip is None or self.shared is None:
-            return None
-        bans = self.shared.bans_on(str(event.ip))
-        if not bans:
-            return None
-        why = "; ".join(f"{d.get('scenario')} ({d.get('origin')}, {d.get('duration')} left)"
-                        for d in bans[:3])
-        return Alert(rule=BANNED_LOGIN_RULE, severity="critical", time=event.time,
-                     description="Successful login from an address CrowdSec bans",
-                     key={"ip": str(event.ip)}, ip=str(event.ip), user=event.user, count=1,
-                     window_seconds=0.0, first_time=event.time, last_time=event.time,
-                     country=event.country, asn=event.asn, city=event.city,
-                     detail=f"CrowdSec decisions: {why}", samples=(event.excerpt,))
-
     # -- housekeeping -----------------------------------------------------------------
     def idle(self, detector: Detector) -> None:
         """After each pass: the feed's retries and banned list, gauges and counters."""
@@ -171,6 +161,8 @@ class DaemonSink:
             self._bans_changed = False
             self.metrics.bans_active.set(self.store.bans_active())
         self._detector_gauges(detector)
+        if self.shared is not None:  # a LAPI whose decisions cannot be read: logins unchecked
+            self.metrics.fault("crowdsec_decisions", self.shared.problem)
         self.metrics.outbox_depth.set(self.outbox.depth())
         self.metrics.sync_notify(self.outbox.counts)
         self.metrics.sync_enforcers(self.enforcement)
