@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, make_wsgi
 
 from jfwatch import __version__
 from jfwatch.actions.enforce import EnforcementQueue
+from jfwatch.reporting import Totals
 
 # A scrape or a probe takes milliseconds; Prometheus scrapes with one connection at a time.
 MAX_CONNECTIONS = 16
@@ -161,8 +162,8 @@ class Metrics:
                             "state): see /health and the log", ["part"], registry=r)
         self.stale_after = 600.0
         self._server: _BoundedServer | None = None
-        self._notify_seen: dict[str, int] = {}
-        self._enforce_seen: dict[tuple[str, str], int] = {}
+        self._notify_seen: Totals[str] = Totals()
+        self._enforce_seen: Totals[tuple[str, str]] = Totals()
 
     def prepare(self, sources: list[tuple[str, str]], rules: list[tuple[str, str, bool]],
                 outcomes: list[str]) -> None:
@@ -220,21 +221,19 @@ class Metrics:
         waits, and whether it answers."""
         # Copied in one step: the enforcement thread adds keys as it goes.
         for (enforcer, outcome), total in list(queue.counts.items()):
-            delta = total - self._enforce_seen.get((enforcer, outcome), 0)
-            if delta > 0:
+            delta = self._enforce_seen.take((enforcer, outcome), total)
+            if delta:
                 self.enforcements.labels(enforcer, outcome).inc(delta)
-            self._enforce_seen[(enforcer, outcome)] = total
         for enforcer, problem in list(queue.problems.items()):
             self.enforcer_up.labels(enforcer).set(0 if problem else 1)
             self.enforcer_pending.labels(enforcer).set(queue.pending(enforcer))
 
     def sync_notify(self, counts: dict[str, int]) -> None:
         """Turn the outbox's running totals into counter increments."""
-        for outcome, total in counts.items():
-            delta = total - self._notify_seen.get(outcome, 0)
-            if delta > 0:
+        for outcome, total in list(counts.items()):
+            delta = self._notify_seen.take(outcome, total)
+            if delta:
                 self.notifications.labels(outcome).inc(delta)
-            self._notify_seen[outcome] = total
 
     def serve(self, host: str, port: int) -> int:
         """``/metrics`` by prometheus_client's own exposition (content negotiation, gzip),

@@ -24,6 +24,7 @@ import orjson
 
 from jfwatch import log
 from jfwatch.events import Event, IPAddress
+from jfwatch.reporting import Conditions
 
 STREAM = "/v1/decisions/stream"
 # A LAPI with a community blocklist holds tens of thousands of decisions; a hostile or
@@ -50,7 +51,11 @@ class SharedBans(threading.Thread):
         self._stopping = threading.Event()
         # Why the decisions cannot be read now (None until a pull failed: a start is not
         # a fault; ``loaded`` says whether anything is known yet).
-        self.problem: str | None = None
+        self._conditions: Conditions[str, str] = Conditions(lambda *_: None)
+
+    @property
+    def problem(self) -> str | None:
+        return self._conditions.get("lapi")
 
     # -- the reading thread's side ---------------------------------------------------
     def listed(self, ip: IPAddress) -> str | None:
@@ -88,11 +93,9 @@ class SharedBans(threading.Thread):
             try:
                 self.pull()
             except (httpx.HTTPError, ValueError) as exc:
-                problem = _describe(exc)
-                if problem != self.problem:
-                    self.log.warning("crowdsec_decisions_unavailable", problem=problem,
-                                     retry=f"in {backoff:.0f} s")
-                self.problem = problem
+                if self._conditions.report("lapi", _describe(exc)):
+                    self.log.warning("crowdsec_decisions_unavailable", problem=_describe(exc),
+                                     retry=f"in {backoff:.0f} s, then with backoff")
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 300.0)
                 continue
@@ -108,7 +111,7 @@ class SharedBans(threading.Thread):
     def pull(self) -> None:
         """One round: all active decisions the first time (and after a failure), what
         changed since the last round after that."""
-        startup = not self._loaded or self.problem is not None
+        startup = not self._loaded or self.problem is not None  # after a failure: all again
         with self._http.stream("GET", STREAM, params={"startup": str(startup).lower()}) as answer:
             if answer.status_code != 200:
                 raise ValueError(f"HTTP {answer.status_code} from the decisions stream"
@@ -127,7 +130,7 @@ class SharedBans(threading.Thread):
         if startup:
             self.log.info("crowdsec_decisions_loaded", addresses=len(self._addresses),
                           ranges=sum(len(n) for n in self._ranges.values()))
-        self.problem = None
+        self._conditions.report("lapi", None)
 
     def apply(self, data: dict[str, Any], *, startup: bool) -> None:
         """A stream answer (``new`` and ``deleted`` lists, either may be null)."""

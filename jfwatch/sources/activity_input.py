@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 
 from jfwatch import log
 from jfwatch.config.model import JellyfinApiConfig
+from jfwatch.reporting import Conditions
 from jfwatch.sources.jellyfin_api import (
     ActivityClient,
     ActivityPoller,
@@ -36,7 +37,9 @@ class ActivityInput(Generic[S]):
     poller: ActivityPoller
     stream: S
     cursor: Cursor | None  # the last committed one
-    problem: str | None = None  # as last reported
+
+    def __post_init__(self) -> None:
+        self._health: Conditions[str, str] = Conditions(self._health_changed)
 
     @classmethod
     def open(cls, api: JellyfinApiConfig, store: StateStore, stream: S,
@@ -94,12 +97,16 @@ class ActivityInput(Generic[S]):
                 "last_id": self.cursor.last_id if self.cursor else None}
 
     def _report(self) -> None:
-        problem = self.poller.health()
-        if problem != self.problem:
-            self.problem = problem
-            logger = log.get("jfwatch.daemon")
-            if problem:
-                logger.warning("source_unavailable", source=self.name, url=self.config.url,
-                               problem=problem, retry="with backoff")
-            else:
-                logger.info("source_available", source=self.name)
+        self._health.report(self.name, self.poller.health())
+
+    @property
+    def problem(self) -> str | None:
+        return self._health.get(self.name)
+
+    def _health_changed(self, name: str, _: str | None, problem: str | None) -> None:
+        logger = log.get("jfwatch.daemon")
+        if problem:
+            logger.warning("source_unavailable", source=name, url=self.config.url,
+                           problem=problem, retry="with backoff")
+        else:
+            logger.info("source_available", source=name)
