@@ -95,7 +95,9 @@ def test_status_from_the_running_daemon_then_from_the_state(tmp_path: Path) -> N
     append(log, "".join(denied(f"u{i}", ip="203.0.113.9", ts=stamp) for i in range(5)))
     run.wait_for(lambda: "BAN 203.0.113.9" in (tmp_path / "out" / "bans.log").read_text(),
                  what="a ban")
-    time.sleep(1.5)  # the daemon refreshes its status once a second
+    # The daemon refreshes its status once a second: wait for the one that has the ban.
+    run.wait_for(lambda: "bans active: 1" in _run("status", "--config", str(run.config),
+                                                   cwd=tmp_path).stdout, what="status")
     live = _run("status", "--config", str(run.config), cwd=tmp_path)
     as_json = _run("status", "-o", "json", "--config", str(run.config), cwd=tmp_path)
     assert live.returncode == 0, live.stdout + live.stderr

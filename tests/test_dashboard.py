@@ -14,6 +14,7 @@ import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,9 +70,15 @@ def test_dashboard_expressions_give_the_true_numbers(tmp_path: Path) -> None:
         append(log, "".join(denied(f"u{i}", ip="203.0.113.90", ts=stamp) for i in range(6))
                + "not an event\n")
         run.wait_users(Counter({f"u{i}": 1 for i in range(6)}))
-        time.sleep(1.5)  # the daemon's gauges and /status refresh once a second
-        with urllib.request.urlopen(f"http://127.0.0.1:{jf_port}/status", timeout=5) as response:
-            groups = json.load(response)["tracked_groups"]
+        def status() -> dict[str, Any]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{jf_port}/status",
+                                        timeout=5) as response:
+                return dict(json.load(response))
+
+        # The daemon's gauges and /status refresh once a second: wait for the one that
+        # counted the six users.
+        run.wait_for(lambda: status().get("tracked_groups", 0) > 0, what="status refreshed")
+        groups = status()["tracked_groups"]
         scraped = _query(prom_port, 'count_over_time(up{job="jfwatch"}[5m])')
         _wait_for_scrapes(prom_port, int(max(scraped.values())) + 3)
         decisions = [json.loads(line) for line in run.log_text().splitlines()
