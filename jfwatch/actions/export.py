@@ -43,6 +43,10 @@ class EventExport:
         """Forget the stream's waiting events (its lines will be read again)."""
         self._waiting.pop(stream, None)
 
+    def drop_all(self) -> None:
+        """Forget every stream's waiting events (a commit failed: all is read again)."""
+        self._waiting.clear()
+
     def restore(self) -> None:
         """Cut the file back to what the committed offsets account for (a first start
         records the length it found)."""

@@ -41,10 +41,11 @@ from jfwatch.parsers.base import StreamContext, context_for
 from jfwatch.reporting import Conditions
 from jfwatch.sources.activity_input import ActivityInput, KeyUnusable
 from jfwatch.sources.follow import Piece
+from jfwatch.sources.inputs import Input
+from jfwatch.sources.jellyfin_api import Batch
 from jfwatch.sources.tailer import TailedFile, Tailer
 from jfwatch.state import StateStore
 
-RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 COMMIT_EVERY = 30.0
 # Events waiting in memory for their file's commit (the export is written at commits):
 # past this, held events are released and the file committed, whatever it holds.
@@ -125,14 +126,17 @@ class Daemon:
             list(self.sink.outbox.counts))
         self.tailer: Tailer[Stream] = Tailer(
             list(self.config.sources), self.store, _FileStreams(self.config),
-            _TailReport(self.sink), self.wake, commit=self._commit,
+            _TailReport(self.sink), self.wake, process=self._process, commit=self._commit,
             max_line=self.config.max_line, max_open_files=self.config.max_open_files,
             stale_after=self.config.metrics.stale_after.total_seconds())
         try:
             self.activity = [ActivityInput.open(api, self.store, self._activity_stream(api),
-                                                self.wake) for api in self.config.jellyfin_api]
+                                                self.wake, self._process_activity,
+                                                self.sink.metrics)
+                             for api in self.config.jellyfin_api]
         except KeyUnusable as exc:
             raise ConfigError([str(exc)]) from None
+        self.inputs: list[Input] = [self.tailer, *self.activity]
         self._hup = False
         self._commit_problems: Conditions[str, str] = Conditions(self._commit_problem)
         self._lagging: Conditions[str, tuple[str, float]] = Conditions(self._clock_report)
@@ -168,22 +172,22 @@ class Daemon:
             self.tailer.start()
         except (sqlite3.Error, ExportFailed) as exc:  # a full disk at start: wait, retry
             self._commit_fault(exc)
+            # Files present now are followed from "ready" on, as far as this gets (the
+            # first pass resumes again if it fails).
+            with contextlib.suppress(sqlite3.Error, ExportFailed):
+                self.tailer.start()
         for src in self.tailer.sources:
             self.log.info("watching", path=src.config.path, format=src.config.format,
                           mode=src.config.watch_mode, start=src.config.start)
         # Every file present now is followed from here on: lines appended after this
         # message are never skipped by `start: end`.
         self.log.info("ready", files=len(self.tailer.files))
-        last_scan = time.monotonic()
         while not self.stop_event.is_set():
             self.wake.clear()
             if self._hup:
                 self._hup = False
                 self._reload()
             try:
-                if self.tailer.rescan_wanted() or time.monotonic() - last_scan >= RESCAN_SECONDS:
-                    last_scan = time.monotonic()
-                    self.tailer.scan()  # a new file's first commit can fail too
                 busy = self._pass()
             except (sqlite3.Error, ExportFailed) as exc:
                 self._commit_fault(exc)
@@ -201,8 +205,9 @@ class Daemon:
         if self._needs_restore:
             self.sink.export.restore()
             self._needs_restore = False
-        busy = self.tailer.read_all(self._process)
-        busy = self._take_activity() or busy
+        busy = False
+        for source in self.inputs:
+            busy = source.read() or busy
         self.sink.act(self.detector.expire(datetime.now(UTC)))
         self.sink.idle(self.detector)
         if time.monotonic() - self._status_at >= 1.0:
@@ -233,11 +238,8 @@ class Daemon:
                 break
         for tailed in self.tailer.files.values():
             self._process(tailed, [], None, final=True)
-        self.tailer.close()
-        for activity in self.activity:
-            activity.close()
-        for activity in self.activity:
-            activity.join()
+        for source in self.inputs:
+            source.close()
         self.sink.stop()
         self.log.info("stopped")
 
@@ -294,23 +296,13 @@ class Daemon:
         sizes = self.sink.export.write(tailed.stream.key)
         self.store.save_offsets(tailed.take_uncommitted(), sizes)
 
-    def _take_activity(self) -> bool:
-        """Each Activity Log's batch, if one waits: through the engine, then committed
-        with its cursor."""
-        busy = False
-        for activity in self.activity:
-            batch = activity.take()
-            self.sink.metrics.source_health(activity.name, activity.problem is None)
-            if batch is None:
-                continue
-            busy = True
-            self.engine.feed_records(activity.stream, batch.records)
-            self.engine.flush(activity.stream, force=True)
-            sizes = self.sink.export.write(activity.stream.key)
-            cursor = batch.cursor
-            self.store.save_offsets([], sizes, {activity.name: (cursor.last_id, cursor.last_date)})
-            activity.committed(batch)
-        return busy
+    def _process_activity(self, activity: ActivityInput[Stream], batch: Batch) -> None:
+        """An Activity Log's batch through the engine, committed with its cursor."""
+        self.engine.feed_records(activity.stream, batch.records)
+        self.engine.flush(activity.stream, force=True)
+        sizes = self.sink.export.write(activity.stream.key)
+        cursor = batch.cursor
+        self.store.save_offsets([], sizes, {activity.name: (cursor.last_id, cursor.last_date)})
 
     def _commit_fault(self, exc: sqlite3.Error | ExportFailed) -> None:
         """
@@ -322,12 +314,9 @@ class Daemon:
         """
         what = "state" if isinstance(exc, sqlite3.Error) else "event_export"
         self._commit_problems.report("commit", f"{what}: {exc}")
-        for tailed in self.tailer.files.values():
-            self.sink.export.drop(tailed.stream.key)
-        self.tailer.rewind()
-        for activity in self.activity:
-            activity.rewind()
-            self.sink.export.drop(activity.stream.key)
+        self.sink.export.drop_all()
+        for source in self.inputs:
+            source.rewind()
         with contextlib.suppress(sqlite3.Error):
             self.store.db.rollback()
         # Export lines written for a commit that then failed are cut off again before
@@ -335,11 +324,7 @@ class Daemon:
         self._needs_restore = True
         self.detector = self.engine.detector = Detector(
             self.rules, settings_from_config(self.config), self.store)
-        self.stop_event.wait(STATE_RETRY_SECONDS)
-        try:
-            self.tailer.start()
-        except (sqlite3.Error, ExportFailed) as again:  # the next pass finds it again
-            self.log.debug("commit_still_failing", problem=str(again))
+        self.stop_event.wait(STATE_RETRY_SECONDS)  # the next pass resumes, or fails again
 
     def _commit_problem(self, _: str, was: str | None, problem: str | None) -> None:
         if was is not None:

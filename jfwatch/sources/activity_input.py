@@ -8,12 +8,14 @@ poller starts again from the committed cursor.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from jfwatch import log
 from jfwatch.config.model import JellyfinApiConfig
 from jfwatch.reporting import Conditions
+from jfwatch.sources.inputs import Health
 from jfwatch.sources.jellyfin_api import (
     ActivityClient,
     ActivityPoller,
@@ -33,17 +35,23 @@ class KeyUnusable(Exception):
 
 @dataclass
 class ActivityInput(Generic[S]):
+    """One Activity Log as an input (``inputs.Input``): ``process(input, batch)`` passes a
+    batch through the engine and commits its cursor."""
+
     config: JellyfinApiConfig
     poller: ActivityPoller
     stream: S
     cursor: Cursor | None  # the last committed one
+    process: Callable[[ActivityInput[S], Batch], None]
+    health: Health
 
     def __post_init__(self) -> None:
         self._health: Conditions[str, str] = Conditions(self._health_changed)
 
     @classmethod
-    def open(cls, api: JellyfinApiConfig, store: StateStore, stream: S,
-             wake: threading.Event) -> ActivityInput[S]:
+    def open(cls, api: JellyfinApiConfig, store: StateStore, stream: S, wake: threading.Event,
+             process: Callable[[ActivityInput[S], Batch], None], health: Health
+             ) -> ActivityInput[S]:
         logger = log.get("jfwatch.activity")
         for warning in api.transport_warnings():
             logger.warning("api_key_exposed", source=api.name, problem=warning)
@@ -59,7 +67,7 @@ class ActivityInput(Generic[S]):
         poller = ActivityPoller(client, cursor, name=api.name,
                                 interval=api.poll_interval.total_seconds(),
                                 page_size=api.page_size, start=api.start, wake=wake)
-        return cls(api, poller, stream, cursor)
+        return cls(api, poller, stream, cursor, process, health)
 
     @property
     def name(self) -> str:
@@ -67,6 +75,15 @@ class ActivityInput(Generic[S]):
 
     def start(self) -> None:
         self.poller.start()
+
+    def read(self) -> bool:
+        """The next batch, if one waits, to ``process``, which commits it."""
+        batch = self.take()
+        if batch is None:
+            return False
+        self.process(self, batch)
+        self.cursor = batch.cursor
+        return True
 
     def take(self) -> Batch | None:
         """The next batch that starts at the committed cursor, if one waits."""
@@ -79,16 +96,12 @@ class ActivityInput(Generic[S]):
             return None
         return batch
 
-    def committed(self, batch: Batch) -> None:
-        self.cursor = batch.cursor
-
     def rewind(self) -> None:
         self.poller.rewind(self.cursor)
 
     def close(self) -> None:
+        """Stop the poller and wait for it (at most a request's timeout)."""
         self.poller.stop()
-
-    def join(self) -> None:
         self.poller.join(timeout=self.config.timeout.total_seconds() + 1)
 
     def status(self) -> dict[str, object]:
@@ -98,6 +111,7 @@ class ActivityInput(Generic[S]):
 
     def _report(self) -> None:
         self._health.report(self.name, self.poller.health())
+        self.health.source_health(self.name, self.problem is None)
 
     @property
     def problem(self) -> str | None:

@@ -38,9 +38,11 @@ from jfwatch.sources.follow import (
     identity_of,
     open_regular,
 )
+from jfwatch.sources.inputs import Health
 from jfwatch.state import SavedOffset, StateStore
 
 S = TypeVar("S")
+RESCAN_SECONDS = 5.0  # safety net under inotify; new files are also found on every wake
 # Rotated names that hold compressed data: never read as text.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 
@@ -53,10 +55,9 @@ class Streams(Protocol[S]):
         """Whether the stream's parser holds lines back (its file is not drained)."""
 
 
-class Reporter(Protocol):
+class Reporter(Health, Protocol):
     """Where the tailer's observations go (metrics)."""
 
-    def source_health(self, source: str, readable: bool) -> None: ...
     def files(self, source: str, following: int, skipped: int) -> None: ...
     def tail_lag(self, source: str, path: str, lag: int) -> None: ...
     def forget_file(self, source: str, path: str) -> None: ...
@@ -109,13 +110,15 @@ Process = Callable[[TailedFile[S], list[Piece], float | None], None]
 
 
 class Tailer(Generic[S]):
+    """The file sources as one input (``inputs.Input``)."""
+
     def __init__(self, sources: list[SourceConfig], store: StateStore, streams: Streams[S],
-                 reporter: Reporter, wake: threading.Event, *,
+                 reporter: Reporter, wake: threading.Event, *, process: Process[S],
                  commit: Callable[[TailedFile[S]], None], max_line: int, max_open_files: int,
                  stale_after: float) -> None:
         self.sources = [Source(s, wake) for s in sources]
         self.store, self.streams, self.reporter = store, streams, reporter
-        self.commit, self.max_line = commit, max_line
+        self.process, self.commit, self.max_line = process, commit, max_line
         self.max_open_files, self.stale_after = max_open_files, stale_after
         self.files: dict[str, TailedFile[S]] = {}
         self.log = log.get("jfwatch.tailer")
@@ -124,19 +127,35 @@ class Tailer(Generic[S]):
         self._too_many: Conditions[str, int] = Conditions(lambda *_: None)
         self._irregular: set[str] = set()
         self._empty: dict[str, list[str] | None] = {}
+        self._rewound = False
+        self._last_scan = float("-inf")
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
         """Resume every file at its committed offset, then find the new ones."""
+        self._rewound = True
+        self._last_scan = time.monotonic()
         self.resume()
         self.scan()
+        self._rewound = False
 
     def rewind(self) -> None:
         """Forget everything read since the last commit: files are reopened at their
-        committed offsets by the next ``start``."""
+        committed offsets by the next read."""
         for tailed in self.files.values():
             tailed.follower.close()
         self.files.clear()
+        self._rewound = True
+
+    def read(self) -> bool:
+        """One bounded block of every file to ``process`` (resumed first after a rewind,
+        rescanned when watchdog saw a file come or go, and every RESCAN_SECONDS)."""
+        if self._rewound:
+            self.start()
+        elif self.rescan_wanted() or time.monotonic() - self._last_scan >= RESCAN_SECONDS:
+            self._last_scan = time.monotonic()
+            self.scan()  # a new file's first commit can fail too
+        return self.read_all(self.process)
 
     def close(self) -> None:
         for src in self.sources:
@@ -307,7 +326,7 @@ class Tailer(Generic[S]):
                 self._let_go(path)
         return busy
 
-    def status(self) -> dict[str, list[dict[str, object]]]:
+    def status(self) -> dict[str, object]:
         return {
             "sources": [{"path": src.config.path, "format": src.config.format,
                          "readable": src.problem is None, "problem": src.problem,
