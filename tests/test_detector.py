@@ -377,3 +377,77 @@ def test_carrier_grade_nat_is_allow_listed_by_default() -> None:
     out = _run(Detector([_rule()], narrowed, StateStore(":memory:")),
                [_fail("100.100.1.2", s) for s in range(3)])
     assert any(isinstance(d, Ban) for d in out)
+
+
+class TestCooldownNeverBlocksABan:
+    """A cooldown silences repeated alerts; an address that is not banned and crosses a
+    banning threshold is banned again, with an alert saying so."""
+
+    def _kinds(self, out: list[object]) -> list[str]:
+        return [type(d).__name__.lower() for d in out]
+
+    def test_after_a_manual_unban(self) -> None:
+        store = StateStore(":memory:")
+        det = _detector(_rule(cooldown="1h"), store)
+        ip = "203.0.113.5"
+        assert self._kinds(_run(det, [_fail(ip, s) for s in (0, 10, 20)])) == ["alert", "ban"]
+        # Still banned: the attack goes on silently (one alert per cooldown, no ban twice).
+        assert _run(det, [_fail(ip, s) for s in (30, 40, 50, 60)]) == []
+        store.remove_ban(ip)  # `jfwatch bans unban` (another process, the same state)
+        assert _run(det, [_fail(ip, 70), _fail(ip, 80)]) == []  # below the threshold
+        out = _run(det, [_fail(ip, 90)])
+        assert self._kinds(out) == ["alert", "ban"]
+        assert store.active_ban(ip) is not None
+
+    def test_after_a_ban_shorter_than_the_cooldown(self) -> None:
+        store = StateStore(":memory:")
+        det = _detector(_rule(cooldown="1h", actions={"notify": {}, "ban": {"duration": "5m"}}),
+                        store, ban_increment=False)
+        ip = "203.0.113.6"
+        assert self._kinds(_run(det, [_fail(ip, s) for s in (0, 10, 20)])) == ["alert", "ban"]
+        assert self._kinds(det.expire(T0 + timedelta(minutes=6))) == ["unban"]
+        out = _run(det, [_fail(ip, 400 + s) for s in (0, 10, 20)])  # within the hour
+        assert self._kinds(out) == ["alert", "ban"]
+
+    def test_a_rule_that_only_alerts_keeps_its_cooldown(self) -> None:
+        det = _detector(_rule(cooldown="1h", actions={"notify": {}}))
+        ip = "203.0.113.7"
+        assert self._kinds(_run(det, [_fail(ip, s) for s in (0, 10, 20)])) == ["alert"]
+        assert _run(det, [_fail(ip, 100 + s) for s in range(0, 300, 10)]) == []
+
+
+class TestFail2banEscalation:
+    """The stated end of a ban is Fail2Ban's: bantime x 2^n x factor after n earlier bans
+    (those it still remembers), at most maxtime, from the feed line's whole second."""
+
+    def test_durations_follow_fail2bans_formula(self) -> None:
+        from jfwatch.detect.settings import Fail2banPolicy
+
+        policy = Fail2banPolicy(timedelta(hours=4), 1.0, timedelta(weeks=4))
+        assert [policy.duration(n) for n in range(5)] == [
+            timedelta(hours=h) for h in (4, 8, 16, 32, 64)]
+        assert policy.duration(10) == timedelta(weeks=4)  # capped
+        doubled = Fail2banPolicy(timedelta(minutes=1), 2.0, timedelta(days=365))
+        assert [doubled.duration(n) for n in range(4)] == [
+            timedelta(minutes=m) for m in (1, 4, 8, 16)]  # the factor from the 2nd ban on
+        small = Fail2banPolicy(timedelta(minutes=10), 0.1, timedelta(days=1))
+        assert small.duration(1) == timedelta(minutes=10)  # never below bantime
+        assert Fail2banPolicy(timedelta(seconds=1), 1.0, timedelta(days=3650)).duration(
+            99) == timedelta(seconds=1 << 20)  # 2^n stops growing at n = 20
+
+    def test_a_repeat_offender_within_a_day_is_escalated_then_forgotten(self) -> None:
+        from jfwatch.detect.settings import Fail2banPolicy
+
+        store = StateStore(":memory:")
+        policy = Fail2banPolicy(timedelta(minutes=10), 1.0, timedelta(weeks=4))
+        det = _detector(_rule(cooldown="0s"), store, fail2ban=policy)
+        ip = "203.0.113.8"
+        ends = []
+        for start in (0.4, 3600.4, 7200.4, 7200.4 + 3 * 86400):
+            bans = [d for d in _run(det, [_fail(ip, start + s) for s in (0, 1, 2)])
+                    if isinstance(d, Ban)]
+            assert len(bans) == 1
+            ends.append(bans[0].until - bans[0].time)
+            assert bans[0].time.microsecond == 0  # the feed line's stamp
+            det.expire(bans[0].until)
+        assert ends == [timedelta(minutes=m) for m in (10, 20, 40, 10)]

@@ -5,6 +5,8 @@ real ``jfwatch run`` writes, and bans the attacker but not the allow-listed addr
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, require_tool
-from daemon_helper import append, start_daemon
+from daemon_helper import DaemonRun, append, start_daemon
 
 pytestmark = pytest.mark.system  # starts processes (the CLI, the daemon, system tools)
 
@@ -223,3 +225,82 @@ def _bans(recorded: Path) -> list[tuple[str, float]]:
         return []
     return [(ip, float(when)) for ip, when in
             (line.split() for line in recorded.read_text().splitlines() if line.strip())]
+
+
+def _f2b_bans(client: str, conf: Path, sock: Path) -> dict[str, tuple[datetime, datetime]]:
+    """What Fail2Ban holds now: address -> (start, end), from ``banip --with-time``."""
+    out = subprocess.run([client, "-c", str(conf), "-s", str(sock), "get", "jfwatch", "banip",
+                          "--with-time"], capture_output=True, text=True, check=False,
+                         timeout=30).stdout
+    held = {}
+    for m in re.finditer(r"(\S+)\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \+ \d+ = "
+                         r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", out):
+        held[m[1]] = tuple(datetime.strptime(s, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+                           for s in (m[2], m[3]))
+    return held  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("factor", "lengths"), [(1, (2, 4, 8)), (2, (2, 8, 16))])
+def test_three_offences_end_when_fail2ban_ends_them(tmp_path: Path, factor: int,
+                                                    lengths: tuple[int, ...]) -> None:
+    """
+    The shipped jail (bantime made 2 s, as a test can wait) and jfwatch over three offences
+    of one address: each ban jfwatch states ends at the second Fail2Ban ends it, by
+    Fail2Ban's formula bantime x 2^n x bantime.factor (the shipped factor 1, and 2).
+    """
+    server = require_tool("fail2ban-server")
+    client = require_tool("fail2ban-client")
+    work = tmp_path / "jf"
+    (work / "logs").mkdir(parents=True)
+    log = work / "logs" / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(work)
+    run.config.write_text(run.config.read_text().replace(
+        "list_path: out/banned.txt}", "list_path: out/banned.txt, jail_bantime: 2s, "
+                                      f"jail_maxtime: 1h, jail_factor: {factor}}}"))
+    feed = tmp_path / "jf" / "out" / "bans.log"
+    conf, sock, pid = _fail2ban_dir(tmp_path, "true")
+    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
+    (conf / "jail.conf").write_text("[DEFAULT]\n")
+    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n"
+                                     f"bantime = 2s\nbantime.maxtime = 1h\n"
+                                     f"bantime.factor = {factor}\n")
+    run.start()
+    run.wait_for(feed.exists, what="the feed")
+    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TZ": "UTC"})
+    ip = "203.0.113.77"
+    stated: list[tuple[datetime, datetime]] = []
+    enforced: list[tuple[datetime, datetime]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([client, "-c", str(conf), "-s", str(sock), "status", "jfwatch"],
+                             capture_output=True, check=False, timeout=30).returncode != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, "the jail did not start"
+            time.sleep(0.2)
+        for offence in range(3):
+            now = datetime.now(UTC)
+            append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", ip)
+                                for s in range(5)))
+            run.wait_for(lambda n=offence: run.log_text().count('"event": "ban"') > n,
+                         what=f"ban {offence + 1}")
+            ban = [json.loads(line) for line in run.log_text().splitlines()
+                   if '"event": "ban"' in line][offence]
+            until = datetime.fromisoformat(ban["until"])
+            run.wait_for(lambda: ip in _f2b_bans(client, conf, sock), what="Fail2Ban's ban")
+            start, end = _f2b_bans(client, conf, sock)[ip]
+            stated.append((datetime.fromisoformat(ban["until"]), until))
+            enforced.append((start, end))
+            # Both lift it at its end; the next offence comes after.
+            run.wait_for(lambda: ip not in _f2b_bans(client, conf, sock), timeout=30,
+                         what="Fail2Ban's unban")
+            run.wait_for(lambda n=offence: run.log_text().count('"event": "unban"') > n,
+                         timeout=30, what="jfwatch's unban")
+    finally:
+        subprocess.run([client, "-c", str(conf), "-s", str(sock), "stop"], capture_output=True,
+                       check=False, timeout=30)
+        proc.wait(timeout=30)
+        run.stop()
+    assert [end - start for start, end in enforced] == [timedelta(seconds=s) for s in lengths]
+    assert [end for _, end in stated] == [end for _, end in enforced]

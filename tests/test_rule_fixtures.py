@@ -77,11 +77,12 @@ def _as_json(decisions: list[Any]) -> list[str]:
 
 
 def _days_of_attacks(path: Path) -> Path:
-    """Bursts over four days: bans, expiries, a repeat offender's escalated ban."""
+    """Bursts over four days: bans, expiries, a repeat offender's escalated ban (back
+    within the day Fail2Ban remembers its bans), one back after it forgot them."""
     um = "Jellyfin.Server.Implementations.Users.UserManager"
     lines = []
     start = datetime(2026, 3, 1, tzinfo=UTC)
-    for days, host in ((0, 1), (0.5, 2), (3, 3), (4, 1)):  # .1 comes back after its ban
+    for days, host in ((0, 1), (0.5, 2), (0.75, 1), (3, 3), (4, 1)):  # .1 comes back
         t = start + timedelta(days=days)
         for i in range(9):
             t += timedelta(seconds=20)

@@ -18,12 +18,13 @@ import os
 import re
 import stat
 import tempfile
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from jfwatch.addresses import canonical
 from jfwatch.detect.decisions import Ban, Unban
 
+RECENT = timedelta(seconds=30)  # a ban decided this long ago is stamped with its own time
 _RULE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _BAN_LINE = re.compile(r"^(?P<stamp>\S+) jfwatch\[\d+\]: BAN (?P<ip>\S+) rule=(?P<rule>\S+) ")
 
@@ -41,12 +42,15 @@ def format_line(decision: Ban | Unban, pid: int, written: datetime) -> str:
     """
     The feed line; every field has a restricted character set.
 
-    The stamp is when the line is written (not when the attack was logged), so that a
-    backfilled decision is not dropped by Fail2Ban as older than its findtime; the
-    duration is what is left of the ban.
+    The stamp is when the ban was decided, where that was just now (the daemon decides on
+    the wall clock: Fail2Ban's ban then starts, and ends, exactly when jfwatch says), else
+    when the line is written (a backfilled or retried decision is not dropped by Fail2Ban
+    as older than its findtime); the duration is what is left of the ban.
     """
     if not _RULE.match(decision.rule):
         raise ValueError(f"rule name not safe for the feed: {decision.rule!r}")
+    if isinstance(decision, Ban) and timedelta(0) <= written - decision.time <= RECENT:
+        written = decision.time
     stamp = written.isoformat(timespec="seconds")
     addr = feed_address(decision.ip)
     if isinstance(decision, Ban):

@@ -93,9 +93,11 @@ class BanPublisher:
         pending = self.store.unpublished_bans()
         written = self.feed.last_bans() if self._after_crash and pending else {}
         self._after_crash = False
-        for ban, recorded in pending:
+        for ban, _recorded in pending:
+            # A line for this ban is stamped with its own time or later (``format_line``);
+            # an earlier ban's line, earlier.
             stamp = written.get((feed_address(ban.ip), ban.rule))
-            if stamp is not None and stamp >= recorded.replace(microsecond=0):
+            if stamp is not None and stamp >= ban.since.replace(microsecond=0):
                 self.store.mark_published(ban.ip, ban.until)
                 continue
             if not self._write(Ban(ban.ip, ban.rule, ban.since, ban.until, ban.level)):

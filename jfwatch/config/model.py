@@ -87,7 +87,13 @@ class BanFeedConfig(Strict):
     list_path: ConfigPath | None = Path("/var/log/jfwatch/banned.txt")
     enforcer: Literal["fail2ban", "list"] = "fail2ban"
     jail: str = Field("jfwatch", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    jail_bantime: Annotated[Duration, between("1m", "365d")] = Duration.parse("4h")
+    # The jail's bantime, bantime.factor and bantime.maxtime, and the server's dbpurgeage
+    # (Fail2Ban forgets an address's earlier bans after it): how long Fail2Ban bans, by its
+    # formula bantime x 2^n x factor for an address banned n times before, at most maxtime.
+    jail_bantime: Annotated[Duration, between("1s", "365d")] = Duration.parse("4h")
+    jail_factor: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False)
+    jail_maxtime: Annotated[Duration, between("1s", "3650d")] = Duration.parse("4w")
+    fail2ban_dbpurgeage: Annotated[Duration, between("1m", "3650d")] = Duration.parse("1d")
     fail2ban_socket: ConfigPath | None = None  # fail2ban-client's default when None
 
     @model_validator(mode="after")

@@ -62,6 +62,7 @@ class Detector:
     _key_fields = rule_types._key_fields
     _fire = rule_types._fire
     _ban = rule_types._ban
+    _unbanned = rule_types._unbanned
     _touch = groups._touch
     _group = groups._group
     _make_room = groups._make_room

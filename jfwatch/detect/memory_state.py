@@ -18,6 +18,7 @@ class MemoryState:
     def __init__(self) -> None:
         self._bans: dict[str, BanRow] = {}
         self._ban_counts: dict[str, int] = {}
+        self._last_ban: dict[str, datetime] = {}
         self._values: set[tuple[str, str, str]] = set()
         self._keys: set[tuple[str, str]] = set()
         self._known: dict[str, tuple[str, datetime]] = {}
@@ -29,6 +30,7 @@ class MemoryState:
     def record_ban(self, ip: str, rule: str, since: datetime, until: datetime, level: int) -> None:
         self._bans[ip] = BanRow(ip, rule, since.astimezone(UTC), until.astimezone(UTC), level)
         self._ban_counts[ip] = self._ban_counts.get(ip, 0) + 1
+        self._last_ban[ip] = since
 
     def remove_ban(self, ip: str) -> BanRow | None:
         return self._bans.pop(ip, None)
@@ -40,7 +42,9 @@ class MemoryState:
     def next_expiry(self) -> datetime | None:
         return min((ban.until for ban in self._bans.values()), default=None)
 
-    def ban_count(self, ip: str) -> int:
+    def ban_count(self, ip: str, since: datetime | None = None) -> int:
+        if since is not None and self._last_ban.get(ip, since) < since:
+            return 0
         return self._ban_counts.get(ip, 0)
 
     # -- known addresses ------------------------------------------------------------

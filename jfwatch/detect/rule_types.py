@@ -45,9 +45,11 @@ def _threshold(self: Detector, step: _Step, event: Event, key: str, now: int) ->
     assert group is not None
     group.kinds |= _KIND_BITS[event.kind]
     last = group.last_alert
-    if c.idle and last is not None and self._at_us < last + c.idle:
+    if c.idle and last is not None and self._at_us < last + c.idle and \
+            not self._unbanned(c, event):
         # Until the cooldown's end minus the window no event can count towards the
-        # next alert, so none is tracked (the bulk of a long attack).
+        # next alert, so none is tracked (the bulk of a long attack), unless the
+        # address is not banned now (lifted by hand, or a ban shorter than the cooldown).
         return []
     threshold, distinct = c.threshold, c.distinct
     times = group.times
@@ -75,7 +77,8 @@ def _threshold(self: Detector, step: _Step, event: Event, key: str, now: int) ->
             del group.values[0]
     if len(times) < threshold or times[0] < now - c.window:
         return []
-    if last is not None and c.cooldown and self._at_us - last < c.cooldown:
+    if last is not None and c.cooldown and self._at_us - last < c.cooldown and \
+            not self._unbanned(c, event):
         return []  # one alert per cooldown: the window slides on, nothing is said
     users = tuple(sorted(group.values))[:10] if distinct == "user" and group.values else ()
     kinds = tuple(kind for kind, bit in _KIND_BITS.items() if group.kinds & bit)
@@ -220,7 +223,7 @@ def _fire(self: Detector, c: _CompiledRule, event: Event, key: str, now: int, gr
     rule = c.rule
     at = self._at
     if group.last_alert is not None and c.cooldown and \
-            self._at_us - group.last_alert < c.cooldown:
+            self._at_us - group.last_alert < c.cooldown and not self._unbanned(c, event):
         return []
     target = self.ban_target(c, event) if rule.actions.ban is not None else None
     active = self.store.active_ban(target) if target is not None else None
@@ -256,6 +259,15 @@ def _fire(self: Detector, c: _CompiledRule, event: Event, key: str, now: int, gr
     return [alert, *out]
 
 
+def _unbanned(self: Detector, c: _CompiledRule, event: Event) -> bool:
+    """Whether the rule bans and the event's address (its network) is not banned now: a
+    cooldown silences repeated alerts, never a ban the attacker has earned again."""
+    if not c.bans:
+        return False
+    target = self.ban_target(c, event)
+    return target is not None and self.store.active_ban(target) is None
+
+
 def _ban(self: Detector, rule: Rule, address: IPAddress | None, target: str | None,
          active: BanRow | None) -> tuple[Ban | None, str | None]:
     """A ban of ``target`` (``ban_target``), or why there is none (``active``: its
@@ -278,15 +290,22 @@ def _ban(self: Detector, rule: Rule, address: IPAddress | None, target: str | No
                       "attack")
     if reason is not None:
         return None, reason
-    ip, at = target, self._at
-    level = self.store.ban_count(ip) if self.settings.ban_increment else 0
-    # Computed in float seconds and capped before it becomes a timedelta: a repeat
-    # offender's factor**level overflows timedelta long before it overflows a float.
-    base = self.settings.ban_base or rule.actions.ban.duration
-    seconds = base.total_seconds() * self.settings.ban_factor ** min(level, 64)
-    duration = timedelta(seconds=min(seconds, self.settings.ban_max.total_seconds()))
+    ip, at, fail2ban = target, self._at, self.settings.fail2ban
+    if fail2ban is not None:
+        # Fail2Ban's count and formula, from the feed line's whole-second stamp.
+        at = at.replace(microsecond=0)
+        level = self.store.ban_count(ip, at - fail2ban.forgets_after) \
+            if self.settings.ban_increment else 0
+        duration = fail2ban.duration(level)
+    else:
+        level = self.store.ban_count(ip) if self.settings.ban_increment else 0
+        # Computed in float seconds and capped before it becomes a timedelta: a repeat
+        # offender's factor**level overflows timedelta long before it overflows a float.
+        seconds = rule.actions.ban.duration.total_seconds() * \
+            self.settings.ban_factor ** min(level, 64)
+        duration = timedelta(seconds=min(seconds, self.settings.ban_max.total_seconds()))
     until = at + duration
-    if active is not None and (active.until >= until or self.settings.ban_base is not None):
+    if active is not None and (active.until >= until or fail2ban is not None):
         # Already banned for longer; or banned at all where the enforcer owns the
         # duration (a second BAN line would change nothing in Fail2Ban).
         return None, None

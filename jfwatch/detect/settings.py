@@ -27,7 +27,7 @@ class DetectorState(Protocol):
     def remove_ban(self, ip: str) -> BanRow | None: ...
     def expired_bans(self, now: datetime) -> list[BanRow]: ...
     def next_expiry(self) -> datetime | None: ...
-    def ban_count(self, ip: str) -> int: ...
+    def ban_count(self, ip: str, since: datetime | None = None) -> int: ...
     def has_values(self, rule: str, key: str) -> bool: ...
     def remember(self, rule: str, key: str, value: str, when: datetime) -> bool: ...
     def mark_known(self, ips: tuple[str, ...], user: str, when: datetime) -> None: ...
@@ -44,6 +44,26 @@ class AddressFacts(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Fail2banPolicy:
+    """How long Fail2Ban bans (``observer.incrBanTime`` and ``jail.setBanTimeExtra`` of
+    Fail2Ban 1.0): the jail's bantime for an address it holds no earlier ban of; after n
+    earlier bans (those within dbpurgeage), ``max(bantime, bantime * 2**min(n, 20) *
+    factor)``; at most maxtime.  Times are whole seconds: its ban starts at the feed
+    line's stamp."""
+
+    bantime: timedelta
+    factor: float = 1.0
+    maxtime: timedelta = timedelta(weeks=4)
+    forgets_after: timedelta = timedelta(days=1)  # the server's dbpurgeage
+
+    def duration(self, earlier: int) -> timedelta:
+        base = self.bantime.total_seconds()
+        seconds = base if earlier <= 0 else \
+            max(base, base * (1 << min(earlier, 20)) * self.factor)
+        return timedelta(seconds=min(seconds, self.maxtime.total_seconds()))
+
+
+@dataclass(frozen=True, slots=True)
 class DetectorSettings:
     """The parts of the config the detector needs (kept apart from the config file)."""
 
@@ -55,9 +75,9 @@ class DetectorSettings:
     ban_increment: bool = True
     ban_factor: float = 2.0
     ban_max: timedelta = timedelta(weeks=4)
-    # Set when an enforcer owns durations (Fail2Ban's jail bantime): every ban starts
-    # from it, whatever the rule's own duration.
-    ban_base: timedelta | None = None
+    # Set when Fail2Ban owns durations: its jail's settings, every ban computed by its
+    # formula, whatever the rule's own duration.
+    fail2ban: Fail2banPolicy | None = None
     # An event dated further ahead of the clock than this is counted as forged or
     # wrongly clocked (anything ahead is taken at the clock's time either way).
     future_tolerance: timedelta = timedelta(minutes=5)
@@ -85,5 +105,6 @@ def settings_from_config(cfg: Config, *, decide_on_clock: bool = True) -> Detect
         max_groups=cfg.max_groups, ban_increment=cfg.ban.increment,
         ban_factor=cfg.ban.factor, ban_max=cfg.ban.max, future_tolerance=cfg.future_tolerance,
         join_window=cfg.join_window, known_for=cfg.known_for,
-        ban_base=cfg.ban_feed.jail_bantime
+        fail2ban=Fail2banPolicy(cfg.ban_feed.jail_bantime, cfg.ban_feed.jail_factor,
+                                cfg.ban_feed.jail_maxtime, cfg.ban_feed.fail2ban_dbpurgeage)
         if cfg.ban_feed.enabled and cfg.ban_feed.enforcer == "fail2ban" else None)

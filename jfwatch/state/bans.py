@@ -49,7 +49,7 @@ class Bans(Database):
                         until.astimezone(UTC).isoformat(), level,
                         datetime.now(UTC).isoformat()))
             db.execute("INSERT INTO ban_history VALUES (?,1,?) ON CONFLICT(ip) DO UPDATE SET "
-                       "count=count+1, last=excluded.last", (ip, since.isoformat()))
+                       "count=count+1, last=excluded.last", (ip, since.astimezone(UTC).isoformat()))
 
     def unpublished_bans(self) -> list[tuple[BanRow, datetime]]:
         """Bans not yet written to the feed, with the wall time they were recorded."""
@@ -86,9 +86,13 @@ class Bans(Database):
         row = self.db.execute("SELECT MIN(until) FROM bans").fetchone()
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
-    def ban_count(self, ip: str) -> int:
-        row = self.db.execute("SELECT count FROM ban_history WHERE ip=?", (ip,)).fetchone()
-        return int(row[0]) if row else 0
+    def ban_count(self, ip: str, since: datetime | None = None) -> int:
+        """How often the address was banned before (0 if its last ban was before
+        ``since``: an enforcer that has forgotten it counts from zero again)."""
+        row = self.db.execute("SELECT count, last FROM ban_history WHERE ip=?", (ip,)).fetchone()
+        if not row or (since is not None and datetime.fromisoformat(row[1]) < since):
+            return 0
+        return int(row[0])
 
 
 
