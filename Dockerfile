@@ -23,6 +23,7 @@ COPY --from=build /dist/*.whl /tmp/
 RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl \
     && useradd --system --uid 10001 --home-dir /var/lib/jfwatch --shell /usr/sbin/nologin jfwatch \
     && mkdir -p /var/lib/jfwatch /var/log/jfwatch /etc/jfwatch/rules.d /logs \
+    && install -m 0640 -o 10001 -g 10001 /dev/null /var/log/jfwatch/bans.log \
     && chown 10001:10001 /var/lib/jfwatch /var/log/jfwatch
 COPY docker/jfwatch.container.yml /etc/jfwatch/jfwatch.yml
 COPY docker/entrypoint.sh /usr/local/bin/jfwatch-entrypoint

@@ -304,3 +304,68 @@ def test_three_offences_end_when_fail2ban_ends_them(tmp_path: Path, factor: int,
         run.stop()
     assert [end - start for start, end in enforced] == [timedelta(seconds=s) for s in lengths]
     assert [end for _, end in stated] == [end for _, end in enforced]
+
+
+def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
+    """
+    Fail2Ban started before jfwatch ever ran (a fresh install, a boot with /var/log on
+    tmpfs): the shipped tmpfiles.d entry has created the feed, so the shipped jail starts
+    on it and takes no other jail down; jfwatch's first run then writes into it and the
+    attacker is banned.
+    """
+    server = require_tool("fail2ban-server")
+    client = require_tool("fail2ban-client")
+    tmpfiles = require_tool("systemd-tmpfiles")
+    root = tmp_path / "root"
+    (root / "etc" / "tmpfiles.d").mkdir(parents=True)
+    for name in ("passwd", "group"):  # the owner and group it names, as on the host
+        shutil.copy(f"/etc/{name}", root / "etc" / name)
+    shutil.copy(ROOT / "systemd" / "jfwatch.tmpfiles", root / "etc" / "tmpfiles.d" / "jfwatch.conf")
+    subprocess.run([tmpfiles, "--create", f"--root={root}", "jfwatch.conf"], check=True,
+                   timeout=60)
+    feed = root / "var" / "log" / "jfwatch" / "bans.log"
+    assert feed.exists() and feed.stat().st_mode & 0o777 == 0o640
+    recorded = tmp_path / "banned-by-fail2ban.txt"
+    conf, sock, pid = _fail2ban_dir(tmp_path, f"echo <ip> >> {recorded}")
+    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
+    other = tmp_path / "other.log"
+    other.write_text("")
+    (conf / "jail.conf").write_text(  # another jail of the host, which must stay up
+        f"[DEFAULT]\n[other]\nenabled = true\nfilter = jfwatch\nlogpath = {other}\n"
+        "action = record\n")
+    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n")
+    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    work = tmp_path / "jf"
+    (work / "logs").mkdir(parents=True)
+    log = work / "logs" / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(work)
+    run.config.write_text(run.config.read_text().replace(
+        "path: out/bans.log, list_path: out/banned.txt}", f"path: {feed}, list_path: "
+                                                          "out/banned.txt}"))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            status = subprocess.run([client, "-c", str(conf), "-s", str(sock), "status"],
+                                    capture_output=True, text=True, check=False, timeout=30)
+            if status.returncode == 0:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, \
+                "fail2ban-server did not start on the fresh install"
+            time.sleep(0.2)
+        assert "jfwatch" in status.stdout and "other" in status.stdout
+        run.start()
+        now = datetime.now(UTC)
+        append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", "203.0.113.88")
+                            for s in range(5)))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (recorded.exists() and
+                                                   "203.0.113.88" in recorded.read_text()):
+            time.sleep(0.1)
+    finally:
+        subprocess.run([client, "-c", str(conf), "-s", str(sock), "stop"], capture_output=True,
+                       check=False, timeout=30)
+        proc.wait(timeout=30)
+        run.stop()
+    assert recorded.read_text().split() == ["203.0.113.88"]
