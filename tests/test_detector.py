@@ -321,6 +321,14 @@ class TestBansCommand:
         again = subprocess.run([*base, "unban", "203.0.113.9"], capture_output=True, text=True,
                                check=False, timeout=60)
         assert again.returncode == 1
+        nonsense = subprocess.run([*base, "unban", "not-an-ip"], capture_output=True, text=True,
+                                  check=False, timeout=60)
+        assert nonsense.returncode == 2 and "not an address" in nonsense.stderr
+        # Only bans active now are listed; one that ended while no daemon ran is counted.
+        store.record_ban("203.0.113.10", "bf", now - timedelta(hours=2), now - timedelta(hours=1),
+                         0)
+        listed = subprocess.run(base, capture_output=True, text=True, check=True, timeout=60)
+        assert listed.stdout == "" and "1 ban(s) ended" in listed.stderr
 
     def test_unban_says_what_to_run_when_fail2ban_cannot_be_reached(self, tmp_path: Path) -> None:
         store = StateStore(tmp_path / "state" / "state.db")
@@ -335,6 +343,17 @@ class TestBansCommand:
         assert lifted.returncode == 1 and "unbanned 203.0.113.8 in jfwatch" in lifted.stdout
         assert f"sudo fail2ban-client -s {tmp_path / 'none.sock'} set jfwatch unbanip " \
                "203.0.113.8" in lifted.stderr
+        # jfwatch no longer holds it: Fail2Ban is asked all the same (it may).
+        again = subprocess.run([sys.executable, "-m", "jfwatch", "bans", "--config", str(cfg),
+                                "unban", "203.0.113.8"], capture_output=True, text=True,
+                               check=False, timeout=60)
+        assert "not banned in jfwatch; asking Fail2Ban anyway" in again.stdout
+        assert "set jfwatch unbanip 203.0.113.8" in again.stderr
+        # A ban listed without Fail2Ban to ask is not called enforced.
+        store.record_ban("203.0.113.11", "bf", now, now + timedelta(hours=1), 0)
+        listed = subprocess.run([sys.executable, "-m", "jfwatch", "bans", "--config", str(cfg)],
+                                capture_output=True, text=True, check=True, timeout=60).stdout
+        assert "written to the feed for Fail2Ban jail jfwatch; not confirmed" in listed
 
 
 def test_attempt_memory_stays_bounded_under_a_flood() -> None:

@@ -333,7 +333,8 @@ def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
     (conf / "jail.conf").write_text(  # another jail of the host, which must stay up
         f"[DEFAULT]\n[other]\nenabled = true\nfilter = jfwatch\nlogpath = {other}\n"
         "action = record\n")
-    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n")
+    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n"
+                                     "ignoreip = 203.0.113.99\n")
     proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     work = tmp_path / "jf"
@@ -343,7 +344,8 @@ def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
     run = DaemonRun(work)
     run.config.write_text(run.config.read_text().replace(
         "path: out/bans.log, list_path: out/banned.txt}", f"path: {feed}, list_path: "
-                                                          "out/banned.txt}"))
+                                                          f"out/banned.txt, fail2ban_socket: "
+                                                          f"{sock}}}"))
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -357,15 +359,29 @@ def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
         assert "jfwatch" in status.stdout and "other" in status.stdout
         run.start()
         now = datetime.now(UTC)
-        append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", "203.0.113.88")
-                            for s in range(5)))
+        for ip in ("203.0.113.88", "203.0.113.99"):  # .99 is in the jail's ignoreip
+            append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", ip)
+                                for s in range(5)))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (recorded.exists() and
                                                    "203.0.113.88" in recorded.read_text()):
             time.sleep(0.1)
+        run.wait_for(lambda: "BAN 203.0.113.99 " in feed.read_text(), what="the second ban")
+        time.sleep(1)  # Fail2Ban reads it, and ignores it
+        # `bans list` asks Fail2Ban: one ban confirmed, the ignored one said not held.
+        listed = subprocess.run([sys.executable, "-m", "jfwatch", "bans", "list", "--config",
+                                 str(run.config)], cwd=work, capture_output=True, text=True,
+                                timeout=60, check=True).stdout
+        held = subprocess.run([client, "-s", str(sock), "get", "jfwatch", "banip", "--with-time"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout
     finally:
         subprocess.run([client, "-c", str(conf), "-s", str(sock), "stop"], capture_output=True,
                        check=False, timeout=30)
         proc.wait(timeout=30)
         run.stop()
     assert recorded.read_text().split() == ["203.0.113.88"]
+    lines = {line.split("\t")[0]: line for line in listed.splitlines()}
+    end = re.search(r"203\.0\.113\.88\s+\S+ \S+ \+ \d+ = \S+ (\d\d:\d\d:\d\d)", held)
+    assert end is not None, held
+    assert f"confirmed by Fail2Ban jail jfwatch until {end[1]}" in lines["203.0.113.88"]
+    assert "NOT held by Fail2Ban jail jfwatch" in lines["203.0.113.99"]

@@ -41,13 +41,14 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(name: str) -> Callable[[argparse.Namespace], int]:
-    """A handler from ``jfwatch.engine.commands``, imported only when that command runs."""
+def _pipeline(name: str, module: str = "commands") -> Callable[[argparse.Namespace], int]:
+    """A handler from ``jfwatch.engine.<module>``, imported only when that command runs."""
 
     def run(args: argparse.Namespace) -> int:
-        from jfwatch.engine import commands
+        import importlib
 
-        handler: Callable[[argparse.Namespace], int] = getattr(commands, name)
+        handler: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"jfwatch.engine.{module}"), name)
         return handler(args)
 
     return run
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (listing, unban):  # --config before or after the action
         action.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
     listing.add_argument("-o", "--output", choices=["text", "json"], default="text")
-    sp.set_defaults(func=_pipeline("cmd_bans"), action="list")
+    sp.set_defaults(func=_pipeline("cmd_bans", "bans_command"), action="list")
 
     sp = sub.add_parser("status", formatter_class=plain,
                         help="how the daemon is: files, lag, bans, alerts waiting, faults")

@@ -9,18 +9,15 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
-import ipaddress
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from jfwatch.config.errors import ConfigError
 from jfwatch.config.model import Config, load_config
-from jfwatch.detect.decisions import Unban
 from jfwatch.detect.rules import Rule, load_rules
 from jfwatch.engine.preflight import runtime_problems
 from jfwatch.sources.files import nearby_logs
@@ -194,75 +191,6 @@ def _run(args: argparse.Namespace, loaded: Loaded) -> int:
 
 
 @_with_config(runtime="none")
-def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
-    cfg, _, _ = loaded
-    path = cfg.state_dir / "state.db"
-    if not path.exists():  # listing creates nothing: no state, no bans
-        print(f"no bans: no state yet at {path}", file=sys.stderr)
-        return 1 if args.action == "unban" else 0
-    store = StateStore(path, read_only=args.action == "list")
-    feed = cfg.ban_feed
-    fail2ban = feed.enabled and feed.enforcer == "fail2ban"
-    if args.action == "unban":
-        from jfwatch.actions.banfeed import BanFeed
-
-        row = store.remove_ban(_banned_as(store, args.ip))
-        if row is None:
-            print(f"{args.ip} is not banned", file=sys.stderr)
-            return 1
-        print(f"unbanned {row.ip} in jfwatch (was banned by {row.rule} until "
-              f"{row.until.isoformat()})")
-        if feed.enabled:
-            banfeed = BanFeed(feed.path, feed.list_path)
-            now = datetime.now(UTC)
-            banfeed.write(Unban(row.ip, row.rule, now, "manual"), now)
-            banfeed.write_list([b.ip for b in store.bans()])
-        others = [name for name in cfg.enforcers if name in ("crowdsec", "nftables")]
-        if others:
-            from jfwatch.actions.enforce import request_rows
-
-            request_rows(store, others, Unban(row.ip, row.rule, datetime.now(UTC), "manual"))
-            print(f"lift requested from {', '.join(others)}: the daemon delivers it (now if it "
-                  "runs, else when it starts)")
-        return _lift_in_fail2ban(cfg, row.ip) if fail2ban else 0
-    enforced = f"enforced by Fail2Ban jail {feed.jail}" if fail2ban else \
-        f"in the list {feed.list_path}" if feed.enabled else "not enforced (ban_feed disabled)"
-    bans = [(row, store.enforcements(row.ip, row.until)) for row in store.bans()]
-    if getattr(args, "output", "text") == "json":
-        import orjson
-
-        print(orjson.dumps([{"ip": row.ip, "rule": row.rule, "since": row.since,
-                             "until": row.until, "level": row.level, "enforced": enforced,
-                             "enforcers": [e._asdict() for e in asked]}
-                            for row, asked in bans], option=orjson.OPT_INDENT_2).decode())
-        return 0
-    for row, asked in bans:
-        print(f"{row.ip}\t{row.rule}\tuntil {row.until.isoformat()}\tlevel {row.level}\t{enforced}")
-        for e in asked:
-            state = f"accepted {e.accepted}: {e.result}" if e.accepted else \
-                f"waiting ({e.attempts} attempt(s){', last error: ' + e.last_error if e.last_error else ''})"
-            print(f"\t{e.enforcer}: requested {e.requested}, {state}")
-    return 0
-
-
-def _banned_as(store: StateStore, given: str) -> str:
-    """What a ban on the address or network the admin named is recorded under: the text
-    as jfwatch writes it, or the banned network holding the address."""
-    try:
-        named = ipaddress.ip_network(given, strict=False)
-    except ValueError:
-        return given  # not an address: "not banned" says the rest
-    if "/" in given or named.num_addresses > 1:
-        return str(named)
-    address = str(named.network_address)
-    if store.active_ban(address) is not None:
-        return address
-    inside = [row.ip for row in store.bans() if "/" in row.ip and
-              named.network_address in ipaddress.ip_network(row.ip)]
-    return inside[0] if inside else address
-
-
-@_with_config(runtime="none")
 def cmd_status(args: argparse.Namespace, loaded: Loaded) -> int:
     """How the daemon is: asked over its metrics port; from the state when it is down.
     Exit 0 when it runs, 3 when it does not (as ``systemctl status``)."""
@@ -334,30 +262,6 @@ def _status_text(status: dict[str, Any]) -> str:
         lines.append(f"  {target['target']}: {target['waiting']} waiting, last error: "
                      f"{target['last_error']}")
     return "\n".join(lines)
-
-
-def _lift_in_fail2ban(cfg: Config, ip: str) -> int:
-    """Fail2Ban ignores the feed's UNBAN lines: lift the ban through fail2ban-client, or
-    say exactly what to run where this user may not."""
-    import shutil
-    import subprocess
-
-    feed = cfg.ban_feed
-    socket = ["-s", str(feed.fail2ban_socket)] if feed.fail2ban_socket else []
-    command = ["fail2ban-client", *socket, "set", feed.jail, "unbanip", ip]
-    client = shutil.which("fail2ban-client") or "/usr/bin/fail2ban-client"
-    try:
-        done = subprocess.run([client, *command[1:]], capture_output=True, text=True,
-                              timeout=30, check=False)
-        ok, why = done.returncode == 0, (done.stderr or done.stdout).strip()[-300:]
-    except OSError as exc:
-        ok, why = False, str(exc)
-    if ok:
-        print(f"lifted in Fail2Ban (jail {feed.jail})")
-        return 0
-    print(f"not lifted in Fail2Ban ({why or 'no answer'}): run\n  sudo {' '.join(command)}",
-          file=sys.stderr)
-    return 1
 
 
 @_with_config(runtime="files")
