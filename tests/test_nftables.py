@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -137,6 +138,13 @@ def test_the_shipped_drop_rule_loads_beside_the_sets(netns: str) -> None:
                            capture_output=True, text=True, check=True, timeout=30).stdout
     assert "ip saddr @banned4 drop" in rules
     assert "203.0.113.8" in _elements(netns, "banned4")
+    # Loaded any number of times: one rule of each, in each chain.
+    subprocess.run(_in(netns, "nft", "-f", str(example)), check=True, timeout=30)
+    for chain in ("input", "forward"):
+        rules = subprocess.run(_in(netns, "nft", "list", "chain", "inet", "jfwatch", chain),
+                               capture_output=True, text=True, check=True, timeout=30).stdout
+        assert [rules.count(f"saddr @{s} drop") for s in ("banned4", "banned6", "banned6net")] \
+            == [1, 1, 1], rules
 
 
 def test_a_rotating_ipv6_attacker_is_dropped_by_its_network(netns: str, tmp_path: Path) -> None:
@@ -162,3 +170,29 @@ def test_a_rotating_ipv6_attacker_is_dropped_by_its_network(netns: str, tmp_path
                             timeout=30, check=False)
     assert inside.returncode == 0 and "2001:db8:9:9::/64" in inside.stdout
     assert "2001:db8:9:9::/64" in (tmp_path / "out" / "banned.txt").read_text().split()
+
+
+def test_active_bans_are_put_back_after_a_reboot(netns: str, tmp_path: Path) -> None:
+    """A reboot empties the kernel's sets (here: the table deleted while jfwatch is
+    stopped, as a fresh namespace has none): at its start jfwatch puts every active ban
+    back, with the time that is left."""
+    run, log = _nft_daemon(netns, tmp_path)
+    run.start()
+    try:
+        now = datetime.now(UTC)
+        for i in range(5):
+            stamp = (now - timedelta(seconds=5 - i)).strftime("%Y-%m-%d %H:%M:%S.000")
+            append(log, denied("alice", "203.0.113.70", stamp))
+        run.wait_for(lambda: "203.0.113.70" in _elements(netns, "banned4"), what="element")
+        run.stop()
+        subprocess.run(_in(netns, "nft", "delete", "table", "inet", "jfwatch"), check=True,
+                       timeout=30)
+        assert _elements(netns, "banned4") == {}
+        time.sleep(1.1)  # the timeout put back is what is left, not the whole ban
+        run.start()
+        run.wait_for(lambda: "203.0.113.70" in _elements(netns, "banned4"), what="put back")
+        assert "bans_restored" in run.log_text()
+        element = _elements(netns, "banned4")["203.0.113.70"]
+        assert 4 * 3600 - 120 < element["timeout"] < 4 * 3600
+    finally:
+        run.stop()

@@ -14,6 +14,7 @@ late still ends when it was decided to.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections.abc import Callable
@@ -99,6 +100,34 @@ class EnforcementQueue:
                     added += 1
         return added
 
+    def restore(self, enforcer: Enforcer) -> int:
+        """Put back every active ban the enforcer says it does not hold (nftables after a
+        reboot): its accepted request is delivered again, for the time that is left.
+        Enforcers that cannot say what they hold are left as they are."""
+        held_now = getattr(enforcer, "held", None)
+        if held_now is None:
+            return 0
+        try:
+            held = held_now()
+        except Exception as exc:  # noqa: BLE001 - reported; the next setup looks again
+            self.log.warning("enforcer_not_read", enforcer=enforcer.name, problem=str(exc))
+            return 0
+        now, missing = self.clock(), []
+        for ban in self.store.bans():
+            if ban.until > now and _canonical(ban.ip) not in held:
+                missing.append(ban)
+        for ban in missing:
+            decision = Ban(ban.ip, ban.rule, ban.since, ban.until, ban.level)
+            request_rows(self.store, [enforcer.name], decision)
+            with self.store.transaction() as db:
+                db.execute("UPDATE enforcements SET accepted=NULL, attempts=0, next_try=0 "
+                           "WHERE enforcer=? AND action='ban' AND ip=? AND until=?",
+                           (enforcer.name, ban.ip, ban.until.astimezone(UTC).isoformat()))
+        if missing:
+            self.log.warning("bans_restored", enforcer=enforcer.name, count=len(missing),
+                             why="active bans it did not hold (a reboot, a flushed ruleset)")
+        return len(missing)
+
     def pending(self, enforcer: str) -> int:
         return int(self.store.db.execute(
             "SELECT COUNT(*) FROM enforcements WHERE enforcer=? AND accepted IS NULL",
@@ -140,6 +169,7 @@ class EnforcementQueue:
                 self._report(name, f"setup: {exc}")
                 return 5.0
             self._ready.add(name)
+            self.restore(enforcer)
         rows = [_row(r) for r in self.store.db.execute(
             "SELECT id, enforcer, action, ip, rule, until, attempts, next_try FROM enforcements "
             "WHERE enforcer=? AND accepted IS NULL ORDER BY id LIMIT ?", (name, BATCH))]
@@ -215,3 +245,11 @@ def request_rows(store: StateStore, enforcers: list[str], decision: Ban | Unban)
 def _row(r: tuple[int, str, str, str, str, str | None, int, float]) -> tuple[Row, float]:
     until = datetime.fromisoformat(r[5]) if r[5] else None
     return Row(r[0], r[1], r[2], r[3], r[4], until, r[6]), float(r[7])
+
+
+def _canonical(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False)) if "/" in text else \
+            str(ipaddress.ip_address(text))
+    except ValueError:
+        return text

@@ -15,6 +15,7 @@ admin's choice.  Each change is one ``nft -f -`` transaction.  Needs CAP_NET_ADM
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import subprocess
 from collections.abc import Sequence
@@ -65,6 +66,27 @@ class Nftables:
     def find(self, ip: str, ref: str) -> str | None:
         return None  # delivering again sets the same end: nothing to look up
 
+    def held(self) -> set[str]:
+        """Every address and network in the sets now (the kernel's view: after a reboot,
+        or a ruleset flushed, the sets are empty whatever jfwatch asked before)."""
+        out: set[str] = set()
+        for name in self.sets:
+            try:
+                done = subprocess.run([*self.command, "-j", "list", "set", self.family,
+                                       self.table, name], capture_output=True, text=True,
+                                      timeout=self.timeout, check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise NftError(f"cannot run {' '.join(self.command)}: {exc}") from None
+            if done.returncode != 0:
+                raise NftError((done.stderr or done.stdout).strip()[:300] or "nft failed")
+            for item in json.loads(done.stdout).get("nftables", []):
+                for elem in (item.get("set") or {}).get("elem", []):
+                    value = elem.get("elem", {}).get("val") if isinstance(elem, dict) else elem
+                    if isinstance(value, dict) and "prefix" in value:
+                        value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
+                    out.add(_canonical(str(value)))
+        return out
+
     def unban(self, ip: str, ids: list[str]) -> str:
         element = self._element(ip)
         self._run(f"add element {element} }}\ndelete element {element} }}\n")
@@ -92,3 +114,12 @@ class Nftables:
         if done.returncode != 0:
             raise NftError((done.stderr or done.stdout).strip().splitlines()[0]
                            if (done.stderr or done.stdout).strip() else f"nft exit {done.returncode}")
+
+
+def _canonical(text: str) -> str:
+    """An address or network as jfwatch writes it (``ipaddress``'s form)."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False)) if "/" in text else \
+            str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
