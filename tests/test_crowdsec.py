@@ -72,7 +72,9 @@ def test_ban_escalation_and_unban_reach_every_bouncer(tmp_path: Path, lapi: Lapi
         run.wait_for(lambda: bool(lapi.bouncer_view("203.0.113.7")), what="decision")
         first = lapi.bouncer_view("203.0.113.7")
         assert len(first) == 1 and first[0]["type"] == "ban"
-        assert first[0]["origin"] == "jfwatch" and first[0]["scenario"] == "jfwatch/brute-force-ip"
+        assert first[0]["origin"] == "crowdsec" and first[0]["scenario"] == "jfwatch/brute-force-ip"
+        # The admin's usual check shows it (CrowdSec 1.4 hides other origins without -a).
+        assert "203.0.113.7" in lapi._cscli("decisions", "list")
         assert 4 * 3600 - 120 < seconds(first[0]["duration"]) <= 4 * 3600  # the rule's 4h
         listed = _jfwatch(run, "bans", "list")
         assert "crowdsec: requested" in listed.stdout and "accepted" in listed.stdout, listed

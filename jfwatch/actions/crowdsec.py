@@ -52,8 +52,12 @@ def go_duration(seconds: float) -> str:
 
 
 class LapiClient:
-    def __init__(self, url: str, machine_id: str, password: str, *, timeout: float = 10.0
-                 ) -> None:
+    def __init__(self, url: str, machine_id: str, password: str, *, timeout: float = 10.0,
+                 origin: str = "crowdsec") -> None:
+        """``origin`` of the decisions pushed: ``crowdsec`` (a machine's detection, which
+        ``cscli decisions list`` shows on every version) or ``jfwatch`` (told apart with
+        ``--origin jfwatch``, but CrowdSec 1.4 lists it only with ``-a``)."""
+        self.origin = origin
         self.machine_id = machine_id
         self._password = password
         self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
@@ -98,7 +102,7 @@ class LapiClient:
             "events_count": 1, "start_at": stamp, "stop_at": stamp, "capacity": 0,
             "leakspeed": "0", "simulated": False, "events": [],
             "source": source,
-            "decisions": [{"origin": "jfwatch", "type": "ban", "scope": scope, "value": ip,
+            "decisions": [{"origin": self.origin, "type": "ban", "scope": scope, "value": ip,
                            "duration": go_duration((until - now).total_seconds()),
                            "scenario": scenario}],
             "labels": None,

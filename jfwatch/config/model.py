@@ -117,6 +117,11 @@ class CrowdsecConfig(Strict):
     enabled: bool = False
     credentials_file: ConfigPath = Path("/etc/jfwatch/crowdsec-credentials.yaml")
     bouncer_key_file: ConfigPath | None = None
+    # The origin of the decisions jfwatch pushes: crowdsec (what a CrowdSec agent's own
+    # detections carry: `cscli decisions list` shows them on every version) or jfwatch
+    # (`cscli decisions list --origin jfwatch` tells them apart, but CrowdSec 1.4.x, Debian
+    # 12's, lists that origin only with -a).  The scenario is jfwatch/<rule> either way.
+    origin: Literal["crowdsec", "jfwatch"] = "crowdsec"
     timeout: Annotated[Duration, between("1s", "1m")] = Duration.parse("10s")
 
 

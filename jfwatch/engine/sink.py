@@ -56,7 +56,8 @@ def lapi_client(config: Config) -> LapiClient:
         url, login, password = read_credentials(cs.credentials_file)
     except LapiError as exc:
         raise ConfigError([f"crowdsec: {exc}"]) from None
-    return LapiClient(url, login, password, timeout=cs.timeout.total_seconds())
+    return LapiClient(url, login, password, timeout=cs.timeout.total_seconds(),
+                      origin=cs.origin)
 
 
 def shared_bans(config: Config) -> SharedBans | None:

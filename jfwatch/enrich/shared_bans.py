@@ -31,6 +31,8 @@ STREAM = "/v1/decisions/stream"
 # broken one is cut off here (the answer, and what is kept).
 MAX_ANSWER_BYTES = 64 << 20
 MAX_DECISIONS = 500_000
+# jfwatch's own bans (its scenarios): success-from-banned-address says those, from the state.
+OWN_SCENARIOS = "jfwatch/"
 
 
 class SharedBans(threading.Thread):
@@ -146,7 +148,8 @@ class SharedBans(threading.Thread):
             kept = len(self._addresses) + sum(len(n) for n in self._ranges.values())
             for decision in data.get("new") or []:
                 key = _key(decision)
-                if key is None or decision.get("type") != "ban" or kept >= MAX_DECISIONS:
+                if key is None or decision.get("type") != "ban" or kept >= MAX_DECISIONS or \
+                        str(decision.get("scenario", "")).startswith(OWN_SCENARIOS):
                     continue
                 why = _words(decision)
                 if key[0] is None:
