@@ -385,3 +385,85 @@ def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
     assert end is not None, held
     assert f"confirmed by Fail2Ban jail jfwatch until {end[1]}" in lines["203.0.113.88"]
     assert "NOT held by Fail2Ban jail jfwatch" in lines["203.0.113.99"]
+
+
+def test_bans_are_confirmed_and_put_back_after_fail2ban_was_down(tmp_path: Path) -> None:
+    """
+    With ``confirm`` (jfwatch may run fail2ban-client): a ban the jail holds is "confirmed
+    until T"; one in the jail's ignoreip is "NOT enforced"; a ban made while Fail2Ban was
+    down, whose line is older than the jail's findtime when it comes back (so Fail2Ban
+    skips it), is put back, as is one its restart lost, and each is lifted at the end
+    jfwatch stated, not at the put-back's own.
+    """
+    server = require_tool("fail2ban-server")
+    client = require_tool("fail2ban-client")
+    work = tmp_path / "jf"
+    (work / "logs").mkdir(parents=True)
+    log = work / "logs" / "log_20260501.log"
+    log.write_text("")
+    conf, sock, pid = _fail2ban_dir(tmp_path, f"echo ban <ip> $(date +%%s) >> {tmp_path}/rec",
+                                    f"echo unban <ip> $(date +%%s) >> {tmp_path}/rec")
+    run = DaemonRun(work)
+    run.config.write_text(run.config.read_text().replace(
+        "list_path: out/banned.txt}", f"list_path: out/banned.txt, jail_bantime: 30s, "
+                                      f"confirm: true, fail2ban_client: [{client}], "
+                                      f"fail2ban_socket: {sock}}}"))
+    feed = work / "out" / "bans.log"
+    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
+    (conf / "jail.conf").write_text("[DEFAULT]\n")
+    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n"
+                                     "bantime = 30s\nfindtime = 2s\nignoreip = 203.0.113.99\n")
+
+    def fail2ban() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p",
+                                 str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while subprocess.run([client, "-s", str(sock), "status", "jfwatch"], capture_output=True,
+                             check=False, timeout=30).returncode != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, "no jail"
+            time.sleep(0.2)
+        return proc
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        subprocess.run([client, "-s", str(sock), "stop"], capture_output=True, check=False,
+                       timeout=30)
+        proc.wait(timeout=30)
+
+    def attack(ip: str) -> None:
+        now = datetime.now(UTC)
+        append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", ip) for s in range(5)))
+
+    def listed() -> str:
+        return subprocess.run([sys.executable, "-m", "jfwatch", "bans", "list", "--config",
+                               str(run.config)], cwd=work, capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+
+    run.start()
+    run.wait_for(feed.exists, what="the feed")
+    proc = fail2ban()
+    try:
+        attack("203.0.113.41")
+        attack("203.0.113.99")
+        run.wait_for(lambda: "fail2ban: " in listed() and "confirmed by Fail2Ban until" in
+                     listed() and "NOT enforced: in the jail's ignoreip" in listed(),
+                     timeout=30, what="confirmed, and not enforced")
+        stop(proc)  # its bans are lost with it (its database is in memory)
+        attack("203.0.113.42")
+        run.wait_for(lambda: "BAN 203.0.113.42 " in feed.read_text(), what="the ban while down")
+        time.sleep(3)  # its line is now older than the jail's findtime
+        proc = fail2ban()
+        held = lambda: set(_f2b_bans(client, conf, sock))  # noqa: E731
+        run.wait_for(lambda: {"203.0.113.41", "203.0.113.42"} <= held(), timeout=40,
+                     what="both put back")
+        assert "put back by banip" in listed()
+        bans = {json.loads(line)["ip"]: datetime.fromisoformat(json.loads(line)["until"])
+                for line in run.log_text().splitlines() if '"event": "ban"' in line}
+        run.wait_for(lambda: "203.0.113.42" not in held(), timeout=40, what="lifted")
+    finally:
+        stop(proc)
+        run.stop()
+    lifted = [float(when) for what, ip, when in (line.split() for line in
+                                                 (tmp_path / "rec").read_text().splitlines())
+              if what == "unban" and ip == "203.0.113.42"]
+    assert lifted and abs(lifted[0] - bans["203.0.113.42"].timestamp()) < 4, \
+        (lifted, bans["203.0.113.42"])

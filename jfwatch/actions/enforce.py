@@ -28,6 +28,9 @@ from jfwatch.state import StateStore
 
 BACKOFF_MAX = 300.0
 BATCH = 50
+# How often an enforcer that can say what it holds is read back (a restart of it, or
+# a reboot, with no ban to deliver meanwhile).
+RESTORE_EVERY = 300.0
 IDLE_POLL = 2.0  # seconds between looks at the journal when nothing waits
 
 
@@ -67,6 +70,7 @@ class EnforcementQueue:
         self.problems: dict[str, str | None] = {e.name: None for e in enforcers}
         self.counts: dict[tuple[str, str], int] = {}  # (enforcer, outcome) -> n
         self._ready: set[str] = set()
+        self._restored: dict[str, float] = {}  # when each was last read back (monotonic)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,9 +83,15 @@ class EnforcementQueue:
     def request(self, decision: Ban | Unban) -> None:
         """Journal a ban, or an unban asked for by the admin (an expiry needs none: every
         enforcer was given the duration)."""
-        if not self.enforcers or (isinstance(decision, Unban) and decision.reason == "expired"):
+        if not self.enforcers:
             return
-        request_rows(self.store, self.names, decision)
+        names = self.names
+        if isinstance(decision, Unban) and decision.reason == "expired":
+            # Only those that hold a ban past its end (Fail2Ban, after a put-back).
+            names = [e.name for e in self.enforcers if getattr(e, "wants_expiry", False)]
+            if not names:
+                return
+        request_rows(self.store, names, decision)
         self._wake.set()
 
     def heal(self) -> int:
@@ -105,6 +115,7 @@ class EnforcementQueue:
         reboot): its accepted request is delivered again, for the time that is left.
         Enforcers that cannot say what they hold are left as they are."""
         held_now = getattr(enforcer, "held", None)
+        self._restored[enforcer.name] = time.monotonic()
         if held_now is None:
             return 0
         try:
@@ -162,6 +173,9 @@ class EnforcementQueue:
         """Deliver this enforcer's due rows in order; seconds until it should be asked
         again."""
         name = enforcer.name
+        if name in self._ready and time.monotonic() - self._restored.get(name, 0.0) >= \
+                RESTORE_EVERY:
+            self.restore(enforcer)  # restarted meanwhile, with nothing to deliver?
         if name not in self._ready:
             try:
                 enforcer.setup()
@@ -169,6 +183,10 @@ class EnforcementQueue:
                 self._report(name, f"setup: {exc}")
                 return 5.0
             self._ready.add(name)
+            for problem in getattr(enforcer, "disagreements", []):
+                self.log.warning("enforcer_settings_differ", enforcer=name, problem=problem,
+                                 fix="set the same in the jail and in jfwatch's ban_feed "
+                                     "(jail_bantime, jail_factor, jail_maxtime)")
             self.restore(enforcer)
         rows = [_row(r) for r in self.store.db.execute(
             "SELECT id, enforcer, action, ip, rule, until, attempts, next_try FROM enforcements "
@@ -179,6 +197,8 @@ class EnforcementQueue:
             try:
                 result, remote = self._deliver_one(enforcer, row)
             except Exception as exc:  # noqa: BLE001 - an enforcer's failure is retried
+                # Down, or restarted: set up again and look for lost bans once it answers.
+                self._ready.discard(name)
                 delay = min(BACKOFF_MAX, 2.0 ** min(row.attempts, 16))
                 with self.store.transaction() as db:
                     db.execute("UPDATE enforcements SET last_error=?, next_try=? WHERE id=?",

@@ -95,6 +95,13 @@ class BanFeedConfig(Strict):
     jail_maxtime: Annotated[Duration, between("1s", "3650d")] = Duration.parse("4w")
     fail2ban_dbpurgeage: Annotated[Duration, between("1m", "3650d")] = Duration.parse("1d")
     fail2ban_socket: ConfigPath | None = None  # fail2ban-client's default when None
+    # Ask Fail2Ban whether its jail holds each ban, put back what it skipped, lift each at
+    # its end: needs fail2ban-client on Fail2Ban's socket (root's), so root, or a helper
+    # (fail2ban_client: [sudo, -n, /usr/bin/fail2ban-client] with a sudoers rule); the
+    # shipped unit runs unprivileged and cannot.  Off: bans are written to the feed,
+    # unconfirmed (`sudo jfwatch bans list` asks Fail2Ban).
+    confirm: bool = False
+    fail2ban_client: list[str] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _list_beside_the_feed(self) -> BanFeedConfig:

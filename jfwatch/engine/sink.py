@@ -21,6 +21,7 @@ from jfwatch.actions.crowdsec import (
 )
 from jfwatch.actions.enforce import EnforcementQueue, Enforcer
 from jfwatch.actions.export import EventExport
+from jfwatch.actions.fail2ban import Fail2banClient, Fail2banEnforcer
 from jfwatch.actions.metrics import Metrics
 from jfwatch.actions.nftables import Nftables
 from jfwatch.actions.notify import Outbox
@@ -42,6 +43,12 @@ def build_enforcers(config: Config) -> list[Enforcer]:
     """The enforcers beyond the feed that the config enables (ConfigError if their
     credentials cannot be read: found at start, and by check-config)."""
     enforcers: list[Enforcer] = []
+    feed = config.ban_feed
+    if feed.enabled and feed.enforcer == "fail2ban" and feed.confirm:
+        enforcers.append(Fail2banEnforcer(
+            Fail2banClient(feed.jail, feed.fail2ban_socket, command=feed.fail2ban_client),
+            {"bantime": feed.jail_bantime.total_seconds(), "factor": feed.jail_factor,
+             "maxtime": feed.jail_maxtime.total_seconds()}))
     if config.crowdsec.enabled:
         enforcers.append(CrowdsecEnforcer(lapi_client(config)))
     if config.nftables.enabled:
