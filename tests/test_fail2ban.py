@@ -467,3 +467,47 @@ def test_bans_are_confirmed_and_put_back_after_fail2ban_was_down(tmp_path: Path)
               if what == "unban" and ip == "203.0.113.42"]
     assert lifted and abs(lifted[0] - bans["203.0.113.42"].timestamp()) < 4, \
         (lifted, bans["203.0.113.42"])
+
+
+def test_a_bantime_changed_in_jail_local_is_the_one_stated(tmp_path: Path) -> None:
+    """jfwatch's config says 4h (the default), jail.local says 3s: with Fail2Ban read back,
+    the ban jfwatch states lasts what the jail enforces, and the difference is logged."""
+    server = require_tool("fail2ban-server")
+    client = require_tool("fail2ban-client")
+    work = tmp_path / "jf"
+    (work / "logs").mkdir(parents=True)
+    log = work / "logs" / "log_20260501.log"
+    log.write_text("")
+    conf, sock, pid = _fail2ban_dir(tmp_path, "true")
+    run = DaemonRun(work)
+    run.config.write_text(run.config.read_text().replace(
+        "list_path: out/banned.txt}", f"list_path: out/banned.txt, confirm: true, "
+                                      f"fail2ban_client: [{client}], fail2ban_socket: {sock}}}"))
+    feed = work / "out" / "bans.log"
+    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
+    (conf / "jail.conf").write_text("[DEFAULT]\n")
+    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n"
+                                     "bantime = 3s\n")
+    run.start()
+    run.wait_for(feed.exists, what="the feed")
+    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p",
+                             str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        run.wait_for(lambda: "ban_durations_from_the_jail" in run.log_text(), timeout=30,
+                     what="the jail read")
+        assert "enforcer_settings_differ" in run.log_text()
+        now = datetime.now(UTC)
+        append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", "203.0.113.51")
+                            for s in range(5)))
+        run.wait_for(lambda: '"event": "ban"' in run.log_text(), what="the ban")
+        run.wait_for(lambda: "203.0.113.51" in _f2b_bans(client, conf, sock), what="held")
+        start, end = _f2b_bans(client, conf, sock)["203.0.113.51"]
+        ban = next(json.loads(line) for line in run.log_text().splitlines()
+                   if '"event": "ban"' in line)
+    finally:
+        subprocess.run([client, "-s", str(sock), "stop"], capture_output=True, check=False,
+                       timeout=30)
+        proc.wait(timeout=30)
+        run.stop()
+    assert end - start == timedelta(seconds=3)
+    assert datetime.fromisoformat(ban["until"]) == end

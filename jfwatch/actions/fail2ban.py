@@ -101,6 +101,9 @@ class Fail2banEnforcer:
         self.client, self.expected, self.wait_for_feed = client, expected, wait_for_feed
         self.ignored: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.disagreements: list[str] = []
+        # What the jail said at the last setup (seconds; factor), read by the daemon's
+        # thread to state durations as the jail enforces them.  Replaced whole.
+        self.jail_says: dict[str, float] | None = None
 
     def setup(self) -> None:
         jail = self.client.jail
@@ -108,9 +111,11 @@ class Fail2banEnforcer:
                 "factor": self.client.number("get", jail, "bantime.factor", default=1.0),
                 "maxtime": self.client.number("get", jail, "bantime.maxtime", default=-1.0)}
         self.disagreements = [
-            f"the jail's {key} is {said[key]:g}, jfwatch assumes {value:g}"
+            f"the jail's {key} is {said[key]:g}, jfwatch's config says {value:g} (the "
+            "jail's is used while it answers)"
             for key, value in self.expected.items()
-            if said.get(key, -1.0) >= 0 and abs(said[key] - value) > 0.5]
+            if said.get(key, -1.0) >= 0 and abs(said[key] - value) > 0.01]
+        self.jail_says = {k: v for k, v in said.items() if v == v and v >= 0}  # not NaN
         self.ignored = []
         for word in self.client.words("get", jail, "ignoreip"):
             try:

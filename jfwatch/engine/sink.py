@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from jfwatch import log
@@ -169,11 +170,30 @@ class DaemonSink:
             self._bans_changed = False
             self.metrics.bans_active.set(self.store.bans_active())
         self._detector_gauges(detector)
+        self._durations_from_the_jail(detector)
         if self.shared is not None:  # a LAPI whose decisions cannot be read: logins unchecked
             self.metrics.fault("crowdsec_decisions", self.shared.problem)
         self.metrics.outbox_depth.set(self.outbox.depth())
         self.metrics.sync_notify(self.outbox.counts)
         self.metrics.sync_enforcers(self.enforcement)
+
+    def _durations_from_the_jail(self, detector: Detector) -> None:
+        """Where Fail2Ban is read back, bans are stated as its jail says (a bantime changed
+        in jail.local), not as jfwatch's config assumed."""
+        said = next((e.jail_says for e in self.enforcement.enforcers
+                     if isinstance(e, Fail2banEnforcer)), None)
+        policy = detector.settings.fail2ban
+        if said is None or policy is None:
+            return
+        jail = replace(policy, bantime=timedelta(seconds=said.get("bantime",
+                                                                   policy.bantime.total_seconds())),
+                       factor=said.get("factor", policy.factor),
+                       maxtime=timedelta(seconds=said["maxtime"]) if said.get("maxtime", 0) > 0
+                       else policy.maxtime)
+        if jail != policy:
+            detector.settings = replace(detector.settings, fail2ban=jail)
+            self.log.info("ban_durations_from_the_jail", bantime=jail.bantime.total_seconds(),
+                          factor=jail.factor, maxtime=jail.maxtime.total_seconds())
 
     def _detector_gauges(self, detector: Detector) -> None:
         totals = self._detector_totals
