@@ -330,6 +330,31 @@ class TestBansCommand:
         listed = subprocess.run(base, capture_output=True, text=True, check=True, timeout=60)
         assert listed.stdout == "" and "1 ban(s) ended" in listed.stderr
 
+    def test_a_ban_by_hand(self, tmp_path: Path) -> None:
+        """``bans add`` records, writes the feed and the list, and is listed like any ban;
+        what can never be banned, or is no address, is refused."""
+        cfg = tmp_path / "c.yml"
+        cfg.write_text(f"state_dir: {tmp_path / 'state'}\ntimezone: Europe/Paris\nban_feed: "
+                       f"{{path: {tmp_path / 'bans.log'}, list_path: {tmp_path / 'banned.txt'}, "
+                       "enforcer: list}\n")
+        base = [sys.executable, "-m", "jfwatch", "bans", "--config", str(cfg)]
+        added = subprocess.run([*base, "add", "198.51.100.77", "--for", "10m", "--reason",
+                                "seen in the proxy log"], capture_output=True, text=True,
+                               check=False, timeout=60)
+        assert added.returncode == 0, added.stderr
+        assert "banned 198.51.100.77 until" in added.stdout and "CET" in added.stdout
+        assert " BAN 198.51.100.77 rule=manual duration=" in (tmp_path / "bans.log").read_text()
+        assert (tmp_path / "banned.txt").read_text() == "198.51.100.77\n"
+        row = StateStore(tmp_path / "state" / "state.db").active_ban("198.51.100.77")
+        assert row is not None and row.rule == "manual"
+        assert timedelta(minutes=9) < row.until - datetime.now(UTC) <= timedelta(minutes=10)
+        listed = subprocess.run(base, capture_output=True, text=True, check=True, timeout=60)
+        assert listed.stdout.startswith("198.51.100.77\tmanual\tuntil ")
+        for bad in ("0.0.0.0", "not-an-ip"):
+            refused = subprocess.run([*base, "add", bad], capture_output=True, text=True,
+                                     check=False, timeout=60)
+            assert refused.returncode == 2 and "error:" in refused.stderr
+
     def test_unban_says_what_to_run_when_fail2ban_cannot_be_reached(self, tmp_path: Path) -> None:
         store = StateStore(tmp_path / "state" / "state.db")
         now = datetime.now(UTC)

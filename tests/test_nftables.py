@@ -196,3 +196,19 @@ def test_active_bans_are_put_back_after_a_reboot(netns: str, tmp_path: Path) -> 
         assert 4 * 3600 - 120 < element["timeout"] < 4 * 3600
     finally:
         run.stop()
+
+
+def test_a_ban_by_hand_reaches_the_sets(netns: str, tmp_path: Path) -> None:
+    """`jfwatch bans add` while the daemon runs: the element appears with its timeout."""
+    run, _ = _nft_daemon(netns, tmp_path)
+    run.start()
+    try:
+        added = subprocess.run([sys.executable, "-m", "jfwatch", "bans", "add", "198.51.100.78",
+                                "--for", "10m", "--config", str(run.config)], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert added.returncode == 0, added.stderr
+        assert "requested from nftables" in added.stdout
+        run.wait_for(lambda: "198.51.100.78" in _elements(netns, "banned4"), what="element")
+        assert 540 < _elements(netns, "banned4")["198.51.100.78"]["timeout"] <= 600
+    finally:
+        run.stop()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from jfwatch.addresses import unbannable_reason
 from jfwatch.detect import groups, known, rule_types
@@ -29,6 +29,7 @@ from jfwatch.events import Event, EventKind, IPAddress
 
 __all__ = ["Detector", "DetectorSettings", "DetectorState", "settings_from_config"]
 
+EXPIRY_REREAD = timedelta(minutes=1)
 # A second factor's answer belongs to the challenge issued to its address this recently.
 _SECOND_FACTOR = frozenset({EventKind.MFA_CHALLENGE, EventKind.MFA_FAILURE,
                             EventKind.MFA_SUCCESS})
@@ -132,6 +133,7 @@ class Detector:
         self._at_us = 0
         # The earliest ban end, cached: asking SQLite on every event costs a query each.
         self._next_expiry: datetime | None = store.next_expiry()
+        self._expiry_read = _EPOCH  # when it was last read from the store (clock time)
 
     def _compile(self, rule: Rule) -> _CompiledRule:
         handler = {"threshold": self._threshold, "new_value": self._new_value,
@@ -260,6 +262,9 @@ class Detector:
         """Lift bans whose time is over (never later than the clock says it is)."""
         now = min(now, self.clock())
         out: list[Decision] = []
+        if now - self._expiry_read >= EXPIRY_REREAD:
+            # Bans made by another process (`jfwatch bans add`) may end sooner.
+            self._expiry_read, self._next_expiry = now, self.store.next_expiry()
         if self._next_expiry is None or self._next_expiry > now:
             return out
         for row in self.store.expired_bans(now):

@@ -1,7 +1,8 @@
 """
 ``jfwatch bans``: the bans active now, each with what its enforcers confirmed, in the
-configured timezone; ``unban`` lifts one in jfwatch and in every enforcer, whatever
-jfwatch's own state says (Fail2Ban may hold a ban jfwatch has forgotten).
+configured timezone; ``add`` bans by hand through every enforcer; ``unban`` lifts one in
+jfwatch and in every enforcer, whatever jfwatch's own state says (Fail2Ban may hold a ban
+jfwatch has forgotten).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from jfwatch.detect.decisions import Unban
 from jfwatch.engine.commands import Loaded, _with_config
 from jfwatch.state import BanRow, Enforcement, StateStore
 
+MANUAL_RULE = "manual"  # the rule name of a ban by hand (safe for the feed)
+
 
 @_with_config(runtime="none")
 def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
@@ -26,6 +29,8 @@ def cmd_bans(args: argparse.Namespace, loaded: Loaded) -> int:
     path = cfg.state_dir / "state.db"
     if args.action == "unban":
         return _unban(cfg, path, args.ip)
+    if args.action == "add":
+        return _add(cfg, path, args.ip, args.duration, args.reason)
     if not path.exists():  # listing creates nothing: no state, no bans
         print(f"no bans: no state yet at {path}", file=sys.stderr)
         return 0
@@ -114,6 +119,53 @@ def _unban(cfg: Config, path: Any, given: str) -> int:
         print(f"{given} is not banned in jfwatch; asking Fail2Ban anyway")
     if fail2ban:
         return _lift_in_fail2ban(cfg, row.ip if row is not None else given)
+    return 0
+
+
+def _add(cfg: Config, path: Any, given: str, duration: str, reason: str | None) -> int:
+    """A ban by hand, through every enforcer: recorded, written to the feed, requested
+    from the others (the daemon delivers it), lifted at its end like any other."""
+    from jfwatch.actions.banfeed import BanFeed
+    from jfwatch.actions.enforce import request_rows
+    from jfwatch.addresses import unbannable_reason
+    from jfwatch.config.durations import Duration
+    from jfwatch.detect.decisions import Ban
+
+    try:
+        net = ipaddress.ip_network(given, strict=False)
+        length = Duration.parse(duration)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ip = str(net) if "/" in given else str(net.network_address)
+    why = None if "/" in ip else unbannable_reason(net.network_address)
+    if why is not None or length.total_seconds() <= 0:
+        print(f"error: {ip} cannot be banned: {why or 'a ban lasts longer than 0s'}",
+              file=sys.stderr)
+        return 2
+    store = StateStore(path)
+    now = datetime.now(UTC).replace(microsecond=0)
+    ban = Ban(ip, MANUAL_RULE, now, now + length, store.ban_count(ip))
+    store.record_ban(ip, MANUAL_RULE, now, ban.until, ban.level)
+    feed = cfg.ban_feed
+    tz = ZoneInfo(cfg.timezone)
+    print(f"banned {ip} until {ban.until.astimezone(tz):%Y-%m-%d %H:%M:%S %Z}"
+          + (f" ({reason})" if reason else ""))
+    if feed.enabled:
+        banfeed = BanFeed(feed.path, feed.list_path)
+        banfeed.write(ban, now)
+        store.mark_published(ip, ban.until)
+        banfeed.write_list([b.ip for b in store.bans()])
+        if feed.enforcer == "fail2ban" and not feed.confirm:
+            print(f"written to the feed: Fail2Ban's jail {feed.jail} bans it for its own "
+                  "bantime (it does not read the line's duration)")
+    others = [name for name in cfg.enforcers if name in ("crowdsec", "nftables")]
+    if feed.enabled and feed.enforcer == "fail2ban" and feed.confirm:
+        others.append("fail2ban")
+    if others:
+        request_rows(store, others, ban)
+        print(f"requested from {', '.join(others)}: the daemon delivers it (now if it runs, "
+              "else when it starts)")
     return 0
 
 

@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing = bsub.add_parser("list", formatter_class=plain, help="show active bans")
     unban = bsub.add_parser("unban", formatter_class=plain, help="lift the ban of one address")
     unban.add_argument("ip")
-    for action in (listing, unban):  # --config before or after the action
+    add = bsub.add_parser("add", formatter_class=plain,
+                          help="ban an address or network by hand, through every enforcer")
+    add.add_argument("ip")
+    add.add_argument("--for", dest="duration", default="4h", help="how long (10m, 4h, 7d)")
+    add.add_argument("--reason", help="why (shown in the output)")
+    for action in (listing, unban, add):  # --config before or after the action
         action.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
     listing.add_argument("-o", "--output", choices=["text", "json"], default="text")
     sp.set_defaults(func=_pipeline("cmd_bans", "bans_command"), action="list")
