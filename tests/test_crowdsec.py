@@ -223,3 +223,28 @@ def test_shared_bans_follow_the_decisions_stream(lapi: Lapi) -> None:
         shared.stop()
         shared.join(timeout=15)
         shared.close()
+
+
+def test_a_refused_bouncer_key_shows_in_status_and_health(tmp_path: Path, lapi: Lapi) -> None:
+    """A bouncer key the LAPI refuses (revoked, mistyped): logged once, and `status` and
+    /health say that the shared decisions cannot be read."""
+    from http_receiver import free_port
+
+    run, _ = _daemon(tmp_path, lapi, bouncer=True)
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("notthebouncerkey0123456789abcdef\n")
+    port = free_port()
+    run.config.write_text(run.config.read_text().replace(
+        str(lapi.bouncer_key_file), str(wrong)).replace(
+        "metrics: {enabled: false}", f"metrics: {{port: {port}}}"))
+    run.start()
+    try:
+        run.wait_for(lambda: "crowdsec_decisions_unavailable" in run.log_text(),
+                     what="the refusal logged")
+        run.wait_for(lambda: "bouncer key is refused" in _jfwatch(run, "status").stdout,
+                     what="status")
+        status = _jfwatch(run, "status").stdout
+    finally:
+        run.stop()
+    assert "crowdsec_decisions: HTTP 403" in status or "crowdsec_decisions: HTTP 401" in status
+    assert run.log_text().count("crowdsec_decisions_unavailable") == 1
