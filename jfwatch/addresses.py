@@ -112,6 +112,14 @@ def canonical(addr: ipaddress.IPv4Address | ipaddress.IPv6Address
     return addr
 
 
+def address_or_network(text: str) -> str:
+    """An address or network as jfwatch writes it everywhere (state, feed, enforcers):
+    IPv4-mapped IPv6 as IPv4, a network in CIDR form.  ValueError if it is neither."""
+    if "/" in text:
+        return str(ipaddress.ip_network(text, strict=False))
+    return str(canonical(ipaddress.ip_address(text)))
+
+
 def network(text: str) -> Network:
     """An address or network (``10.0.0.0/8``, ``2001:db8::1``); ValueError otherwise."""
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import re
 import stat
@@ -21,7 +20,7 @@ import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from jfwatch.addresses import canonical
+from jfwatch.addresses import address_or_network
 from jfwatch.detect.decisions import Ban, Unban
 
 RECENT = timedelta(seconds=30)  # a ban decided this long ago is stamped with its own time
@@ -33,9 +32,7 @@ def feed_address(ip: str) -> str:
     """Canonical address or network for the feed; IPv4-mapped IPv6 is written as IPv4,
     a network (``2001:db8:1:2::/64``, an IPv6 prefix banned whole) in CIDR form, which
     the jail's ``<SUBNET>`` matches and Fail2Ban's actions ban as one network."""
-    if "/" in ip:
-        return str(ipaddress.ip_network(ip, strict=False))
-    return str(canonical(ipaddress.ip_address(ip)))
+    return address_or_network(ip)
 
 
 def format_line(decision: Ban | Unban, pid: int, written: datetime) -> str:

@@ -14,7 +14,6 @@ late still ends when it was decided to.
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from jfwatch import log
+from jfwatch.addresses import address_or_network
 from jfwatch.detect.decisions import Ban, Unban
 from jfwatch.state import StateStore
 
@@ -125,7 +125,7 @@ class EnforcementQueue:
             return 0
         now, missing = self.clock(), []
         for ban in self.store.bans():
-            if ban.until > now and _canonical(ban.ip) not in held:
+            if ban.until > now and address_or_network(ban.ip) not in held:
                 missing.append(ban)
         for ban in missing:
             decision = Ban(ban.ip, ban.rule, ban.since, ban.until, ban.level)
@@ -265,11 +265,3 @@ def request_rows(store: StateStore, enforcers: list[str], decision: Ban | Unban)
 def _row(r: tuple[int, str, str, str, str, str | None, int, float]) -> tuple[Row, float]:
     until = datetime.fromisoformat(r[5]) if r[5] else None
     return Row(r[0], r[1], r[2], r[3], r[4], until, r[6]), float(r[7])
-
-
-def _canonical(text: str) -> str:
-    try:
-        return str(ipaddress.ip_network(text, strict=False)) if "/" in text else \
-            str(ipaddress.ip_address(text))
-    except ValueError:
-        return text

@@ -21,6 +21,8 @@ import subprocess
 from collections.abc import Sequence
 from datetime import datetime
 
+from jfwatch.addresses import address_or_network
+
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
 
 
@@ -84,7 +86,10 @@ class Nftables:
                     value = elem.get("elem", {}).get("val") if isinstance(elem, dict) else elem
                     if isinstance(value, dict) and "prefix" in value:
                         value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
-                    out.add(_canonical(str(value)))
+                    try:
+                        out.add(address_or_network(str(value)))
+                    except ValueError:
+                        continue  # nothing jfwatch put there
         return out
 
     def unban(self, ip: str, ids: list[str]) -> str:
@@ -114,12 +119,3 @@ class Nftables:
         if done.returncode != 0:
             raise NftError((done.stderr or done.stdout).strip().splitlines()[0]
                            if (done.stderr or done.stdout).strip() else f"nft exit {done.returncode}")
-
-
-def _canonical(text: str) -> str:
-    """An address or network as jfwatch writes it (``ipaddress``'s form)."""
-    try:
-        return str(ipaddress.ip_network(text, strict=False)) if "/" in text else \
-            str(ipaddress.ip_address(text))
-    except ValueError:
-        return text
