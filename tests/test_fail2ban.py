@@ -240,6 +240,54 @@ def _f2b_bans(client: str, conf: Path, sock: Path) -> dict[str, tuple[datetime, 
     return held  # type: ignore[return-value]
 
 
+def _jfwatch_beside(tmp_path: Path, feed_settings: str = "") -> tuple[DaemonRun, Path, Path]:
+    """A daemon (not started) following an empty log in ``tmp_path/jf``, with more
+    ``ban_feed`` settings; returns it, its log and its feed."""
+    work = tmp_path / "jf"
+    (work / "logs").mkdir(parents=True)
+    log = work / "logs" / "log_20260501.log"
+    log.write_text("")
+    run = DaemonRun(work)
+    if feed_settings:
+        run.config.write_text(run.config.read_text().replace(
+            "list_path: out/banned.txt}", f"list_path: out/banned.txt, {feed_settings}}}"))
+    return run, log, work / "out" / "bans.log"
+
+
+def _shipped_jail(conf: Path, feed: Path, local: str = "") -> None:
+    """The shipped jail on ``feed``, overridden in jail.local as a user would."""
+    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
+    (conf / "jail.conf").write_text("[DEFAULT]\n")
+    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n{local}")
+
+
+def _start_fail2ban(conf: Path, sock: Path, pid: Path) -> subprocess.Popen[bytes]:
+    """fail2ban-server on the private config, once its jfwatch jail answers (in UTC, as
+    the ends it prints are read)."""
+    server, client = require_tool("fail2ban-server"), require_tool("fail2ban-client")
+    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TZ": "UTC"})
+    deadline = time.monotonic() + 30
+    while subprocess.run([client, "-s", str(sock), "status", "jfwatch"], capture_output=True,
+                         check=False, timeout=30).returncode != 0:
+        assert time.monotonic() < deadline and proc.poll() is None, "the jail did not start"
+        time.sleep(0.2)
+    return proc
+
+
+def _stop_fail2ban(sock: Path, proc: subprocess.Popen[bytes]) -> None:
+    subprocess.run([require_tool("fail2ban-client"), "-s", str(sock), "stop"],
+                   capture_output=True, check=False, timeout=30)
+    proc.wait(timeout=30)
+
+
+def _brute_force(log: Path, ip: str) -> None:
+    """Five failures from ``ip``, just now: a brute-force ban."""
+    now = datetime.now(UTC)
+    append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", ip) for s in range(5)))
+
+
 @pytest.mark.parametrize(("factor", "lengths"), [(1, (2, 4, 8)), (2, (2, 8, 16))])
 def test_three_offences_end_when_fail2ban_ends_them(tmp_path: Path, factor: int,
                                                     lengths: tuple[int, ...]) -> None:
@@ -248,62 +296,37 @@ def test_three_offences_end_when_fail2ban_ends_them(tmp_path: Path, factor: int,
     of one address: each ban jfwatch states ends at the second Fail2Ban ends it, by
     Fail2Ban's formula bantime x 2^n x bantime.factor (the shipped factor 1, and 2).
     """
-    server = require_tool("fail2ban-server")
     client = require_tool("fail2ban-client")
-    work = tmp_path / "jf"
-    (work / "logs").mkdir(parents=True)
-    log = work / "logs" / "log_20260501.log"
-    log.write_text("")
-    run = DaemonRun(work)
-    run.config.write_text(run.config.read_text().replace(
-        "list_path: out/banned.txt}", "list_path: out/banned.txt, jail_bantime: 2s, "
-                                      f"jail_maxtime: 1h, jail_factor: {factor}}}"))
-    feed = tmp_path / "jf" / "out" / "bans.log"
+    run, log, feed = _jfwatch_beside(
+        tmp_path, f"jail_bantime: 2s, jail_maxtime: 1h, jail_factor: {factor}")
     conf, sock, pid = _fail2ban_dir(tmp_path, "true")
-    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
-    (conf / "jail.conf").write_text("[DEFAULT]\n")
-    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n"
-                                     f"bantime = 2s\nbantime.maxtime = 1h\n"
-                                     f"bantime.factor = {factor}\n")
+    _shipped_jail(conf, feed, f"bantime = 2s\nbantime.maxtime = 1h\nbantime.factor = {factor}\n")
     run.start()
     run.wait_for(feed.exists, what="the feed")
-    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TZ": "UTC"})
+    proc = _start_fail2ban(conf, sock, pid)
     ip = "203.0.113.77"
-    stated: list[tuple[datetime, datetime]] = []
+    stated: list[datetime] = []
     enforced: list[tuple[datetime, datetime]] = []
     try:
-        deadline = time.monotonic() + 30
-        while subprocess.run([client, "-c", str(conf), "-s", str(sock), "status", "jfwatch"],
-                             capture_output=True, check=False, timeout=30).returncode != 0:
-            assert time.monotonic() < deadline and proc.poll() is None, "the jail did not start"
-            time.sleep(0.2)
         for offence in range(3):
-            now = datetime.now(UTC)
-            append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", ip)
-                                for s in range(5)))
+            _brute_force(log, ip)
             run.wait_for(lambda n=offence: run.log_text().count('"event": "ban"') > n,
                          what=f"ban {offence + 1}")
             ban = [json.loads(line) for line in run.log_text().splitlines()
                    if '"event": "ban"' in line][offence]
-            until = datetime.fromisoformat(ban["until"])
             run.wait_for(lambda: ip in _f2b_bans(client, conf, sock), what="Fail2Ban's ban")
-            start, end = _f2b_bans(client, conf, sock)[ip]
-            stated.append((datetime.fromisoformat(ban["until"]), until))
-            enforced.append((start, end))
+            stated.append(datetime.fromisoformat(ban["until"]))
+            enforced.append(_f2b_bans(client, conf, sock)[ip])
             # Both lift it at its end; the next offence comes after.
             run.wait_for(lambda: ip not in _f2b_bans(client, conf, sock), timeout=30,
                          what="Fail2Ban's unban")
             run.wait_for(lambda n=offence: run.log_text().count('"event": "unban"') > n,
                          timeout=30, what="jfwatch's unban")
     finally:
-        subprocess.run([client, "-c", str(conf), "-s", str(sock), "stop"], capture_output=True,
-                       check=False, timeout=30)
-        proc.wait(timeout=30)
+        _stop_fail2ban(sock, proc)
         run.stop()
     assert [end - start for start, end in enforced] == [timedelta(seconds=s) for s in lengths]
-    assert [end for _, end in stated] == [end for _, end in enforced]
+    assert stated == [end for _, end in enforced]
 
 
 def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
@@ -313,12 +336,11 @@ def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
     on it and takes no other jail down; jfwatch's first run then writes into it and the
     attacker is banned.
     """
-    server = require_tool("fail2ban-server")
     client = require_tool("fail2ban-client")
     tmpfiles = require_tool("systemd-tmpfiles")
     root = tmp_path / "root"
     (root / "etc" / "tmpfiles.d").mkdir(parents=True)
-    for name in ("passwd", "group"):  # the owner and group it names, as on the host
+    for name in ("passwd", "group"):  # the users and groups, as on the host
         shutil.copy(f"/etc/{name}", root / "etc" / name)
     shutil.copy(ROOT / "systemd" / "jfwatch.tmpfiles", root / "etc" / "tmpfiles.d" / "jfwatch.conf")
     subprocess.run([tmpfiles, "--create", f"--root={root}", "jfwatch.conf"], check=True,
@@ -335,33 +357,19 @@ def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
         "action = record\n")
     (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n"
                                      "ignoreip = 203.0.113.99\n")
-    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p", str(pid)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    work = tmp_path / "jf"
-    (work / "logs").mkdir(parents=True)
-    log = work / "logs" / "log_20260501.log"
-    log.write_text("")
-    run = DaemonRun(work)
+    proc = _start_fail2ban(conf, sock, pid)
+    run, log, _ = _jfwatch_beside(tmp_path)
     run.config.write_text(run.config.read_text().replace(
         "path: out/bans.log, list_path: out/banned.txt}", f"path: {feed}, list_path: "
                                                           f"out/banned.txt, fail2ban_socket: "
                                                           f"{sock}}}"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            status = subprocess.run([client, "-c", str(conf), "-s", str(sock), "status"],
-                                    capture_output=True, text=True, check=False, timeout=30)
-            if status.returncode == 0:
-                break
-            assert time.monotonic() < deadline and proc.poll() is None, \
-                "fail2ban-server did not start on the fresh install"
-            time.sleep(0.2)
+        status = subprocess.run([client, "-s", str(sock), "status"], capture_output=True,
+                                text=True, check=True, timeout=30)
         assert "jfwatch" in status.stdout and "other" in status.stdout
         run.start()
-        now = datetime.now(UTC)
         for ip in ("203.0.113.88", "203.0.113.99"):  # .99 is in the jail's ignoreip
-            append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", ip)
-                                for s in range(5)))
+            _brute_force(log, ip)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (recorded.exists() and
                                                    "203.0.113.88" in recorded.read_text()):
@@ -370,14 +378,12 @@ def test_fail2ban_first_on_a_fresh_install(tmp_path: Path) -> None:
         time.sleep(1)  # Fail2Ban reads it, and ignores it
         # `bans list` asks Fail2Ban: one ban confirmed, the ignored one said not held.
         listed = subprocess.run([sys.executable, "-m", "jfwatch", "bans", "list", "--config",
-                                 str(run.config)], cwd=work, capture_output=True, text=True,
+                                 str(run.config)], cwd=run.work, capture_output=True, text=True,
                                 timeout=60, check=True).stdout
         held = subprocess.run([client, "-s", str(sock), "get", "jfwatch", "banip", "--with-time"],
                               capture_output=True, text=True, timeout=30, check=True).stdout
     finally:
-        subprocess.run([client, "-c", str(conf), "-s", str(sock), "stop"], capture_output=True,
-                       check=False, timeout=30)
-        proc.wait(timeout=30)
+        _stop_fail2ban(sock, proc)
         run.stop()
     assert recorded.read_text().split() == ["203.0.113.88"]
     lines = {line.split("\t")[0]: line for line in listed.splitlines()}
@@ -395,63 +401,33 @@ def test_bans_are_confirmed_and_put_back_after_fail2ban_was_down(tmp_path: Path)
     skips it), is put back, as is one its restart lost, and each is lifted at the end
     jfwatch stated, not at the put-back's own.
     """
-    server = require_tool("fail2ban-server")
     client = require_tool("fail2ban-client")
-    work = tmp_path / "jf"
-    (work / "logs").mkdir(parents=True)
-    log = work / "logs" / "log_20260501.log"
-    log.write_text("")
     conf, sock, pid = _fail2ban_dir(tmp_path, f"echo ban <ip> $(date +%%s) >> {tmp_path}/rec",
                                     f"echo unban <ip> $(date +%%s) >> {tmp_path}/rec")
-    run = DaemonRun(work)
-    run.config.write_text(run.config.read_text().replace(
-        "list_path: out/banned.txt}", f"list_path: out/banned.txt, jail_bantime: 30s, "
-                                      f"confirm: true, fail2ban_client: [{client}], "
-                                      f"fail2ban_socket: {sock}}}"))
-    feed = work / "out" / "bans.log"
-    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
-    (conf / "jail.conf").write_text("[DEFAULT]\n")
-    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n"
-                                     "bantime = 30s\nfindtime = 2s\nignoreip = 203.0.113.99\n")
-
-    def fail2ban() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p",
-                                 str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while subprocess.run([client, "-s", str(sock), "status", "jfwatch"], capture_output=True,
-                             check=False, timeout=30).returncode != 0:
-            assert time.monotonic() < deadline and proc.poll() is None, "no jail"
-            time.sleep(0.2)
-        return proc
-
-    def stop(proc: subprocess.Popen[bytes]) -> None:
-        subprocess.run([client, "-s", str(sock), "stop"], capture_output=True, check=False,
-                       timeout=30)
-        proc.wait(timeout=30)
-
-    def attack(ip: str) -> None:
-        now = datetime.now(UTC)
-        append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", ip) for s in range(5)))
+    run, log, feed = _jfwatch_beside(
+        tmp_path, f"jail_bantime: 30s, confirm: true, fail2ban_client: [{client}], "
+                  f"fail2ban_socket: {sock}")
+    _shipped_jail(conf, feed, "bantime = 30s\nfindtime = 2s\nignoreip = 203.0.113.99\n")
 
     def listed() -> str:
         return subprocess.run([sys.executable, "-m", "jfwatch", "bans", "list", "--config",
-                               str(run.config)], cwd=work, capture_output=True, text=True,
+                               str(run.config)], cwd=run.work, capture_output=True, text=True,
                               timeout=60, check=True).stdout
 
     run.start()
     run.wait_for(feed.exists, what="the feed")
-    proc = fail2ban()
+    proc = _start_fail2ban(conf, sock, pid)
     try:
-        attack("203.0.113.41")
-        attack("203.0.113.99")
+        _brute_force(log, "203.0.113.41")
+        _brute_force(log, "203.0.113.99")
         run.wait_for(lambda: "fail2ban: " in listed() and "confirmed by Fail2Ban until" in
                      listed() and "NOT enforced: in the jail's ignoreip" in listed(),
                      timeout=30, what="confirmed, and not enforced")
-        stop(proc)  # its bans are lost with it (its database is in memory)
-        attack("203.0.113.42")
+        _stop_fail2ban(sock, proc)  # its bans are lost with it (its database is in memory)
+        _brute_force(log, "203.0.113.42")
         run.wait_for(lambda: "BAN 203.0.113.42 " in feed.read_text(), what="the ban while down")
         time.sleep(3)  # its line is now older than the jail's findtime
-        proc = fail2ban()
+        proc = _start_fail2ban(conf, sock, pid)
         held = lambda: set(_f2b_bans(client, conf, sock))  # noqa: E731
         run.wait_for(lambda: {"203.0.113.41", "203.0.113.42"} <= held(), timeout=40,
                      what="both put back")
@@ -460,7 +436,7 @@ def test_bans_are_confirmed_and_put_back_after_fail2ban_was_down(tmp_path: Path)
                 for line in run.log_text().splitlines() if '"event": "ban"' in line}
         run.wait_for(lambda: "203.0.113.42" not in held(), timeout=40, what="lifted")
     finally:
-        stop(proc)
+        _stop_fail2ban(sock, proc)
         run.stop()
     lifted = [float(when) for what, ip, when in (line.split() for line in
                                                  (tmp_path / "rec").read_text().splitlines())
@@ -472,44 +448,28 @@ def test_bans_are_confirmed_and_put_back_after_fail2ban_was_down(tmp_path: Path)
 def test_a_bantime_changed_in_jail_local_is_the_one_stated(tmp_path: Path) -> None:
     """jfwatch's config says 4h (the default), jail.local says 3s: with Fail2Ban read back,
     the ban jfwatch states lasts what the jail enforces, and the difference is logged."""
-    server = require_tool("fail2ban-server")
     client = require_tool("fail2ban-client")
-    work = tmp_path / "jf"
-    (work / "logs").mkdir(parents=True)
-    log = work / "logs" / "log_20260501.log"
-    log.write_text("")
     conf, sock, pid = _fail2ban_dir(tmp_path, "true")
-    run = DaemonRun(work)
-    run.config.write_text(run.config.read_text().replace(
-        "list_path: out/banned.txt}", f"list_path: out/banned.txt, confirm: true, "
-                                      f"fail2ban_client: [{client}], fail2ban_socket: {sock}}}"))
-    feed = work / "out" / "bans.log"
-    shutil.copy(JAIL, conf / "jail.d" / "jfwatch.conf")
-    (conf / "jail.conf").write_text("[DEFAULT]\n")
-    (conf / "jail.local").write_text(f"[jfwatch]\nlogpath = {feed}\naction = record\n"
-                                     "bantime = 3s\n")
+    run, log, feed = _jfwatch_beside(
+        tmp_path, f"confirm: true, fail2ban_client: [{client}], fail2ban_socket: {sock}")
+    _shipped_jail(conf, feed, "bantime = 3s\n")
     run.start()
     run.wait_for(feed.exists, what="the feed")
-    proc = subprocess.Popen([server, "-f", "-x", "-c", str(conf), "-s", str(sock), "-p",
-                             str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = _start_fail2ban(conf, sock, pid)
     try:
         # Both, in either order: the difference is logged by the enforcement thread, the
         # durations taken by the reading thread.
         run.wait_for(lambda: "ban_durations_from_the_jail" in run.log_text() and
                      "enforcer_settings_differ" in run.log_text(), timeout=30,
                      what="the jail read")
-        now = datetime.now(UTC)
-        append(log, "".join(_line(now - timedelta(seconds=5 - s), f"u{s}", "203.0.113.51")
-                            for s in range(5)))
+        _brute_force(log, "203.0.113.51")
         run.wait_for(lambda: '"event": "ban"' in run.log_text(), what="the ban")
         run.wait_for(lambda: "203.0.113.51" in _f2b_bans(client, conf, sock), what="held")
         start, end = _f2b_bans(client, conf, sock)["203.0.113.51"]
         ban = next(json.loads(line) for line in run.log_text().splitlines()
                    if '"event": "ban"' in line)
     finally:
-        subprocess.run([client, "-s", str(sock), "stop"], capture_output=True, check=False,
-                       timeout=30)
-        proc.wait(timeout=30)
+        _stop_fail2ban(sock, proc)
         run.stop()
     assert end - start == timedelta(seconds=3)
     assert datetime.fromisoformat(ban["until"]) == end
