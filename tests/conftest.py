@@ -14,6 +14,16 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+class Clock:
+    """A monotonic clock a test moves by hand (``clock.now += seconds``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def require_tool(name: str) -> str:
     """Return the tool's path; skip with a reason locally, fail when CI=true."""
     path = shutil.which(name) or next(

@@ -12,18 +12,12 @@ import pytest
 
 from jfwatch.sources.follow import DRAIN_GRACE, PARTIAL_TIMEOUT, Follower, Identity, identity_of
 
+from conftest import Clock
+
 
 def identity_of_path(path: Path) -> Identity:
     with open(path, "rb") as fh:
         return identity_of(fh)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _lines(follower: Follower) -> list[bytes]:

@@ -27,13 +27,7 @@ from jfwatch.parsers import create_parser
 from jfwatch.parsers.base import StreamContext
 from jfwatch.state import StateStore
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from conftest import Clock
 
 
 def _feed_bans(path: Path) -> Counter[str]:
