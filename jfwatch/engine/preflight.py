@@ -35,13 +35,11 @@ def runtime_problems(cfg: Config, *, keys: bool = True) -> list[str]:
             except ApiError as exc:
                 problems.append(f"{cfg.where('jellyfin_api', number)}: {exc}")
         if cfg.crowdsec.enabled:
-            from jfwatch.engine.sink import lapi_client, shared_bans
+            from jfwatch.engine.sink import bouncer, lapi_client
 
             try:
                 lapi_client(cfg).close()
-                shared = shared_bans(cfg)  # the bouncer key, if one is configured
-                if shared is not None:
-                    shared.close()
+                bouncer(cfg)  # the bouncer key, if one is configured
             except ConfigError as exc:
                 problems += [f"{cfg.where('crowdsec')}: {p}" for p in exc.problems]
     return problems

@@ -68,17 +68,24 @@ def lapi_client(config: Config) -> LapiClient:
                       origin=cs.origin)
 
 
-def shared_bans(config: Config) -> SharedBans | None:
-    """The LAPI's decisions as a bouncer reads them, if a bouncer key is configured."""
+def bouncer(config: Config) -> tuple[str, str] | None:
+    """The LAPI's url and the bouncer key, if one is configured (ConfigError if they
+    cannot be read: found at start, and by check-config)."""
     cs = config.crowdsec
     if not cs.enabled or cs.bouncer_key_file is None:
         return None
     try:
-        url = read_credentials(cs.credentials_file)[0]
-        key = read_key("bouncer key", str(cs.bouncer_key_file))
+        return (read_credentials(cs.credentials_file)[0],
+                read_key("bouncer key", str(cs.bouncer_key_file)))
     except (LapiError, KeyUnreadable) as exc:
         raise ConfigError([f"crowdsec: {exc}"]) from None
-    return SharedBans(url, key, timeout=cs.timeout.total_seconds())
+
+
+def shared_bans(config: Config) -> SharedBans | None:
+    """The LAPI's decisions as a bouncer reads them, if a bouncer key is configured."""
+    found = bouncer(config)
+    return None if found is None else \
+        SharedBans(*found, timeout=config.crowdsec.timeout.total_seconds())
 
 
 class DaemonSink:
@@ -95,6 +102,9 @@ class DaemonSink:
                              tz=ZoneInfo(config.timezone), enforcers=config.enforcers)
         self.enforcement = EnforcementQueue(store, build_enforcers(config), config.server_name)
         self.shared = shared_bans(config)  # an enrichment: its own thread reads the LAPI
+        self._fail2ban = next((e for e in self.enforcement.enforcers
+                               if isinstance(e, Fail2banEnforcer)), None)
+        self._jail_applied: tuple[object, object] | None = None  # (jail_says, detector)
         self.metrics_port: int | None = None
         self.newest_event: dict[str, datetime] = {}
         self._bans_changed = True
@@ -180,11 +190,13 @@ class DaemonSink:
     def _durations_from_the_jail(self, detector: Detector) -> None:
         """Where Fail2Ban is read back, bans are stated as its jail says (a bantime changed
         in jail.local), not as jfwatch's config assumed."""
-        said = next((e.jail_says for e in self.enforcement.enforcers
-                     if isinstance(e, Fail2banEnforcer)), None)
+        said = None if self._fail2ban is None else self._fail2ban.jail_says
         policy = detector.settings.fail2ban
-        if said is None or policy is None:
+        # Replaced whole when the jail is read again, and a new detector (reload, commit
+        # fault) starts from the config: only then is there anything to do.
+        if said is None or policy is None or (said, detector) == self._jail_applied:
             return
+        self._jail_applied = (said, detector)
         jail = replace(policy, bantime=timedelta(seconds=said.get("bantime",
                                                                    policy.bantime.total_seconds())),
                        factor=said.get("factor", policy.factor),
