@@ -43,12 +43,6 @@ class Conditions(Generic[K, V]):
         """Drop a key without reporting (it is gone: a deleted file, a removed source)."""
         self._now.pop(key, None)
 
-    def __bool__(self) -> bool:
-        return bool(self._now)
-
-    def items(self) -> list[tuple[K, V]]:
-        return list(self._now.items())
-
 
 class Totals(Generic[K]):
     """Increments from running totals: ``take(key, total)`` is how much ``total`` grew since

@@ -39,10 +39,6 @@ class EventExport:
     def waiting(self, stream: str) -> int:
         return len(self._waiting.get(stream, ()))
 
-    def drop(self, stream: str) -> None:
-        """Forget the stream's waiting events (its lines will be read again)."""
-        self._waiting.pop(stream, None)
-
     def drop_all(self) -> None:
         """Forget every stream's waiting events (a commit failed: all is read again)."""
         self._waiting.clear()
