@@ -138,7 +138,8 @@ class Daemon:
             raise ConfigError([str(exc)]) from None
         self.inputs: list[Input] = [self.tailer, *self.activity]
         self._hup = False
-        self._commit_problems: Conditions[str, str] = Conditions(self._commit_problem)
+        # The part that could not be written (state, event_export) and why.
+        self._commit_problems: Conditions[str, tuple[str, str]] = Conditions(self._commit_problem)
         self._lagging: Conditions[str, tuple[str, float]] = Conditions(self._clock_report)
         self._status_at = 0.0
         self._needs_restore = False  # the export must be cut back before the next read
@@ -313,7 +314,7 @@ class Daemon:
         and try again.
         """
         what = "state" if isinstance(exc, sqlite3.Error) else "event_export"
-        self._commit_problems.report("commit", f"{what}: {exc}")
+        self._commit_problems.report("commit", (what, str(exc)))
         self.sink.export.drop_all()
         for source in self.inputs:
             source.rewind()
@@ -326,13 +327,14 @@ class Daemon:
             self.rules, settings_from_config(self.config), self.store)
         self.stop_event.wait(STATE_RETRY_SECONDS)  # the next pass resumes, or fails again
 
-    def _commit_problem(self, _: str, was: str | None, problem: str | None) -> None:
+    def _commit_problem(self, _: str, was: tuple[str, str] | None,
+                        problem: tuple[str, str] | None) -> None:
         if was is not None:
-            self.sink.metrics.fault(was.split(":", 1)[0], None)
+            self.sink.metrics.fault(was[0], None)
         if problem is None:
             self.log.info("commits_work_again")
             return
-        what, _, text = problem.partition(": ")
+        what, text = problem
         self.sink.metrics.fault(what, text)
         self.log.error(f"{what}_write_failed", problem=text,
                        handling="reading pauses and resumes from the last commit",
