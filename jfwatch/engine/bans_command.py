@@ -46,7 +46,7 @@ def _list(cfg: Config, store: StateStore, output: str) -> int:
     fail2ban = feed.enabled and feed.enforcer == "fail2ban"
     if fail2ban and active:
         try:
-            held = Fail2banClient(feed.jail, feed.fail2ban_socket).held()
+            held = _fail2ban(cfg).held()
         except Fail2banUnreachable as exc:
             unconfirmed = str(exc)
     listed = [(row, _enforced(cfg, row, held, unconfirmed), store.enforcements(row.ip, row.until))
@@ -191,7 +191,7 @@ def _lift_in_fail2ban(cfg: Config, ip: str) -> int:
     """Fail2Ban ignores the feed's UNBAN lines: lift the ban through fail2ban-client, or
     say exactly what to run where this user may not."""
     feed = cfg.ban_feed
-    client = Fail2banClient(feed.jail, feed.fail2ban_socket)
+    client = _fail2ban(cfg)
     try:
         client.unban(ip)
     except Fail2banUnreachable as exc:
@@ -201,6 +201,12 @@ def _lift_in_fail2ban(cfg: Config, ip: str) -> int:
         return 1
     print(f"lifted in Fail2Ban (jail {feed.jail})")
     return 0
+
+
+def _fail2ban(cfg: Config) -> Fail2banClient:
+    """The client as the daemon runs it (its socket, its helper command)."""
+    feed = cfg.ban_feed
+    return Fail2banClient(feed.jail, feed.fail2ban_socket, command=feed.fail2ban_client)
 
 
 def _banned_as(store: StateStore, given: str) -> str:
